@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Brings up the local services the tests and demo need (RabbitMQ, moto) and waits for both. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RABBIT_HOST=127.0.0.1
+RABBIT_PORT=5672
+RABBIT_WAIT_SECS=90
+MOTO_VERSION=5.2.5
+MOTO_HOST=127.0.0.1
+MOTO_PORT="${MOTO_PORT:-5000}"
+MOTO_URL="http://${MOTO_HOST}:${MOTO_PORT}"
+MOTO_WAIT_SECS=30
+VENV=.venv
+
+log() { echo "services: $*" >&2; }
+die() { echo "services: ERROR: $*" >&2; exit 1; }
+
+command -v python3 >/dev/null 2>&1 || die "python3 not found on PATH"
+
+# --- probes (python3, since curl/nc may be absent) ---------------------------
+
+# Succeeds when the broker speaks AMQP: send the 0-9-1 protocol header and
+# expect a method frame (Connection.Start) back. Stronger than a bare TCP connect.
+amqp_up() {
+  python3 - "$RABBIT_HOST" "$RABBIT_PORT" <<'PY' >/dev/null 2>&1
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+s.settimeout(3)
+s.sendall(b"AMQP\x00\x00\x09\x01")
+data = s.recv(7)
+s.close()
+sys.exit(0 if data[:1] == b"\x01" else 1)
+PY
+}
+
+tcp_up() {
+  python3 - "$1" "$2" <<'PY' >/dev/null 2>&1
+import socket, sys
+socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+PY
+}
+
+# Succeeds when moto's management API answers 200.
+moto_up() {
+  python3 - "${MOTO_URL}/moto-api/" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+}
+
+# --- RabbitMQ ----------------------------------------------------------------
+
+rabbit_ready() {
+  amqp_up || return 1
+  if command -v rabbitmq-diagnostics >/dev/null 2>&1; then
+    rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1 || return 1
+  fi
+}
+
+if ! amqp_up; then
+  if tcp_up "$RABBIT_HOST" "$RABBIT_PORT"; then
+    log "something accepts TCP on ${RABBIT_HOST}:${RABBIT_PORT} but does not speak AMQP yet; waiting"
+  else
+    command -v rabbitmq-server >/dev/null 2>&1 \
+      || die "RabbitMQ is not answering on ${RABBIT_HOST}:${RABBIT_PORT} and rabbitmq-server is not installed"
+    log "starting rabbitmq-server -detached"
+    # -detached fails if a node is already running (e.g. still booting); the wait below decides.
+    rabbitmq-server -detached >/dev/null 2>&1 || log "rabbitmq-server -detached returned non-zero (node may already be running)"
+  fi
+  deadline=$((SECONDS + RABBIT_WAIT_SECS))
+  until rabbit_ready; do
+    if ((SECONDS >= deadline)); then
+      die "RabbitMQ did not become ready on ${RABBIT_HOST}:${RABBIT_PORT} within ${RABBIT_WAIT_SECS}s (see /var/log/rabbitmq/)"
+    fi
+    sleep 1
+  done
+fi
+
+# --- moto ----------------------------------------------------------------------
+
+moto_installed_version() {
+  "$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null || true
+}
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  log "creating virtualenv $VENV"
+  python3 -m venv "$VENV" || die "python3 -m venv $VENV failed (on Debian, install python3-venv)"
+fi
+if [[ ! -x "$VENV/bin/moto_server" || "$(moto_installed_version)" != "$MOTO_VERSION" ]]; then
+  log "installing moto[server]==${MOTO_VERSION} into $VENV (may take a minute)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}" \
+    || die "pip install moto[server]==${MOTO_VERSION} failed"
+fi
+installed="$(moto_installed_version)"
+[[ "$installed" == "$MOTO_VERSION" ]] || die "expected moto ${MOTO_VERSION} in $VENV, found '${installed:-none}'"
+
+if ! moto_up; then
+  if tcp_up "$MOTO_HOST" "$MOTO_PORT"; then
+    die "port ${MOTO_PORT} is in use by something that is not moto (no 200 from ${MOTO_URL}/moto-api/); set MOTO_PORT"
+  fi
+  mkdir -p target
+  log "starting moto_server on ${MOTO_URL} (log: target/moto.log)"
+  # setsid + nohup so it outlives this script; all fds redirected so callers' pipes are not held open.
+  nohup setsid "$VENV/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT" \
+    </dev/null >target/moto.log 2>&1 &
+  moto_pid=$!
+  echo "$moto_pid" >target/moto.pid
+  deadline=$((SECONDS + MOTO_WAIT_SECS))
+  until moto_up; do
+    if ! kill -0 "$moto_pid" 2>/dev/null; then
+      tail -n 20 target/moto.log >&2 || true
+      die "moto_server (pid ${moto_pid}) exited during startup; see target/moto.log"
+    fi
+    if ((SECONDS >= deadline)); then
+      die "moto_server did not answer on ${MOTO_URL}/moto-api/ within ${MOTO_WAIT_SECS}s; see target/moto.log"
+    fi
+    sleep 0.5
+  done
+fi
+
+echo "services: rabbitmq ${RABBIT_HOST}:${RABBIT_PORT} up, moto ${MOTO_URL} up (moto ${installed})"

@@ -1,0 +1,495 @@
+//! The Connect purchase request: lenient where Connect is loose, strict where it matters.
+//!
+//! `parse` turns the raw body into a [`PurchaseRequest`] or a [`MalformedOrder`] that still
+//! carries whatever identifying fields could be read, for the dead-letter event.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ids::{AssetId, IdError, MarketplaceId, RequestId, TierAccountId};
+
+/// The largest body the worker reads (CONTRACT §3).
+pub const MAX_ORDER_BYTES: usize = 1024 * 1024;
+
+/// A valid Connect purchase request, reduced to what the worker uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PurchaseRequest {
+    /// `id` (`PR-…`).
+    pub request_id: RequestId,
+    /// `asset.id` (`AS-…`).
+    pub asset_id: AssetId,
+    /// `asset.marketplace.id`, else the top-level `marketplace.id`.
+    pub marketplace_id: MarketplaceId,
+    /// `asset.tiers.customer`.
+    pub customer: Customer,
+    /// `asset.tiers.tier1.id`: the reseller (OPCO) that sold the order, when there is one.
+    pub tier1_id: Option<TierAccountId>,
+    /// `order_mode`; absent or empty means `new_account`.
+    pub order_mode: OrderMode,
+    /// Ordering parameter `aws_account_email`, as given (blank means absent).
+    pub aws_account_email: Option<String>,
+    /// Ordering parameter `aws_account_name`, as given (blank means absent).
+    pub aws_account_name: Option<String>,
+    /// Ordering parameter `iam_user_name`, as given (blank means absent).
+    pub iam_user_name: Option<String>,
+    /// The marketplace-level configuration parameters, unvalidated.
+    pub configuration: ConfigurationParams,
+}
+
+/// The end customer (`asset.tiers.customer`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Customer {
+    /// `id` (`TA-…`).
+    pub id: TierAccountId,
+    /// `name`, empty when absent.
+    pub name: String,
+    /// `external_id`, when present (Connect sends it as a string or a number).
+    pub external_id: Option<String>,
+}
+
+/// What the order asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderMode {
+    /// A new member account: the only mode this worker provisions.
+    NewAccount,
+    /// Anything else (`existing_account`, or an unknown value), kept as sent.
+    Other(String),
+}
+
+/// Configuration parameters from `asset.configuration.params[]`, as strings; blank means absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigurationParams {
+    /// `awsAccountModel`.
+    pub account_model: Option<String>,
+    /// `provideRootUserForECAM`.
+    pub provide_root_user_for_ecam: Option<String>,
+    /// `provisionServiceControlPolicies` (ids joined by commas).
+    pub service_control_policies: Option<String>,
+}
+
+/// The identifying fields of a message, as far as they could be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartialIds {
+    /// `id`, when it was a string.
+    pub request_id: Option<String>,
+    /// `asset.id`, when it was a string.
+    pub asset_id: Option<String>,
+    /// The marketplace id, when it was a string.
+    pub marketplace_id: Option<String>,
+    /// `asset.tiers.tier1.id`, when it was a string.
+    pub tier1_id: Option<String>,
+}
+
+/// Why a message is not a valid order. Each variant is dead-lettered at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    /// Over [`MAX_ORDER_BYTES`].
+    #[error("the message has {0} bytes, more than the 1 MiB an order may have")]
+    TooLarge(usize),
+    /// Not UTF-8 JSON, or JSON that is not an object.
+    #[error("the message is not a JSON object: {0}")]
+    NotJson(String),
+    /// `type` is not `purchase`.
+    #[error("the request type is {0:?}, not \"purchase\"")]
+    NotAPurchase(String),
+    /// A required field is absent or not a string.
+    #[error("the required field `{0}` is missing")]
+    MissingField(&'static str),
+    /// A required id has the wrong shape.
+    #[error("field `{field}`: {source}")]
+    InvalidId {
+        /// Where the id was read.
+        field: &'static str,
+        /// What is wrong with it.
+        source: IdError,
+    },
+}
+
+impl OrderError {
+    /// The code written to `x-failure-reason` when the message is dead-lettered.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) => "MESSAGE_TOO_LARGE",
+            Self::NotJson(_) => "NOT_JSON",
+            Self::NotAPurchase(_) => "NOT_A_PURCHASE",
+            Self::MissingField(_) => "MISSING_FIELD",
+            Self::InvalidId { .. } => "INVALID_ID",
+        }
+    }
+}
+
+/// A message that is not a valid order, with the ids that could be read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedOrder {
+    /// What is wrong.
+    pub error: OrderError,
+    /// What could be read anyway.
+    pub ids: PartialIds,
+}
+
+/// Reads a Connect purchase request from a message body.
+///
+/// # Errors
+/// [`MalformedOrder`] when the body is too large, not a JSON object, not a purchase, or lacks
+/// a required id.
+pub fn parse(body: &[u8]) -> Result<PurchaseRequest, MalformedOrder> {
+    let malformed = |error, ids| MalformedOrder { error, ids };
+    if body.len() > MAX_ORDER_BYTES {
+        return Err(malformed(
+            OrderError::TooLarge(body.len()),
+            PartialIds::default(),
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| malformed(OrderError::NotJson(e.to_string()), PartialIds::default()))?;
+    let ids = partial_ids(&value);
+    let raw = RawRequest::deserialize(&value)
+        .map_err(|e| malformed(OrderError::NotJson(e.to_string()), ids.clone()))?;
+    raw.validate().map_err(|error| malformed(error, ids))
+}
+
+/// Reads the identifying fields leniently from any JSON value.
+fn partial_ids(value: &Value) -> PartialIds {
+    let text = |pointer: &str| {
+        value
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    PartialIds {
+        request_id: text("/id"),
+        asset_id: text("/asset/id"),
+        marketplace_id: text("/asset/marketplace/id").or_else(|| text("/marketplace/id")),
+        tier1_id: text("/asset/tiers/tier1/id"),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    asset: Option<RawAsset>,
+    marketplace: Option<RawRef>,
+}
+
+#[derive(Deserialize)]
+struct RawAsset {
+    id: Option<String>,
+    marketplace: Option<RawRef>,
+    tiers: Option<RawTiers>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    params: Vec<RawParam>,
+    configuration: Option<RawConfiguration>,
+}
+
+#[derive(Deserialize)]
+struct RawRef {
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTiers {
+    customer: Option<RawTier>,
+    tier1: Option<RawTier>,
+}
+
+#[derive(Deserialize)]
+struct RawTier {
+    id: Option<String>,
+    name: Option<String>,
+    external_id: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawConfiguration {
+    #[serde(default, deserialize_with = "null_as_default")]
+    params: Vec<RawParam>,
+}
+
+#[derive(Deserialize)]
+struct RawParam {
+    id: String,
+    value: Option<Value>,
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A parameter value as text: strings trimmed, numbers and booleans written out; blank is none.
+fn value_text(value: Option<&Value>) -> Option<String> {
+    let text = match value? {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty()).then_some(text)
+}
+
+fn param(params: &[RawParam], id: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|p| p.id == id)
+        .and_then(|p| value_text(p.value.as_ref()))
+}
+
+fn required<'a>(value: Option<&'a str>, field: &'static str) -> Result<&'a str, OrderError> {
+    value
+        .filter(|v| !v.is_empty())
+        .ok_or(OrderError::MissingField(field))
+}
+
+fn id<T>(
+    value: Option<&str>,
+    field: &'static str,
+    parse: fn(&str) -> Result<T, IdError>,
+) -> Result<T, OrderError> {
+    parse(required(value, field)?).map_err(|source| OrderError::InvalidId { field, source })
+}
+
+impl RawRequest {
+    fn validate(self) -> Result<PurchaseRequest, OrderError> {
+        let kind = required(self.kind.as_deref(), "type")?;
+        if kind != "purchase" {
+            return Err(OrderError::NotAPurchase(kind.to_owned()));
+        }
+        let request_id = id(self.id.as_deref(), "id", RequestId::parse)?;
+        let asset = self.asset.ok_or(OrderError::MissingField("asset"))?;
+        let asset_id = id(asset.id.as_deref(), "asset.id", AssetId::parse)?;
+        let marketplace = asset
+            .marketplace
+            .and_then(|m| m.id)
+            .or_else(|| self.marketplace.and_then(|m| m.id));
+        let marketplace_id = id(
+            marketplace.as_deref(),
+            "asset.marketplace.id",
+            MarketplaceId::parse,
+        )?;
+        let tiers = asset
+            .tiers
+            .ok_or(OrderError::MissingField("asset.tiers.customer"))?;
+        let raw_customer = tiers
+            .customer
+            .ok_or(OrderError::MissingField("asset.tiers.customer"))?;
+        let customer = Customer {
+            id: id(
+                raw_customer.id.as_deref(),
+                "asset.tiers.customer.id",
+                TierAccountId::parse,
+            )?,
+            name: raw_customer.name.unwrap_or_default(),
+            external_id: value_text(raw_customer.external_id.as_ref()),
+        };
+        // A tier1 without an id (Connect sends `{}` for absent tiers) counts as no tier1.
+        let tier1_id = match tiers.tier1.and_then(|t| t.id).filter(|id| !id.is_empty()) {
+            Some(raw) => {
+                Some(
+                    TierAccountId::parse(&raw).map_err(|source| OrderError::InvalidId {
+                        field: "asset.tiers.tier1.id",
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let params = &asset.params;
+        let order_mode = match param(params, "order_mode") {
+            None => OrderMode::NewAccount,
+            Some(mode) if mode == "new_account" => OrderMode::NewAccount,
+            Some(other) => OrderMode::Other(other),
+        };
+        let config = asset.configuration.map(|c| c.params).unwrap_or_default();
+        Ok(PurchaseRequest {
+            request_id,
+            asset_id,
+            marketplace_id,
+            customer,
+            tier1_id,
+            order_mode,
+            aws_account_email: param(params, "aws_account_email"),
+            aws_account_name: param(params, "aws_account_name"),
+            iam_user_name: param(params, "iam_user_name"),
+            configuration: ConfigurationParams {
+                account_model: param(&config, "awsAccountModel"),
+                provide_root_user_for_ecam: param(&config, "provideRootUserForECAM"),
+                service_control_policies: param(&config, "provisionServiceControlPolicies"),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({
+            "id": "PR-5852-1608-1567-000",
+            "type": "purchase",
+            "status": "pending",
+            "asset": {
+                "id": "AS-8790-0160-2196",
+                "marketplace": {"id": "MP-91673"},
+                "tiers": {
+                    "customer": {"id": "TA-0-7304-8514-7852", "name": "Hospitaller", "external_id": 7},
+                    "tier1": {"id": "TA-0-9046-4815-5226", "name": "Reseller"},
+                    "tier2": {}
+                },
+                "params": [
+                    {"id": "aws_account_email", "value": "  Jane@Example.com "},
+                    {"id": "iam_user_name", "value": ""}
+                ],
+                "configuration": {"params": [
+                    {"id": "awsAccountModel", "value": "ECAM"},
+                    {"id": "provideRootUserForECAM", "value": "No"}
+                ]}
+            },
+            "assignee": "",
+            "unknown_field": {"anything": [1, 2]}
+        })
+    }
+
+    fn parse_value(value: &Value) -> Result<PurchaseRequest, MalformedOrder> {
+        parse(value.to_string().as_bytes())
+    }
+
+    #[test]
+    fn reads_a_full_request() {
+        let order = parse_value(&base()).expect("valid order");
+        assert_eq!(order.request_id.as_str(), "PR-5852-1608-1567-000");
+        assert_eq!(order.asset_id.as_str(), "AS-8790-0160-2196");
+        assert_eq!(order.marketplace_id.as_str(), "MP-91673");
+        assert_eq!(order.customer.name, "Hospitaller");
+        assert_eq!(order.customer.external_id.as_deref(), Some("7"));
+        assert_eq!(
+            order.tier1_id.as_ref().map(|t| t.as_str()),
+            Some("TA-0-9046-4815-5226")
+        );
+        assert_eq!(order.order_mode, OrderMode::NewAccount);
+        assert_eq!(order.aws_account_email.as_deref(), Some("Jane@Example.com"));
+        assert_eq!(
+            order.iam_user_name, None,
+            "blank parameter counts as absent"
+        );
+        assert_eq!(order.configuration.account_model.as_deref(), Some("ECAM"));
+        assert_eq!(order.configuration.service_control_policies, None);
+    }
+
+    #[test]
+    fn accepts_connect_loose_shapes() {
+        let mut value = base();
+        value["assignee"] = json!({"id": "UR-1", "name": "Someone"});
+        value["asset"]["tiers"]["tier1"] = json!({});
+        value["asset"]["tiers"]
+            .as_object_mut()
+            .expect("object")
+            .remove("tier2");
+        value["asset"]["marketplace"] = json!(null);
+        value["marketplace"] = json!({"id": "MP-12345"});
+        value["asset"]["configuration"]["params"][1]["value"] = json!("False");
+        value["asset"]["params"] = json!(null);
+        let order = parse_value(&value).expect("loose but valid");
+        assert_eq!(order.tier1_id, None);
+        assert_eq!(order.marketplace_id.as_str(), "MP-12345");
+        assert_eq!(
+            order.configuration.provide_root_user_for_ecam.as_deref(),
+            Some("False")
+        );
+        assert_eq!(order.aws_account_email, None);
+    }
+
+    #[test]
+    fn order_mode_is_strict() {
+        let cases = [
+            (json!("new_account"), OrderMode::NewAccount),
+            (json!(""), OrderMode::NewAccount),
+            (
+                json!("existing_account"),
+                OrderMode::Other("existing_account".into()),
+            ),
+            (json!("New_Account"), OrderMode::Other("New_Account".into())),
+        ];
+        for (mode, expected) in cases {
+            let mut value = base();
+            value["asset"]["params"] = json!([{"id": "order_mode", "value": mode}]);
+            assert_eq!(
+                parse_value(&value).expect("valid").order_mode,
+                expected,
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_messages_say_why_and_keep_readable_ids() {
+        let not_purchase = {
+            let mut v = base();
+            v["type"] = json!("cancel");
+            v
+        };
+        let bad_id = {
+            let mut v = base();
+            v["asset"]["id"] = json!("XX-1");
+            v
+        };
+        let no_customer = {
+            let mut v = base();
+            v["asset"]["tiers"] = json!({"tier2": {}});
+            v
+        };
+        let no_marketplace = {
+            let mut v = base();
+            v["asset"]
+                .as_object_mut()
+                .expect("object")
+                .remove("marketplace");
+            v
+        };
+        let cases = [
+            (not_purchase, "NOT_A_PURCHASE"),
+            (bad_id, "INVALID_ID"),
+            (no_customer, "MISSING_FIELD"),
+            (no_marketplace, "MISSING_FIELD"),
+            (json!([1, 2]), "NOT_JSON"),
+            (json!({"id": 5, "type": "purchase"}), "NOT_JSON"),
+        ];
+        for (value, code) in cases {
+            let err = parse_value(&value).expect_err("malformed");
+            assert_eq!(err.error.code(), code, "{value}");
+        }
+        let err = parse_value(&not_purchase_ids()).expect_err("not a purchase");
+        assert_eq!(err.ids.request_id.as_deref(), Some("PR-5852-1608-1567-000"));
+        assert_eq!(err.ids.asset_id.as_deref(), Some("AS-8790-0160-2196"));
+        assert_eq!(err.ids.marketplace_id.as_deref(), Some("MP-91673"));
+    }
+
+    fn not_purchase_ids() -> Value {
+        let mut v = base();
+        v["type"] = json!("change");
+        v
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_or_too_large_are_refused() {
+        assert_eq!(
+            parse(b"not json").expect_err("text").error.code(),
+            "NOT_JSON"
+        );
+        assert_eq!(
+            parse(&[0xff, 0xfe]).expect_err("binary").error.code(),
+            "NOT_JSON"
+        );
+        let big = vec![b' '; MAX_ORDER_BYTES + 1];
+        assert_eq!(
+            parse(&big).expect_err("big").error,
+            OrderError::TooLarge(MAX_ORDER_BYTES + 1)
+        );
+    }
+}

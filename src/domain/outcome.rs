@@ -1,0 +1,134 @@
+//! Business outcomes: why an order ends `aws.account.failed`, and what the customer can do.
+
+use super::model::AccountModel;
+
+/// A failure code of `aws.account.failed` (CONTRACT §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureCode {
+    /// ECAM email missing, malformed, on the provider's domain; or AWS said INVALID_EMAIL.
+    InvalidEmail,
+    /// An account with that email exists that is not this order's.
+    EmailAlreadyExists,
+    /// The requested IAM user name breaks IAM's rules.
+    InvalidIamUserName,
+    /// `order_mode` is not `new_account`.
+    UnsupportedOrderMode,
+    /// A configuration parameter in the request is unusable.
+    InvalidConfiguration,
+    /// AWS ended the creation FAILED for this reason (as AWS spells it).
+    Aws(String),
+}
+
+impl FailureCode {
+    /// The code as it appears in the event.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::InvalidEmail => "INVALID_EMAIL",
+            Self::EmailAlreadyExists => "EMAIL_ALREADY_EXISTS",
+            Self::InvalidIamUserName => "INVALID_IAM_USER_NAME",
+            Self::UnsupportedOrderMode => "UNSUPPORTED_ORDER_MODE",
+            Self::InvalidConfiguration => "INVALID_CONFIGURATION",
+            Self::Aws(reason) => reason,
+        }
+    }
+
+    /// Maps an AWS `CreateAccountStatus.FailureReason` to our code.
+    pub fn from_aws_reason(reason: &str) -> Self {
+        match reason {
+            "EMAIL_ALREADY_EXISTS" => Self::EmailAlreadyExists,
+            "INVALID_EMAIL" => Self::InvalidEmail,
+            other => Self::Aws(other.to_owned()),
+        }
+    }
+}
+
+/// What Connect should do with the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Ask the customer to fix an ordering parameter.
+    Inquire,
+    /// Fail the request.
+    Fail,
+}
+
+/// Why an order gets no account: the body of `aws.account.failed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The failure code.
+    pub code: FailureCode,
+    /// A readable explanation for the customer and the operator.
+    pub message: String,
+}
+
+impl Rejection {
+    /// A rejection with this code and message.
+    pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The action and the parameter to fix, per CONTRACT §5; `model` is the resolved business
+    /// model when it is known.
+    pub fn action(&self, model: Option<AccountModel>) -> (Action, Option<&'static str>) {
+        match (&self.code, model) {
+            (FailureCode::InvalidEmail, _) => (Action::Inquire, Some("aws_account_email")),
+            (FailureCode::EmailAlreadyExists, Some(AccountModel::Ecam)) => {
+                (Action::Inquire, Some("aws_account_email"))
+            }
+            (FailureCode::InvalidIamUserName, _) => (Action::Inquire, Some("iam_user_name")),
+            _ => (Action::Fail, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_follow_the_contract_table() {
+        use AccountModel::{Ecam, Spam};
+        let inquire_email = (Action::Inquire, Some("aws_account_email"));
+        let fail = (Action::Fail, None);
+        let cases = [
+            (FailureCode::InvalidEmail, Some(Ecam), inquire_email),
+            (FailureCode::InvalidEmail, Some(Spam), inquire_email),
+            (FailureCode::EmailAlreadyExists, Some(Ecam), inquire_email),
+            (FailureCode::EmailAlreadyExists, Some(Spam), fail),
+            (FailureCode::EmailAlreadyExists, None, fail),
+            (
+                FailureCode::InvalidIamUserName,
+                Some(Spam),
+                (Action::Inquire, Some("iam_user_name")),
+            ),
+            (FailureCode::UnsupportedOrderMode, None, fail),
+            (FailureCode::InvalidConfiguration, Some(Ecam), fail),
+            (
+                FailureCode::Aws("ACCOUNT_LIMIT_EXCEEDED".into()),
+                Some(Ecam),
+                fail,
+            ),
+        ];
+        for (code, model, expected) in cases {
+            let rejection = Rejection::new(code.clone(), "x");
+            assert_eq!(rejection.action(model), expected, "{code:?} {model:?}");
+        }
+    }
+
+    #[test]
+    fn aws_reasons_map_to_codes() {
+        assert_eq!(
+            FailureCode::from_aws_reason("EMAIL_ALREADY_EXISTS"),
+            FailureCode::EmailAlreadyExists
+        );
+        assert_eq!(
+            FailureCode::from_aws_reason("INVALID_EMAIL"),
+            FailureCode::InvalidEmail
+        );
+        let other = FailureCode::from_aws_reason("FAILED_BUSINESS_VALIDATION");
+        assert_eq!(other.as_str(), "FAILED_BUSINESS_VALIDATION");
+    }
+}
