@@ -96,6 +96,26 @@ fi
 installed="$(moto_installed_version)"
 [[ "$installed" == "$MOTO_VERSION" ]] || die "expected moto ${MOTO_VERSION} in $VENV, found '${installed:-none}'"
 
+# The worker attaches AWS managed policies (AdministratorAccess by default): moto must load them.
+managed_policies_loaded() {
+  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "$VENV/bin/python" - "$MOTO_URL" <<'PY' >/dev/null 2>&1
+import sys, boto3
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1")
+iam.get_policy(PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess")
+PY
+}
+
+if moto_up && ! managed_policies_loaded; then
+  old_pid="$(cat target/moto.pid 2>/dev/null || true)"
+  if [[ -n "$old_pid" ]] && kill -0 "$old_pid" 2>/dev/null; then
+    log "restarting moto_server (pid ${old_pid}): it was started without AWS managed policies"
+    kill "$old_pid"
+    while kill -0 "$old_pid" 2>/dev/null; do sleep 0.2; done
+  else
+    die "a moto on ${MOTO_URL} runs without AWS managed policies and was not started by this script; stop it or set MOTO_PORT"
+  fi
+fi
+
 if ! moto_up; then
   if tcp_up "$MOTO_HOST" "$MOTO_PORT"; then
     die "port ${MOTO_PORT} is in use by something that is not moto (no 200 from ${MOTO_URL}/moto-api/); set MOTO_PORT"
@@ -103,7 +123,7 @@ if ! moto_up; then
   mkdir -p target
   log "starting moto_server on ${MOTO_URL} (log: target/moto.log)"
   # setsid + nohup so it outlives this script; all fds redirected so callers' pipes are not held open.
-  nohup setsid "$VENV/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT" \
+  MOTO_IAM_LOAD_MANAGED_POLICIES=true nohup setsid "$VENV/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT" \
     </dev/null >target/moto.log 2>&1 &
   moto_pid=$!
   echo "$moto_pid" >target/moto.pid

@@ -1,4 +1,19 @@
 //! aws-account-worker: turns CloudBlue Connect purchase requests for AWS into AWS member
 //! accounts. The order's trip: receive → parse → resolve → provision → report → settle.
+//!
+//! - [`domain`]: the pure part (Connect request, business model, naming rules, outcomes);
+//! - [`pipeline`]: parse → resolve → provision → report, ending in an `Outcome`;
+//! - [`provision`] over the [`aws`] traits;
+//! - [`report`]: the result events;
+//! - [`broker`]: topology, consuming, publishing with confirms, and `settle`, the one place
+//!   that maps an outcome to ack, retry or dead-letter;
+//! - [`config`]: settings; [`app`]: wiring and the run loop.
 
+pub mod app;
+pub mod aws;
+pub mod broker;
+pub mod config;
 pub mod domain;
+pub mod pipeline;
+pub mod provision;
+pub mod report;

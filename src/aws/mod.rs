@@ -1,0 +1,129 @@
+//! The AWS side, behind narrow traits that speak our types. The pipeline never sees an SDK
+//! type; [`sdk`] implements the traits over the AWS SDK clients.
+
+pub mod sdk;
+
+use std::fmt;
+use std::future::Future;
+
+use secrecy::SecretString;
+
+use crate::domain::ids::PolicyId;
+use crate::domain::names::IamUserName;
+
+/// Whether retrying the same call later can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Throttling, concurrent modification, 5xx, timeouts, connection errors, a new account not
+    /// ready yet: try again later.
+    Transient,
+    /// Access denied, invalid input, constraint violations: the same call fails again.
+    Permanent,
+}
+
+/// A failed AWS call, classified once, where it happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} failed ({}): {message}", code.as_deref().unwrap_or("no error code"))]
+pub struct AwsError {
+    /// Retry or not.
+    pub retry: Retry,
+    /// The API operation, e.g. `CreateAccount`.
+    pub operation: &'static str,
+    /// AWS's error code, when the service answered with one.
+    pub code: Option<String>,
+    /// What happened; never contains credentials or passwords.
+    pub message: String,
+}
+
+impl AwsError {
+    /// The code for `x-failure-reason`: AWS's error code, or `AWS_UNREACHABLE` when the
+    /// service gave none (timeouts, connection errors).
+    pub fn reason(&self) -> String {
+        self.code.clone().unwrap_or_else(|| "AWS_UNREACHABLE".to_owned())
+    }
+}
+
+/// The result of every AWS call.
+pub type AwsResult<T> = Result<T, AwsError>;
+
+/// A `CreateAccount` request's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateState {
+    /// Still running.
+    InProgress,
+    /// Done: the new account's id.
+    Succeeded {
+        /// 12 digits.
+        account_id: String,
+    },
+    /// AWS gave up, with its `FailureReason`.
+    Failed {
+        /// E.g. `EMAIL_ALREADY_EXISTS`.
+        reason: String,
+    },
+}
+
+/// A `CreateAccount` request and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateStatus {
+    /// `car-…`.
+    pub request_id: String,
+    /// Where it stands.
+    pub state: CreateState,
+}
+
+/// What `CreateAccount` is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAccount {
+    /// Root email.
+    pub email: String,
+    /// Account name.
+    pub name: String,
+    /// Tags put on the account (`connect:request-id`, …).
+    pub tags: Vec<(String, String)>,
+}
+
+/// A 12-digit AWS account id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountId(pub String);
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The payer's management account: AWS Organizations, and the way into member accounts.
+pub trait Organizations: Send + Sync + 'static {
+    /// IAM inside one member account.
+    type Member: MemberIam;
+
+    /// `CreateAccount`.
+    fn create_account(&self, account: &NewAccount) -> impl Future<Output = AwsResult<CreateStatus>> + Send;
+
+    /// `DescribeCreateAccountStatus`.
+    fn create_status(&self, request_id: &str) -> impl Future<Output = AwsResult<CreateStatus>> + Send;
+
+    /// `AttachPolicy` of an SCP to an account; one already attached counts as done.
+    fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> impl Future<Output = AwsResult<()>> + Send;
+
+    /// `AssumeRole` into the member account's access role.
+    fn member(&self, account: &AccountId) -> impl Future<Output = AwsResult<Self::Member>> + Send;
+}
+
+/// IAM inside a member account, reached with its access role.
+pub trait MemberIam: Send + Sync {
+    /// `CreateUser`; a user already there counts as done.
+    fn create_user(&self, name: &IamUserName) -> impl Future<Output = AwsResult<()>> + Send;
+
+    /// `CreateLoginProfile` with a password that must be reset at first sign-in; when the user
+    /// already has one, its password is replaced (`UpdateLoginProfile`).
+    fn set_login_profile(
+        &self,
+        name: &IamUserName,
+        password: &SecretString,
+    ) -> impl Future<Output = AwsResult<()>> + Send;
+
+    /// `AttachUserPolicy` (idempotent in IAM).
+    fn attach_user_policy(&self, name: &IamUserName, policy_arn: &str) -> impl Future<Output = AwsResult<()>> + Send;
+}

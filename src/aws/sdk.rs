@@ -1,0 +1,248 @@
+//! [`Organizations`] and [`MemberIam`] over the AWS SDK, and the one place that classifies SDK
+//! errors as transient or permanent.
+
+use aws_config::SdkConfig;
+use aws_sdk_iam::operation::create_login_profile::CreateLoginProfileError;
+use aws_sdk_iam::operation::create_user::CreateUserError;
+use aws_sdk_organizations::config::http::HttpResponse;
+use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
+use aws_sdk_organizations::types::{CreateAccountState, Tag};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{AccountId, AwsError, AwsResult, CreateState, CreateStatus, MemberIam, NewAccount, Organizations, Retry};
+use crate::domain::ids::PolicyId;
+use crate::domain::names::IamUserName;
+
+/// Error codes that mean "try again later", whatever the operation.
+const TRANSIENT_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ConcurrentModificationException",
+    "ServiceException",
+    "ServiceFailure",
+    "ServiceFailureException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalFailure",
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "IDPCommunicationError",
+];
+
+/// Codes that, right after an account was created, mean its access role or the credentials
+/// from it are not usable yet: transient on calls into a member account only.
+const NOT_READY_CODES: &[&str] = &["AccessDenied", "AccessDeniedException", "InvalidClientTokenId"];
+
+/// Where a call went: the payer's organization, or a freshly created member account.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Payer,
+    Member,
+}
+
+/// Classifies an SDK error: no response or a 5xx is transient; a service error is transient
+/// when its code is in [`TRANSIENT_CODES`] (or [`NOT_READY_CODES`] against a member account).
+fn classify<E>(operation: &'static str, target: Target, err: SdkError<E, HttpResponse>) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let message = match &err {
+        SdkError::ServiceError(service) => service.err().message().unwrap_or("no message").to_owned(),
+        other => DisplayErrorContext(other).to_string(),
+    };
+    let (retry, code) = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => (Retry::Transient, None),
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().map(str::to_owned);
+            let known = |codes: &[&str]| code.as_deref().is_some_and(|c| codes.contains(&c));
+            let transient = service.raw().status().is_server_error()
+                || known(TRANSIENT_CODES)
+                || (target == Target::Member && known(NOT_READY_CODES));
+            (if transient { Retry::Transient } else { Retry::Permanent }, code)
+        }
+        // Construction failures (e.g. no credentials or region) and whatever the SDK adds later.
+        _ => (Retry::Permanent, None),
+    };
+    AwsError { retry, operation, code, message }
+}
+
+/// A payer's management account, reached with the SDK's own credentials chain.
+#[derive(Clone, Debug)]
+pub struct SdkOrganizations {
+    config: SdkConfig,
+    organizations: aws_sdk_organizations::Client,
+    sts: aws_sdk_sts::Client,
+    member_role_name: String,
+}
+
+impl SdkOrganizations {
+    /// Clients over `config` (credentials, region, endpoint); `member_role_name` is the access
+    /// role assumed in new accounts.
+    pub fn new(config: &SdkConfig, member_role_name: &str) -> Self {
+        Self {
+            config: config.clone(),
+            organizations: aws_sdk_organizations::Client::new(config),
+            sts: aws_sdk_sts::Client::new(config),
+            member_role_name: member_role_name.to_owned(),
+        }
+    }
+}
+
+fn status_of(status: Option<&aws_sdk_organizations::types::CreateAccountStatus>, operation: &'static str) -> AwsResult<CreateStatus> {
+    let malformed = |what: &str| AwsError {
+        retry: Retry::Transient,
+        operation,
+        code: None,
+        message: format!("the answer has no {what}"),
+    };
+    let status = status.ok_or_else(|| malformed("CreateAccountStatus"))?;
+    let request_id = status.id().ok_or_else(|| malformed("create request id"))?.to_owned();
+    let state = match status.state() {
+        Some(CreateAccountState::Succeeded) => CreateState::Succeeded {
+            account_id: status.account_id().ok_or_else(|| malformed("account id"))?.to_owned(),
+        },
+        Some(CreateAccountState::Failed) => CreateState::Failed {
+            reason: status.failure_reason().map_or("UNKNOWN", |r| r.as_str()).to_owned(),
+        },
+        _ => CreateState::InProgress,
+    };
+    Ok(CreateStatus { request_id, state })
+}
+
+impl Organizations for SdkOrganizations {
+    type Member = SdkMemberIam;
+
+    async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
+        let mut request = self
+            .organizations
+            .create_account()
+            .email(&account.email)
+            .account_name(&account.name);
+        for (key, value) in &account.tags {
+            let tag = Tag::builder().key(key).value(value).build().map_err(|e| AwsError {
+                retry: Retry::Permanent,
+                operation: "CreateAccount",
+                code: None,
+                message: e.to_string(),
+            })?;
+            request = request.tags(tag);
+        }
+        let output = request
+            .send()
+            .await
+            .map_err(|e| classify("CreateAccount", Target::Payer, e))?;
+        status_of(output.create_account_status(), "CreateAccount")
+    }
+
+    async fn create_status(&self, request_id: &str) -> AwsResult<CreateStatus> {
+        let output = self
+            .organizations
+            .describe_create_account_status()
+            .create_account_request_id(request_id)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeCreateAccountStatus", Target::Payer, e))?;
+        status_of(output.create_account_status(), "DescribeCreateAccountStatus")
+    }
+
+    async fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
+        let result = self
+            .organizations
+            .attach_policy()
+            .policy_id(policy.as_str())
+            .target_id(&account.0)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.as_service_error(), Some(AttachPolicyError::DuplicatePolicyAttachmentException(_))) => Ok(()),
+            Err(e) => Err(classify("AttachPolicy", Target::Payer, e)),
+        }
+    }
+
+    async fn member(&self, account: &AccountId) -> AwsResult<SdkMemberIam> {
+        let role_arn = format!("arn:aws:iam::{account}:role/{}", self.member_role_name);
+        let output = self
+            .sts
+            .assume_role()
+            .role_arn(role_arn)
+            .role_session_name("aws-account-worker")
+            .send()
+            .await
+            .map_err(|e| classify("AssumeRole", Target::Member, e))?;
+        let credentials = output.credentials().ok_or_else(|| AwsError {
+            retry: Retry::Transient,
+            operation: "AssumeRole",
+            code: None,
+            message: "the answer has no credentials".to_owned(),
+        })?;
+        let credentials = aws_sdk_iam::config::Credentials::new(
+            credentials.access_key_id(),
+            credentials.secret_access_key(),
+            Some(credentials.session_token().to_owned()),
+            None,
+            "member-access-role",
+        );
+        let config = aws_sdk_iam::config::Builder::from(&self.config)
+            .credentials_provider(credentials)
+            .build();
+        Ok(SdkMemberIam { iam: aws_sdk_iam::Client::from_conf(config) })
+    }
+}
+
+/// IAM in one member account, with the access role's temporary credentials.
+#[derive(Clone, Debug)]
+pub struct SdkMemberIam {
+    iam: aws_sdk_iam::Client,
+}
+
+impl MemberIam for SdkMemberIam {
+    async fn create_user(&self, name: &IamUserName) -> AwsResult<()> {
+        match self.iam.create_user().user_name(name.as_str()).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => Ok(()),
+            Err(e) => Err(classify("CreateUser", Target::Member, e)),
+        }
+    }
+
+    async fn set_login_profile(&self, name: &IamUserName, password: &SecretString) -> AwsResult<()> {
+        let created = self
+            .iam
+            .create_login_profile()
+            .user_name(name.as_str())
+            .password(password.expose_secret())
+            .password_reset_required(true)
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.as_service_error(), Some(CreateLoginProfileError::EntityAlreadyExistsException(_))) => self
+                .iam
+                .update_login_profile()
+                .user_name(name.as_str())
+                .password(password.expose_secret())
+                .password_reset_required(true)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify("UpdateLoginProfile", Target::Member, e)),
+            Err(e) => Err(classify("CreateLoginProfile", Target::Member, e)),
+        }
+    }
+
+    async fn attach_user_policy(&self, name: &IamUserName, policy_arn: &str) -> AwsResult<()> {
+        self.iam
+            .attach_user_policy()
+            .user_name(name.as_str())
+            .policy_arn(policy_arn)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("AttachUserPolicy", Target::Member, e))
+    }
+}

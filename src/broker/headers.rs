@@ -1,0 +1,112 @@
+//! Headers an order carries between attempts (CONTRACT §6): the attempt count, the failure
+//! times and reason, and the provisioning progress that lets a retry resume.
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use crate::provision::Progress;
+
+/// Failed attempts so far.
+pub const ATTEMPTS: &str = "x-attempts";
+/// Code of the last failure.
+pub const FAILURE_REASON: &str = "x-failure-reason";
+/// Message of the last failure.
+pub const FAILURE_MESSAGE: &str = "x-failure-message";
+/// RFC 3339 time of the first failure.
+pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
+/// RFC 3339 time of the last failure.
+pub const LAST_FAILED_AT: &str = "x-last-failed-at";
+/// The `CreateAccount` request id, once issued.
+pub const CREATE_REQUEST_ID: &str = "x-create-request-id";
+/// The new account's id, once created.
+pub const ACCOUNT_ID: &str = "x-account-id";
+
+/// What a delivery's headers say about earlier attempts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When the first attempt failed.
+    pub first_failed_at: Option<String>,
+    /// What to resume from.
+    pub progress: Progress,
+}
+
+fn text(headers: &FieldTable, key: &str) -> Option<String> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+    .filter(|s| !s.is_empty())
+}
+
+fn number(headers: &FieldTable, key: &str) -> Option<i64> {
+    match headers.inner().get(key)? {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok(),
+        _ => None,
+    }
+}
+
+impl History {
+    /// Reads the history from a delivery's headers; absent or odd values count as none.
+    pub fn read(headers: Option<&FieldTable>) -> Self {
+        let Some(headers) = headers else {
+            return Self::default();
+        };
+        Self {
+            attempts: number(headers, ATTEMPTS).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+            first_failed_at: text(headers, FIRST_FAILED_AT),
+            progress: Progress {
+                create_request_id: text(headers, CREATE_REQUEST_ID),
+                account_id: text(headers, ACCOUNT_ID),
+            },
+        }
+    }
+}
+
+/// Sets a string header.
+pub fn set_text(headers: &mut FieldTable, key: &str, value: &str) {
+    headers.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+}
+
+/// Sets a number header.
+pub fn set_number(headers: &mut FieldTable, key: &str, value: i64) {
+    headers.insert(ShortString::from(key), AMQPValue::LongLongInt(value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_round_trips_through_headers() {
+        let mut headers = FieldTable::default();
+        set_number(&mut headers, ATTEMPTS, 3);
+        set_text(&mut headers, FIRST_FAILED_AT, "2026-11-26T10:00:00Z");
+        set_text(&mut headers, CREATE_REQUEST_ID, "car-abc");
+        let history = History::read(Some(&headers));
+        assert_eq!(history.attempts, 3);
+        assert_eq!(history.first_failed_at.as_deref(), Some("2026-11-26T10:00:00Z"));
+        assert_eq!(history.progress.create_request_id.as_deref(), Some("car-abc"));
+        assert_eq!(history.progress.account_id, None);
+    }
+
+    #[test]
+    fn odd_or_missing_headers_mean_a_first_attempt() {
+        assert_eq!(History::read(None), History::default());
+        let mut headers = FieldTable::default();
+        headers.insert("x-attempts".into(), AMQPValue::LongString("two".into()));
+        assert_eq!(History::read(Some(&headers)).attempts, 0);
+        headers.insert("x-attempts".into(), AMQPValue::LongInt(-1));
+        assert_eq!(History::read(Some(&headers)).attempts, 0);
+        headers.insert("x-attempts".into(), AMQPValue::ShortShortUInt(2));
+        assert_eq!(History::read(Some(&headers)).attempts, 2);
+    }
+}

@@ -1,0 +1,165 @@
+//! Settling a delivery: the one place that maps a pipeline [`Outcome`] to what happens to the
+//! message. Every path publishes with confirm first and acknowledges after, so a failure in
+//! between can duplicate a message but never lose one.
+
+use chrono::{SecondsFormat, Utc};
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use lapin::types::FieldTable;
+use rand::Rng;
+use tracing::{info, warn};
+
+use super::headers::{self, History};
+use super::publisher::{PublishError, Publisher};
+use super::topology::{retry_delay_ms, retry_queue};
+use crate::config::{AmqpSettings, RetrySettings};
+use crate::pipeline::{Failure, Outcome};
+use crate::provision::Progress;
+use crate::report::{self, Event};
+
+/// What became of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Its event was published and it was acknowledged.
+    Reported,
+    /// It waits in a retry queue.
+    Retrying,
+    /// It is in the dead-letter queue.
+    DeadLettered,
+}
+
+/// Why a delivery could not be settled; the caller hands it back to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// A publish was not confirmed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The acknowledgement failed (the delivery returns to the queue by itself).
+    #[error("acknowledging failed: {0}")]
+    Ack(lapin::Error),
+}
+
+/// Publishes and acknowledges according to outcomes.
+#[derive(Clone)]
+pub struct Settler {
+    publisher: Publisher,
+    amqp: AmqpSettings,
+    retry: RetrySettings,
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Settler {
+    /// A settler publishing on `publisher` with the names and retry policy of the settings.
+    pub fn new(publisher: Publisher, amqp: &AmqpSettings, retry: &RetrySettings) -> Self {
+        Self { publisher, amqp: amqp.clone(), retry: retry.clone() }
+    }
+
+    /// Settles `delivery`, whose history is `history`, according to `outcome`.
+    ///
+    /// # Errors
+    /// [`SettleError`] when a publish was not confirmed or the ack failed; the delivery is then
+    /// not acknowledged.
+    pub async fn settle(&self, delivery: &Delivery, history: &History, outcome: Outcome) -> Result<Settled, SettleError> {
+        let settled = match outcome {
+            Outcome::Report(event) => {
+                self.publish_event(&event).await?;
+                Settled::Reported
+            }
+            Outcome::Retry { failure, progress } => {
+                let attempts = history.attempts + 1;
+                if attempts >= self.retry.max_attempts {
+                    self.dead_letter(delivery, history, &failure, attempts).await?
+                } else {
+                    self.schedule_retry(delivery, history, &failure, &progress, attempts).await?
+                }
+            }
+            Outcome::DeadLetter(failure) => self.dead_letter(delivery, history, &failure, history.attempts + 1).await?,
+        };
+        delivery.ack(BasicAckOptions::default()).await.map_err(SettleError::Ack)?;
+        Ok(settled)
+    }
+
+    async fn publish_event(&self, event: &Event) -> Result<(), PublishError> {
+        let properties = BasicProperties::default().with_content_type("application/json".into());
+        self.publisher
+            .publish(&self.amqp.results_exchange, event.name, &event.body, properties)
+            .await?;
+        info!(event = event.name, "result event published");
+        Ok(())
+    }
+
+    /// The original message's headers plus the failure record.
+    fn failure_headers(&self, delivery: &Delivery, history: &History, failure: &Failure, attempts: u32) -> FieldTable {
+        let mut table = delivery.properties.headers().clone().unwrap_or_default();
+        let at = now();
+        headers::set_number(&mut table, headers::ATTEMPTS, i64::from(attempts));
+        headers::set_text(&mut table, headers::FAILURE_REASON, &failure.reason);
+        headers::set_text(&mut table, headers::FAILURE_MESSAGE, &failure.message);
+        headers::set_text(&mut table, headers::FIRST_FAILED_AT, history.first_failed_at.as_deref().unwrap_or(&at));
+        headers::set_text(&mut table, headers::LAST_FAILED_AT, &at);
+        table
+    }
+
+    /// The original message's properties (content type, ids) with new headers.
+    fn properties(delivery: &Delivery, headers: FieldTable) -> BasicProperties {
+        let original = &delivery.properties;
+        let mut properties = BasicProperties::default().with_headers(headers);
+        if let Some(content_type) = original.content_type() {
+            properties = properties.with_content_type(content_type.clone());
+        }
+        if let Some(message_id) = original.message_id() {
+            properties = properties.with_message_id(message_id.clone());
+        }
+        if let Some(correlation_id) = original.correlation_id() {
+            properties = properties.with_correlation_id(correlation_id.clone());
+        }
+        properties
+    }
+
+    async fn schedule_retry(
+        &self,
+        delivery: &Delivery,
+        history: &History,
+        failure: &Failure,
+        progress: &Progress,
+        attempts: u32,
+    ) -> Result<Settled, SettleError> {
+        let mut table = self.failure_headers(delivery, history, failure, attempts);
+        if let Some(id) = &progress.create_request_id {
+            headers::set_text(&mut table, headers::CREATE_REQUEST_ID, id);
+        }
+        if let Some(id) = &progress.account_id {
+            headers::set_text(&mut table, headers::ACCOUNT_ID, id);
+        }
+        let delay = retry_delay_ms(&self.retry, attempts);
+        // Jitter: wait between half and all of the step's delay (the queue's TTL caps it).
+        let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);
+        let properties = Self::properties(delivery, table).with_expiration(wait.to_string().into());
+        let queue = retry_queue(&self.amqp, delay);
+        self.publisher.publish("", &queue, &delivery.data, properties).await?;
+        warn!(attempts, wait_ms = wait, reason = %failure.reason, "order scheduled for retry");
+        Ok(Settled::Retrying)
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        history: &History,
+        failure: &Failure,
+        attempts: u32,
+    ) -> Result<Settled, SettleError> {
+        let table = self.failure_headers(delivery, history, failure, attempts);
+        let properties = Self::properties(delivery, table);
+        self.publisher
+            .publish(&self.amqp.dead_letter_exchange, &self.amqp.orders_routing_key, &delivery.data, properties)
+            .await?;
+        warn!(attempts, reason = %failure.reason, message = %failure.message, "order dead-lettered");
+        let event = report::dead_lettered(&failure.ids, &failure.reason, &failure.message, attempts);
+        self.publish_event(&event).await?;
+        Ok(Settled::DeadLettered)
+    }
+}

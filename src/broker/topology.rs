@@ -1,0 +1,148 @@
+//! The queues and exchanges the worker uses (CONTRACT §3, §5, §6), declared idempotently at
+//! start-up.
+//!
+//! ```text
+//! connect.orders (topic) --aws.account.new--> aws-account-orders (quorum)
+//!     aws-account-orders --x-delivery-limit / dead letters--> aws-account-orders.dlx (fanout) --> aws-account-orders.dlq
+//!     retry: <prefix>.<delay>ms (quorum, TTL) --expired--> default exchange --> aws-account-orders
+//! connect.order-results (topic, alternate exchange) --unrouted--> connect.order-results.unrouted (fanout) --> queue of the same name
+//! ```
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::{AmqpSettings, RetrySettings};
+
+/// The delay before the retry that follows the `failures`-th failed attempt (1-based):
+/// `initial_delay_ms * 2^(failures-1)`, at most `max_delay_ms`.
+pub fn retry_delay_ms(retry: &RetrySettings, failures: u32) -> u64 {
+    let doublings = failures.saturating_sub(1).min(63);
+    retry
+        .initial_delay_ms
+        .saturating_mul(1u64.checked_shl(doublings).unwrap_or(u64::MAX))
+        .min(retry.max_delay_ms)
+}
+
+/// Every distinct delay a retry can wait (one queue each).
+pub fn retry_delays(retry: &RetrySettings) -> Vec<u64> {
+    let mut delays: Vec<u64> = (1..retry.max_attempts).map(|n| retry_delay_ms(retry, n)).collect();
+    delays.dedup();
+    delays
+}
+
+/// The name of the queue where orders wait `delay_ms` before their next attempt.
+pub fn retry_queue(amqp: &AmqpSettings, delay_ms: u64) -> String {
+    format!("{}.{delay_ms}ms", amqp.retry_queue_prefix)
+}
+
+fn arguments(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert((*key).into(), value.clone());
+    }
+    table
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// A durable quorum queue that dead-letters at least once (never dropping a message in transit).
+fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut pairs = vec![
+        ("x-queue-type", text("quorum")),
+        ("x-dead-letter-strategy", text("at-least-once")),
+        ("x-overflow", text("reject-publish")),
+    ];
+    pairs.extend_from_slice(extra);
+    arguments(&pairs)
+}
+
+const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
+    passive: false,
+    durable: true,
+    auto_delete: false,
+    internal: false,
+    nowait: false,
+};
+
+const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+async fn queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
+    channel.queue_declare(name.into(), DURABLE_QUEUE, args).await.map(|_| ())
+}
+
+async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) -> lapin::Result<()> {
+    channel.exchange_declare(name.into(), kind, DURABLE_EXCHANGE, args).await
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+    channel
+        .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+}
+
+/// Declares everything the worker uses; harmless when it already exists as declared.
+///
+/// # Errors
+/// The broker refuses a declaration, for example a queue that exists with other arguments.
+pub async fn declare(channel: &Channel, amqp: &AmqpSettings, retry: &RetrySettings) -> lapin::Result<()> {
+    exchange(channel, &amqp.dead_letter_exchange, ExchangeKind::Fanout, FieldTable::default()).await?;
+    queue(channel, &amqp.dead_letter_queue, quorum(&[])).await?;
+    bind(channel, &amqp.dead_letter_queue, &amqp.dead_letter_exchange, "").await?;
+
+    exchange(channel, &amqp.orders_exchange, ExchangeKind::Topic, FieldTable::default()).await?;
+    let orders = quorum(&[
+        ("x-dead-letter-exchange", text(&amqp.dead_letter_exchange)),
+        ("x-delivery-limit", AMQPValue::LongLongInt(i64::from(amqp.delivery_limit))),
+    ]);
+    queue(channel, &amqp.orders_queue, orders).await?;
+    bind(channel, &amqp.orders_queue, &amqp.orders_exchange, &amqp.orders_routing_key).await?;
+
+    for delay in retry_delays(retry) {
+        let args = quorum(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(i64::try_from(delay).unwrap_or(i64::MAX))),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text(&amqp.orders_queue)),
+        ]);
+        queue(channel, &retry_queue(amqp, delay), args).await?;
+    }
+
+    exchange(channel, &amqp.unrouted_exchange, ExchangeKind::Fanout, FieldTable::default()).await?;
+    queue(channel, &amqp.unrouted_queue, quorum(&[])).await?;
+    bind(channel, &amqp.unrouted_queue, &amqp.unrouted_exchange, "").await?;
+    let results = arguments(&[("alternate-exchange", text(&amqp.unrouted_exchange))]);
+    exchange(channel, &amqp.results_exchange, ExchangeKind::Topic, results).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(initial: u64, max: u64, attempts: u32) -> RetrySettings {
+        RetrySettings { initial_delay_ms: initial, max_delay_ms: max, max_attempts: attempts, max_replays: 5 }
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap() {
+        let r = retry(1000, 300_000, 8);
+        let delays: Vec<u64> = (1..=10).map(|n| retry_delay_ms(&r, n)).collect();
+        assert_eq!(delays, [1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 300000]);
+        assert_eq!(retry_delays(&r), [1000, 2000, 4000, 8000, 16000, 32000, 64000]);
+        assert_eq!(retry_delay_ms(&r, 0), 1000);
+        assert_eq!(retry_delay_ms(&r, u32::MAX), 300_000);
+    }
+
+    #[test]
+    fn capped_delays_share_a_queue() {
+        assert_eq!(retry_delays(&retry(100, 250, 6)), [100, 200, 250]);
+        assert!(retry_delays(&retry(100, 250, 1)).is_empty());
+    }
+}

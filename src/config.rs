@@ -1,0 +1,436 @@
+//! Settings: one typed tree loaded from the built-in defaults (`config/default.toml`), an
+//! optional file, then `WORKER__SECTION__KEY` environment variables; validated at start-up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Value};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::domain::ids::{MarketplaceId, TierAccountId};
+use crate::domain::model::{MarketplaceSettings, ModelSettings, render_template};
+use crate::domain::email::AccountEmail;
+
+/// The built-in defaults: the documented `config/default.toml`.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+/// The prefix of environment overrides; `__` separates the levels.
+pub const ENV_PREFIX: &str = "WORKER__";
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable could not be read.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// A key nobody reads: most likely a typo.
+    #[error("configuration key `{0}`: unknown key")]
+    UnknownKey(String),
+    /// A value that parses but cannot be used.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `[worker]`.
+    pub worker: WorkerSettings,
+    /// `[amqp]`.
+    pub amqp: AmqpSettings,
+    /// `[retry]`.
+    pub retry: RetrySettings,
+    /// `[aws]`.
+    pub aws: AwsSettings,
+    /// `[business_model]`: the global defaults of the business model.
+    pub business_model: ModelSettings,
+    /// `[marketplaces."MP-…"]`.
+    #[serde(default)]
+    pub marketplaces: BTreeMap<String, MarketplaceSettings>,
+    /// `[payers.NAME]`.
+    #[serde(default)]
+    pub payers: BTreeMap<String, PayerSettings>,
+    /// `[observability]`.
+    pub observability: ObservabilitySettings,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// How long SIGTERM waits for in-flight orders.
+    pub shutdown_grace_seconds: u64,
+}
+
+/// `[amqp]`: the broker and every name of the topology.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Broker URL; may hold a password, so it is secret.
+    #[serde(serialize_with = "redacted")]
+    pub url: SecretString,
+    /// Topic exchange the orders arrive on.
+    pub orders_exchange: String,
+    /// Routing key of new-account orders.
+    pub orders_routing_key: String,
+    /// The orders quorum queue.
+    pub orders_queue: String,
+    /// Exchange leading to the dead-letter queue.
+    pub dead_letter_exchange: String,
+    /// The dead-letter queue.
+    pub dead_letter_queue: String,
+    /// Prefix of the retry (delay) queues.
+    pub retry_queue_prefix: String,
+    /// Topic exchange of result events.
+    pub results_exchange: String,
+    /// Alternate exchange of the results exchange.
+    pub unrouted_exchange: String,
+    /// Queue keeping unrouted events.
+    pub unrouted_queue: String,
+    /// Unacknowledged orders one worker holds.
+    pub prefetch: u16,
+    /// `x-delivery-limit` of the orders queue.
+    pub delivery_limit: u32,
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// First retry delay.
+    pub initial_delay_ms: u64,
+    /// Largest retry delay.
+    pub max_delay_ms: u64,
+    /// Attempts before an order is dead-lettered.
+    pub max_attempts: u32,
+    /// Replays before `replay` keeps a message in the DLQ.
+    pub max_replays: u32,
+}
+
+/// `[aws]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// The access role in new member accounts.
+    pub member_role_name: String,
+    /// CreateAccount requests in progress per payer organization.
+    pub max_concurrent_creations: u32,
+    /// Poll interval of DescribeCreateAccountStatus.
+    pub create_status_poll_ms: u64,
+    /// How long one attempt waits for a creation in progress.
+    pub create_status_wait_seconds: u64,
+}
+
+/// `[payers.NAME]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayerSettings {
+    /// Role to assume to act as this payer's management account.
+    pub role_arn: Option<String>,
+}
+
+/// `[observability]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilitySettings {
+    /// Address of the metrics and health endpoints.
+    pub listen: String,
+}
+
+fn redacted<S: Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("[REDACTED]")
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` if given, then the environment, and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid("--config", format!("{} is not a readable file", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// The built-in defaults with `toml` laid over them (no environment): for tests and tools.
+    ///
+    /// # Errors
+    /// As [`Settings::load`].
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let load = load_error;
+        let settings: Self = figment.extract().map_err(load)?;
+        let given: Dict = figment.extract().map_err(load)?;
+        let known = Value::serialize(&settings).map_err(load)?;
+        if let Some(key) = unknown_key(&given, &known, "") {
+            return Err(ConfigError::UnknownKey(key));
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value that parses but may still be unusable.
+    ///
+    /// # Errors
+    /// The first problem, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let amqp = &self.amqp;
+        lapin::uri::AMQPUri::from_str(amqp.url.expose_secret())
+            .map_err(|_| invalid("amqp.url", "not an AMQP URL (amqp://user:password@host:port/vhost)"))?;
+        for (key, name) in [
+            ("orders_exchange", &amqp.orders_exchange),
+            ("orders_routing_key", &amqp.orders_routing_key),
+            ("orders_queue", &amqp.orders_queue),
+            ("dead_letter_exchange", &amqp.dead_letter_exchange),
+            ("dead_letter_queue", &amqp.dead_letter_queue),
+            ("retry_queue_prefix", &amqp.retry_queue_prefix),
+            ("results_exchange", &amqp.results_exchange),
+            ("unrouted_exchange", &amqp.unrouted_exchange),
+            ("unrouted_queue", &amqp.unrouted_queue),
+        ] {
+            if name.trim().is_empty() || name.len() > 200 {
+                return Err(invalid(format!("amqp.{key}"), "must be a name of 1 to 200 characters"));
+            }
+        }
+        if amqp.prefetch == 0 {
+            return Err(invalid("amqp.prefetch", "must be at least 1"));
+        }
+        if amqp.delivery_limit == 0 {
+            return Err(invalid("amqp.delivery_limit", "must be at least 1"));
+        }
+        let retry = &self.retry;
+        if retry.initial_delay_ms == 0 {
+            return Err(invalid("retry.initial_delay_ms", "must be at least 1"));
+        }
+        if retry.max_delay_ms < retry.initial_delay_ms {
+            return Err(invalid("retry.max_delay_ms", "must not be less than retry.initial_delay_ms"));
+        }
+        if retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        let aws = &self.aws;
+        let role_ok = (1..=64).contains(&aws.member_role_name.len())
+            && aws.member_role_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+        if !role_ok {
+            return Err(invalid("aws.member_role_name", "not a valid IAM role name"));
+        }
+        if aws.max_concurrent_creations == 0 {
+            return Err(invalid("aws.max_concurrent_creations", "must be at least 1"));
+        }
+        if aws.create_status_poll_ms == 0 {
+            return Err(invalid("aws.create_status_poll_ms", "must be at least 1"));
+        }
+        SocketAddr::from_str(&self.observability.listen)
+            .map_err(|_| invalid("observability.listen", "not an address (host:port)"))?;
+        self.validate_business_model()
+    }
+
+    fn validate_business_model(&self) -> Result<(), ConfigError> {
+        let global = &self.business_model;
+        check_layer("business_model", global)?;
+        for (key, missing) in [
+            ("account_model", global.account_model.is_none()),
+            ("provider_email_domain", global.provider_email_domain.as_deref().is_none_or(str::is_empty)),
+            ("spam_email_template", global.spam_email_template.is_none()),
+        ] {
+            if missing {
+                return Err(invalid(format!("business_model.{key}"), "must be set"));
+            }
+        }
+        for (name, payer) in &self.payers {
+            if name != "default" || payer.role_arn.is_some() {
+                return Err(invalid(
+                    format!("payers.{name}"),
+                    "only the `default` payer, without role_arn, is supported by this version (Multi-Payer is not built yet)",
+                ));
+            }
+        }
+        check_spam_email(&self.business_model, "business_model", global)?;
+        for (marketplace, section) in &self.marketplaces {
+            let path = format!("marketplaces.\"{marketplace}\"");
+            MarketplaceId::parse(marketplace).map_err(|e| invalid(&path, e.to_string()))?;
+            check_layer(&path, &section.settings)?;
+            check_spam_email(&section.settings, &path, global)?;
+            for (opco, settings) in &section.opcos {
+                let path = format!("{path}.opcos.\"{opco}\"");
+                TierAccountId::parse(opco).map_err(|e| invalid(&path, e.to_string()))?;
+                check_layer(&path, settings)?;
+                check_spam_email(settings, &path, global)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates one layer's own values, its payer name, and what this version cannot do yet.
+fn check_layer(path: &str, layer: &ModelSettings) -> Result<(), ConfigError> {
+    layer
+        .validate()
+        .map_err(|issue| invalid(format!("{path}.{}", issue.key), issue.message))?;
+    if let Some(payer) = layer.payer.as_deref().filter(|p| *p != "default") {
+        return Err(invalid(
+            format!("{path}.payer"),
+            format!("payer `{payer}`: only `default` is supported by this version (Multi-Payer is not built yet)"),
+        ));
+    }
+    if layer.organizational_unit_id.is_some() {
+        return Err(invalid(
+            format!("{path}.organizational_unit_id"),
+            "OU placement is not supported by this version yet; remove the key",
+        ));
+    }
+    Ok(())
+}
+
+/// The SPAM email a layer would render must be an address on its provider domain.
+fn check_spam_email(layer: &ModelSettings, path: &str, global: &ModelSettings) -> Result<(), ConfigError> {
+    if layer.spam_email_template.is_none() && layer.provider_email_domain.is_none() {
+        return Ok(());
+    }
+    let template = layer.spam_email_template.as_ref().or(global.spam_email_template.as_ref());
+    let domain = layer.provider_email_domain.as_ref().or(global.provider_email_domain.as_ref());
+    let (Some(template), Some(domain)) = (template, domain) else {
+        return Ok(());
+    };
+    let sample = |name: &str| match name {
+        "provider_email_domain" => Some(domain.as_str()),
+        _ => Some("AS-1000-2000-3000"),
+    };
+    let key = format!("{path}.spam_email_template");
+    let rendered = render_template(template, &sample).map_err(|m| invalid(&key, m))?;
+    match AccountEmail::parse(&rendered) {
+        Ok(email) if email.is_on_domain(domain) => Ok(()),
+        Ok(email) => Err(invalid(key, format!("renders `{email}`, which is not on the provider domain `{domain}`"))),
+        Err(e) => Err(invalid(key, format!("renders `{rendered}`: {e}"))),
+    }
+}
+
+/// A loading error, naming the key and where its value came from when figment knows them.
+fn load_error(error: figment::Error) -> ConfigError {
+    let source = error.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+    let message = format!("{} (from {source})", error.kind);
+    if error.path.is_empty() {
+        return ConfigError::Load(message);
+    }
+    let key = error.path.join(".");
+    // Environment keys are matched lower-cased; figment reports them as written.
+    let from_env = source.contains("environment");
+    invalid(if from_env { key.to_lowercase() } else { key }, message)
+}
+
+/// The first key (dotted path) present in `given` but not in `known`.
+fn unknown_key(given: &Dict, known: &Value, path: &str) -> Option<String> {
+    let known = known.as_dict();
+    given.iter().find_map(|(key, value)| {
+        let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        match known.and_then(|k| k.get(key)) {
+            None => Some(full),
+            Some(known_value) => match value {
+                Value::Dict(_, inner) => unknown_key(inner, known_value, &full),
+                _ => None,
+            },
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        [business_model]
+        provider_email_domain = "provider.com"
+    "#;
+
+    /// The error for `toml` laid over a valid file; `[business_model]` cases bring their own.
+    fn error_of(toml: &str) -> String {
+        let text = if toml.contains("[business_model]") {
+            format!("{toml}\nprovider_email_domain = \"provider.com\"")
+        } else {
+            format!("{VALID}\n{toml}")
+        };
+        Settings::from_toml(&text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn defaults_plus_the_provider_domain_are_valid() {
+        let settings = Settings::from_toml(VALID).expect("valid");
+        assert_eq!(settings.amqp.orders_queue, "aws-account-orders");
+        assert_eq!(settings.retry.max_attempts, 8);
+        assert_eq!(settings.aws.max_concurrent_creations, 5);
+        assert_eq!(settings.business_model.payer.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn the_built_in_defaults_require_a_provider_domain() {
+        let err = Settings::from_toml("").expect_err("no domain").to_string();
+        assert!(err.contains("business_model.provider_email_domain"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[amqp]\nprefetch = 0", "amqp.prefetch"),
+            ("[amqp]\nprefetch = \"many\"", "prefetch"),
+            ("[amqp]\nurl = \"http://x\"", "amqp.url"),
+            ("[amqp]\nprefech = 3", "amqp.prefech"),
+            ("[retry]\nmax_delay_ms = 10\ninitial_delay_ms = 100", "retry.max_delay_ms"),
+            ("[aws]\nmember_role_name = \"bad role\"", "aws.member_role_name"),
+            ("[observability]\nlisten = \"nowhere\"", "observability.listen"),
+            ("[business_model]\nservice_control_policies = [\"x\"]", "business_model.service_control_policies"),
+            ("[business_model]\nspam_email_template = \"{customer_id}@other.com\"", "business_model.spam_email_template"),
+            ("[marketplaces.\"MP-1\"]\naccount_model = \"HYBRID\"", "marketplaces.MP-1"),
+            ("[marketplaces.\"MP-1\"]\naccuont_model = \"ECAM\"", "marketplaces.MP-1.accuont_model"),
+            ("[marketplaces.\"XX-1\"]\naccount_model = \"ECAM\"", "marketplaces.\"XX-1\""),
+            ("[marketplaces.\"MP-1\".opcos.\"TA-1\"]\nservice_control_policies = [\"p-x\"]", "marketplaces.\"MP-1\".opcos.\"TA-1\".service_control_policies"),
+            ("[marketplaces.\"MP-1\".opcos.\"TA-1\"]\nsurprise = 1", "marketplaces.MP-1.opcos.TA-1.surprise"),
+            ("[payers.b]\nrole_arn = \"arn:aws:iam::1:role/x\"", "payers.b"),
+            ("[business_model]\norganizational_unit_id = \"ou-ab12-cdef3456\"", "business_model.organizational_unit_id"),
+        ];
+        for (toml, key) in cases {
+            let err = error_of(toml);
+            assert!(err.contains(key), "{toml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn marketplace_and_opco_sections_load() {
+        let settings = Settings::from_toml(&format!(
+            "{VALID}\n[marketplaces.\"MP-91673\"]\nmulti_payer = true\naccount_model = \"ECAM\"\n\
+             [marketplaces.\"MP-91673\".opcos.\"TA-0-1\"]\nservice_control_policies = [\"p-abcd1234\"]"
+        ))
+        .expect("valid");
+        let section = &settings.marketplaces["MP-91673"];
+        assert!(section.multi_payer);
+        assert_eq!(section.settings.account_model, Some(crate::domain::model::AccountModel::Ecam));
+        assert_eq!(section.opcos["TA-0-1"].service_control_policies, Some(vec!["p-abcd1234".to_owned()]));
+    }
+
+    #[test]
+    fn the_url_never_prints() {
+        let settings = Settings::from_toml(VALID).expect("valid");
+        assert!(!format!("{settings:?}").contains("guest:guest"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The order's trip inside the worker: parse → resolve → provision → report. `process_one`
+//! returns an [`Outcome`]; the broker side settles it (ack, retry or dead-letter).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::aws::{Organizations, Retry};
+use crate::config::Settings;
+use crate::domain::model::{self, MarketplaceSettings, ModelSettings};
+use crate::domain::order::{self, PartialIds, PurchaseRequest};
+use crate::provision::{Polling, Progress, ProvisionError, provision};
+use crate::report::{self, Event};
+
+/// What to do with a delivery once the pipeline is done with it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Publish this event (`provisioned` or `failed`), then acknowledge the order.
+    Report(Event),
+    /// A transient failure: try again later, resuming from `progress`.
+    Retry {
+        /// Why.
+        failure: Failure,
+        /// What the attempt achieved.
+        progress: Progress,
+    },
+    /// Not processable: dead-letter at once (a malformed message, or a permanent AWS error).
+    DeadLetter(Failure),
+}
+
+/// Why an order was not reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// A code for `x-failure-reason`.
+    pub reason: String,
+    /// A readable explanation for `x-failure-message`.
+    pub message: String,
+    /// The order's identifying fields, as far as they are known.
+    pub ids: PartialIds,
+}
+
+/// The pipeline: AWS plus the settings that resolution and provisioning need.
+pub struct Pipeline<O> {
+    aws: O,
+    business_model: ModelSettings,
+    marketplaces: BTreeMap<String, MarketplaceSettings>,
+    polling: Polling,
+}
+
+impl PartialIds {
+    /// The ids of a valid order.
+    pub fn of(order: &PurchaseRequest) -> Self {
+        Self {
+            request_id: Some(order.request_id.to_string()),
+            asset_id: Some(order.asset_id.to_string()),
+            marketplace_id: Some(order.marketplace_id.to_string()),
+            tier1_id: order.tier1_id.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+impl<O: Organizations> Pipeline<O> {
+    /// A pipeline over `aws` with the business-model and polling settings of `settings`.
+    pub fn new(aws: O, settings: &Settings) -> Arc<Self> {
+        Arc::new(Self {
+            aws,
+            business_model: settings.business_model.clone(),
+            marketplaces: settings.marketplaces.clone(),
+            polling: Polling {
+                interval: Duration::from_millis(settings.aws.create_status_poll_ms),
+                patience: Duration::from_secs(settings.aws.create_status_wait_seconds),
+            },
+        })
+    }
+
+    /// Takes one order body through the pipeline, resuming from `progress`.
+    pub async fn process_one(&self, body: &[u8], progress: Progress) -> Outcome {
+        let order = match order::parse(body) {
+            Ok(order) => order,
+            Err(malformed) => {
+                warn!(reason = malformed.error.code(), error = %malformed.error, "malformed order");
+                return Outcome::DeadLetter(Failure {
+                    reason: malformed.error.code().to_owned(),
+                    message: malformed.error.to_string(),
+                    ids: malformed.ids,
+                });
+            }
+        };
+        let span = info_span!(
+            "order",
+            request_id = %order.request_id,
+            asset_id = %order.asset_id,
+            marketplace_id = %order.marketplace_id,
+        );
+        self.process_order(&order, progress).instrument(span).await
+    }
+
+    async fn process_order(&self, order: &PurchaseRequest, progress: Progress) -> Outcome {
+        let ids = PartialIds::of(order);
+        let plan = match model::resolve(order, &self.business_model, &self.marketplaces) {
+            Ok(plan) => plan,
+            Err(rejection) => {
+                info!(code = rejection.code.as_str(), message = %rejection.message, "order rejected");
+                return Outcome::Report(report::failed(&ids, None, None, &rejection));
+            }
+        };
+        info!(business_model = plan.model.as_str(), payer = %plan.payer, "business model resolved");
+        match provision(&self.aws, order, &plan, progress, self.polling).await {
+            Ok(done) => {
+                info!(account_id = %done.account_id, "order provisioned");
+                Outcome::Report(report::provisioned(&ids, &plan, &done))
+            }
+            Err(ProvisionError::Rejected(rejection)) => {
+                info!(code = rejection.code.as_str(), message = %rejection.message, "AWS refused the account");
+                Outcome::Report(report::failed(&ids, Some(plan.model), Some(&plan.payer), &rejection))
+            }
+            Err(ProvisionError::Aws { error, progress }) => {
+                let failure = Failure { reason: error.reason(), message: error.to_string(), ids };
+                match error.retry {
+                    Retry::Transient => {
+                        warn!(reason = %failure.reason, error = %error, "transient AWS failure");
+                        Outcome::Retry { failure, progress }
+                    }
+                    Retry::Permanent => {
+                        warn!(reason = %failure.reason, error = %error, "permanent AWS failure");
+                        Outcome::DeadLetter(failure)
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Result events (CONTRACT §5): `aws.account.provisioned`, `aws.account.failed` and
+//! `aws.account.dead-lettered`, as JSON bodies ready to publish.
+
+use chrono::{SecondsFormat, Utc};
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value, json};
+
+use crate::domain::model::{AccountModel, Plan};
+use crate::domain::order::PartialIds;
+use crate::domain::outcome::Rejection;
+use crate::provision::{Granted, Provisioned};
+
+/// Routing key and event name of a provisioned account.
+pub const PROVISIONED: &str = "aws.account.provisioned";
+/// Routing key and event name of an order that gets no account.
+pub const FAILED: &str = "aws.account.failed";
+/// Routing key and event name of a dead-lettered order.
+pub const DEAD_LETTERED: &str = "aws.account.dead-lettered";
+
+/// An event ready to publish. The body may hold the customer's initial password: it is
+/// published and never logged, and `Debug` leaves it out.
+pub struct Event {
+    /// Event name, also the routing key.
+    pub name: &'static str,
+    /// The JSON body.
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event").field("name", &self.name).field("body", &"[REDACTED]").finish()
+    }
+}
+
+/// The fields every event starts with.
+fn envelope(name: &'static str, ids: &PartialIds) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("event".into(), json!(name));
+    fields.insert("event_id".into(), json!(uuid::Uuid::new_v4().to_string()));
+    fields.insert("occurred_at".into(), json!(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)));
+    fields.insert("request_id".into(), json!(ids.request_id));
+    fields.insert("asset_id".into(), json!(ids.asset_id));
+    fields.insert("marketplace_id".into(), json!(ids.marketplace_id));
+    fields.insert("tier1_id".into(), json!(ids.tier1_id));
+    fields
+}
+
+fn finish(name: &'static str, mut fields: Map<String, Value>, rest: Value) -> Event {
+    if let Value::Object(rest) = rest {
+        fields.extend(rest);
+    }
+    Event { name, body: Value::Object(fields).to_string().into_bytes() }
+}
+
+/// `aws.account.provisioned`, with the subscription template's parameters.
+pub fn provisioned(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Event {
+    let console_url = format!("https://{}.signin.aws.amazon.com/console", done.account_id);
+    let (template_name, access, params) = match &done.access {
+        Granted::IamUser { user_name, password } => (
+            "iam_user",
+            json!({
+                "kind": "iam_user",
+                "iam_user_name": user_name,
+                "console_url": console_url,
+                "initial_password": password.expose_secret(),
+                "password_reset_required": true,
+            }),
+            json!({
+                "aws_account_id": done.account_id,
+                "aws_account_email": plan.email,
+                "iam_user_name": user_name,
+                "iam_console_url": console_url,
+                "iam_initial_password": password.expose_secret(),
+            }),
+        ),
+        Granted::RootUser => (
+            "root_user",
+            json!({"kind": "root_user", "root_email": plan.email, "console_url": console_url}),
+            json!({"aws_account_id": done.account_id, "aws_account_email": plan.email}),
+        ),
+    };
+    let body = json!({
+        "business_model": plan.model.as_str(),
+        "payer": plan.payer,
+        "account": {
+            "id": done.account_id,
+            "email": plan.email,
+            "name": plan.account_name,
+            "create_request_id": done.create_request_id,
+        },
+        "access": access,
+        "service_control_policies": done.service_control_policies,
+        "template": {"name": template_name, "id": plan.template_id, "params": params},
+    });
+    finish(PROVISIONED, envelope(PROVISIONED, ids), body)
+}
+
+/// `aws.account.failed`; `model` and `payer` are null when resolution did not get that far.
+pub fn failed(ids: &PartialIds, model: Option<AccountModel>, payer: Option<&str>, rejection: &Rejection) -> Event {
+    let (action, param_id) = rejection.action(model);
+    let body = json!({
+        "business_model": model.map(AccountModel::as_str),
+        "payer": payer,
+        "failure": {
+            "code": rejection.code.as_str(),
+            "message": rejection.message,
+            "action": action,
+            "param_id": param_id,
+        },
+    });
+    finish(FAILED, envelope(FAILED, ids), body)
+}
+
+/// `aws.account.dead-lettered`.
+pub fn dead_lettered(ids: &PartialIds, reason: &str, message: &str, attempts: u32) -> Event {
+    let body = json!({"reason": reason, "message": message, "attempts": attempts});
+    finish(DEAD_LETTERED, envelope(DEAD_LETTERED, ids), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::outcome::FailureCode;
+
+    fn ids() -> PartialIds {
+        PartialIds {
+            request_id: Some("PR-1".into()),
+            asset_id: Some("AS-1".into()),
+            marketplace_id: Some("MP-1".into()),
+            tier1_id: None,
+        }
+    }
+
+    fn parse(event: &Event) -> Value {
+        serde_json::from_slice(&event.body).expect("event is JSON")
+    }
+
+    #[test]
+    fn failed_events_carry_action_and_param() {
+        let rejection = Rejection::new(FailureCode::EmailAlreadyExists, "taken");
+        let ecam = parse(&failed(&ids(), Some(AccountModel::Ecam), Some("default"), &rejection));
+        assert_eq!(ecam["event"], "aws.account.failed");
+        assert_eq!(ecam["failure"]["code"], "EMAIL_ALREADY_EXISTS");
+        assert_eq!(ecam["failure"]["action"], "inquire");
+        assert_eq!(ecam["failure"]["param_id"], "aws_account_email");
+        assert_eq!(ecam["tier1_id"], Value::Null);
+        let unknown = parse(&failed(&ids(), None, None, &rejection));
+        assert_eq!(unknown["failure"]["action"], "fail");
+        assert_eq!(unknown["business_model"], Value::Null);
+    }
+
+    #[test]
+    fn events_have_unique_ids_and_rfc3339_times() {
+        let a = parse(&dead_lettered(&ids(), "NOT_JSON", "x", 1));
+        let b = parse(&dead_lettered(&PartialIds::default(), "NOT_JSON", "x", 1));
+        assert_ne!(a["event_id"], b["event_id"]);
+        let at = a["occurred_at"].as_str().expect("string");
+        assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+        assert_eq!(b["request_id"], Value::Null);
+        assert_eq!(a["attempts"], 1);
+    }
+
+    #[test]
+    fn debug_never_shows_the_body() {
+        let event = Event { name: PROVISIONED, body: b"secret-password".to_vec() };
+        assert!(!format!("{event:?}").contains("secret"));
+    }
+}

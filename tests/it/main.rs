@@ -1,0 +1,10 @@
+//! Integration tests: the worker in-process (and as a process) against the real RabbitMQ and a
+//! real moto. Each test gets its own queue and exchange names and its own moto payer account
+//! with its own organization, so tests run in parallel without seeing each other.
+
+mod binary;
+mod fixtures;
+mod malformed;
+mod orders;
+mod retries;
+mod support;

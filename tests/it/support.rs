@@ -1,0 +1,395 @@
+//! Test support: a per-test environment (unique broker names, a moto payer account with an
+//! organization and an SCP), an in-process worker, and helpers to publish orders and await
+//! events with a deadline.
+
+use std::time::Duration;
+
+use aws_account_worker::app::{RunError, Worker};
+use aws_account_worker::aws::sdk::SdkOrganizations;
+use aws_account_worker::broker::topology;
+use aws_account_worker::config::Settings;
+use aws_account_worker::pipeline::Pipeline;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_organizations::types::{OrganizationFeatureSet, PolicyType};
+use aws_sdk_sts::config::{Credentials, Region, SharedCredentialsProvider};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something that should happen.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+/// The provider domain every test configures.
+pub const PROVIDER_DOMAIN: &str = "provider.example";
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+pub fn moto_endpoint() -> String {
+    std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".to_owned())
+}
+
+/// Random decimal digits, the first not zero.
+pub fn digits(n: usize) -> String {
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|i| char::from(b'0' + if i == 0 { rng.random_range(1..10) } else { rng.random_range(0..10) }))
+        .collect()
+}
+
+/// An AWS config for moto with the given credentials.
+pub fn moto_config(endpoint: &str, credentials: Credentials) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .build()
+}
+
+/// A moto account of its own, with an organization (all features, SCPs enabled) and one SCP.
+pub struct Payer {
+    pub account_id: String,
+    pub credentials: Credentials,
+    pub config: SdkConfig,
+    pub scp_id: String,
+}
+
+impl Payer {
+    pub async fn new() -> Self {
+        let endpoint = moto_endpoint();
+        let base = moto_config(&endpoint, Credentials::new("testing", "testing", None, None, "test"));
+        let account_id = digits(12);
+        let assumed = aws_sdk_sts::Client::new(&base)
+            .assume_role()
+            .role_arn(format!("arn:aws:iam::{account_id}:role/payer"))
+            .role_session_name("test-payer")
+            .send()
+            .await
+            .expect("moto answers AssumeRole (is moto running? scripts/services.sh starts it)");
+        let c = assumed.credentials().expect("credentials");
+        let credentials = Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_owned()),
+            None,
+            "test-payer",
+        );
+        let config = moto_config(&endpoint, credentials.clone());
+        let orgs = aws_sdk_organizations::Client::new(&config);
+        orgs.create_organization()
+            .feature_set(OrganizationFeatureSet::All)
+            .send()
+            .await
+            .expect("create organization");
+        let roots = orgs.list_roots().send().await.expect("list roots");
+        let root = roots.roots()[0].id().expect("root id").to_owned();
+        // moto may already have the type enabled; either way it is enabled afterwards.
+        let _ = orgs
+            .enable_policy_type()
+            .root_id(&root)
+            .policy_type(PolicyType::ServiceControlPolicy)
+            .send()
+            .await;
+        let policy = orgs
+            .create_policy()
+            .name(format!("deny-leave-{account_id}"))
+            .description("test SCP")
+            .r#type(PolicyType::ServiceControlPolicy)
+            .content(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"organizations:LeaveOrganization","Resource":"*"}]}"#)
+            .send()
+            .await
+            .expect("create SCP");
+        let scp_id = policy.policy().and_then(|p| p.policy_summary()).and_then(|s| s.id()).expect("policy id").to_owned();
+        Self { account_id, credentials, config, scp_id }
+    }
+
+    pub fn organizations(&self) -> aws_sdk_organizations::Client {
+        aws_sdk_organizations::Client::new(&self.config)
+    }
+
+    /// Member accounts (not the management account) with this email.
+    pub async fn accounts_with_email(&self, email: &str) -> Vec<String> {
+        self.member_accounts()
+            .await
+            .into_iter()
+            .filter(|(_, e)| e.eq_ignore_ascii_case(email))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Every member account as (id, email).
+    pub async fn member_accounts(&self) -> Vec<(String, String)> {
+        let listed = self.organizations().list_accounts().send().await.expect("list accounts");
+        listed
+            .accounts()
+            .iter()
+            .filter(|a| a.id() != Some(self.account_id.as_str()))
+            .map(|a| (a.id().unwrap_or_default().to_owned(), a.email().unwrap_or_default().to_owned()))
+            .collect()
+    }
+
+    /// IAM inside a member account, through its access role, as a customer would see it.
+    pub async fn member_iam(&self, account_id: &str) -> aws_sdk_iam::Client {
+        let assumed = aws_sdk_sts::Client::new(&self.config)
+            .assume_role()
+            .role_arn(format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"))
+            .role_session_name("test-check")
+            .send()
+            .await
+            .expect("assume member role");
+        let c = assumed.credentials().expect("credentials");
+        let credentials = Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_owned()),
+            None,
+            "test-member",
+        );
+        aws_sdk_iam::Client::new(&moto_config(&moto_endpoint(), credentials))
+    }
+
+    /// SCP ids attached directly to an account.
+    pub async fn scps_of(&self, account_id: &str) -> Vec<String> {
+        let listed = self
+            .organizations()
+            .list_policies_for_target()
+            .target_id(account_id)
+            .filter(aws_sdk_organizations::types::PolicyType::ServiceControlPolicy)
+            .send()
+            .await
+            .expect("list policies for target");
+        listed.policies().iter().filter_map(|p| p.id()).map(str::to_owned).collect()
+    }
+}
+
+/// One test's world: settings with unique names, a payer in moto, a broker connection that
+/// listens to every result event.
+pub struct TestEnv {
+    /// The TOML the settings were loaded from (over the defaults).
+    pub toml: String,
+    pub settings: Settings,
+    pub payer: Payer,
+    pub aws: SdkConfig,
+    connection: Connection,
+    channel: Channel,
+    events: Consumer,
+}
+
+/// The `[amqp]` section with names unique to `id`.
+fn amqp_section(id: &str) -> String {
+    format!(
+        r#"
+        [amqp]
+        url = "{url}"
+        orders_exchange = "test.orders.{id}"
+        orders_queue = "test-orders.{id}"
+        dead_letter_exchange = "test-orders.{id}.dlx"
+        dead_letter_queue = "test-orders.{id}.dlq"
+        retry_queue_prefix = "test-orders.{id}.retry"
+        results_exchange = "test.results.{id}"
+        unrouted_exchange = "test.results.{id}.unrouted"
+        unrouted_queue = "test.results.{id}.unrouted"
+        prefetch = 8
+        "#,
+        url = amqp_url()
+    )
+}
+
+impl TestEnv {
+    /// An environment whose settings are the defaults, unique broker names, the provider
+    /// domain, and `extra` (TOML; `{scp}` stands for the payer's SCP id).
+    pub async fn new(extra: &str) -> Self {
+        let payer = Payer::new().await;
+        let aws = payer.config.clone();
+        Self::with_aws(extra, payer, aws).await
+    }
+
+    /// Like `new`, with the worker talking to AWS through `aws` instead of the payer's config.
+    pub async fn with_aws(extra: &str, payer: Payer, aws: SdkConfig) -> Self {
+        let id = digits(10);
+        let toml = format!(
+            "{amqp}\n{extra}\n",
+            amqp = amqp_section(&id),
+            extra = extra.replace("{scp}", &payer.scp_id)
+        );
+        let toml = if toml.contains("[business_model]") {
+            toml.replacen("[business_model]", &format!("[business_model]\nprovider_email_domain = \"{PROVIDER_DOMAIN}\""), 1)
+        } else {
+            format!("{toml}\n[business_model]\nprovider_email_domain = \"{PROVIDER_DOMAIN}\"\n")
+        };
+        let settings = Settings::from_toml(&toml).unwrap_or_else(|e| panic!("test settings: {e}\n{toml}"));
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ answers (scripts/services.sh starts it)");
+        let channel = connection.create_channel().await.expect("channel");
+        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        topology::declare(&channel, &settings.amqp, &settings.retry).await.expect("topology");
+        let events_queue = channel
+            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+            .await
+            .expect("events queue");
+        channel
+            .queue_bind(
+                events_queue.name().clone(),
+                settings.amqp.results_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind events queue");
+        let events = channel
+            .basic_consume(events_queue.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .expect("consume events");
+        Self { toml, settings, payer, aws, connection, channel, events }
+    }
+
+    /// Starts the worker in-process; returns once it consumes.
+    pub async fn spawn_worker(&self) -> WorkerHandle {
+        let aws = SdkOrganizations::new(&self.aws, &self.settings.aws.member_role_name);
+        let worker = Worker::start(&self.settings, Pipeline::new(aws, &self.settings))
+            .await
+            .expect("worker starts");
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let join = tokio::spawn(async move { worker.run_until(token.cancelled_owned()).await });
+        WorkerHandle { stop, join }
+    }
+
+    /// Publishes an order body to the orders exchange, with confirm.
+    pub async fn publish(&self, body: &[u8]) {
+        let amqp = &self.settings.amqp;
+        let confirm = self
+            .channel
+            .basic_publish(
+                amqp.orders_exchange.as_str().into(),
+                amqp.orders_routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "order publish not confirmed");
+    }
+
+    pub async fn publish_json(&self, order: &Value) {
+        self.publish(order.to_string().as_bytes()).await;
+    }
+
+    /// The next result event, or a panic at the deadline.
+    pub async fn next_event(&mut self) -> Value {
+        let delivery = tokio::time::timeout(DEADLINE, self.events.next())
+            .await
+            .expect("an event within the deadline")
+            .expect("event stream open")
+            .expect("event delivery");
+        delivery.ack(BasicAckOptions::default()).await.expect("ack event");
+        assert_eq!(
+            delivery.properties.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json"),
+            "events are JSON"
+        );
+        assert_eq!(*delivery.properties.delivery_mode(), Some(2), "events are persistent");
+        let event: Value = serde_json::from_slice(&delivery.data).expect("event body is JSON");
+        assert_eq!(event["event"].as_str(), Some(delivery.routing_key.as_str()), "routing key is the event name");
+        event
+    }
+
+    /// Takes every message now in the dead-letter queue: (headers, body).
+    pub async fn drain_dlq(&self) -> Vec<(FieldTable, Vec<u8>)> {
+        let mut messages = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(self.settings.amqp.dead_letter_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+            messages.push((headers, message.delivery.data.clone()));
+        }
+        messages
+    }
+
+    /// Deletes this test's queues and exchanges.
+    pub async fn cleanup(self) {
+        let amqp = &self.settings.amqp;
+        let mut queues = vec![amqp.orders_queue.clone(), amqp.dead_letter_queue.clone(), amqp.unrouted_queue.clone()];
+        queues.extend(topology::retry_delays(&self.settings.retry).into_iter().map(|d| topology::retry_queue(amqp, d)));
+        for queue in queues {
+            let _ = self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for exchange in [&amqp.orders_exchange, &amqp.dead_letter_exchange, &amqp.results_exchange, &amqp.unrouted_exchange] {
+            let _ = self.channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+/// A header as text.
+pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The in-process worker.
+pub struct WorkerHandle {
+    stop: CancellationToken,
+    join: JoinHandle<Result<(), RunError>>,
+}
+
+impl WorkerHandle {
+    /// Stops it the way SIGTERM does and returns how its run ended.
+    pub async fn stop(self) -> Result<(), RunError> {
+        self.stop.cancel();
+        tokio::time::timeout(DEADLINE, self.join).await.expect("worker stops in time").expect("worker task")
+    }
+}
+
+/// A Connect purchase request with fresh ids, the given ordering and configuration parameters.
+pub fn order(ordering: &[(&str, &str)], configuration: &[(&str, &str)]) -> Value {
+    order_for("MP-91673", Some("TA-0-9046-4815-5226"), ordering, configuration)
+}
+
+/// Like `order`, for a marketplace and tier1 of the caller's choice.
+pub fn order_for(marketplace: &str, tier1: Option<&str>, ordering: &[(&str, &str)], configuration: &[(&str, &str)]) -> Value {
+    let params = |pairs: &[(&str, &str)]| -> Value {
+        pairs.iter().map(|(id, value)| json!({"id": id, "name": id, "value": value})).collect()
+    };
+    let tier1 = tier1.map_or_else(|| json!({}), |id| json!({"id": id, "name": "Reseller"}));
+    json!({
+        "id": format!("PR-{}-{}-000", digits(4), digits(4)),
+        "type": "purchase",
+        "status": "pending",
+        "assignee": "",
+        "asset": {
+            "id": format!("AS-{}-{}-{}", digits(4), digits(4), digits(4)),
+            "marketplace": {"id": marketplace},
+            "product": {"id": "PRD-561-716-033"},
+            "tiers": {
+                "customer": {"id": "TA-0-7304-8514-7852", "name": "Hospitaller", "external_id": "1234567"},
+                "tier1": tier1,
+                "tier2": {}
+            },
+            "params": params(ordering),
+            "configuration": {"params": params(configuration)}
+        }
+    })
+}
