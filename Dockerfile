@@ -13,6 +13,8 @@ RUN apt-get update \
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# config/default.toml is built into the binary as its defaults.
+COPY config ./config
 
 # BuildKit cache mounts keep the cargo registry and compiled dependencies between
 # builds, so only changed crates are rebuilt. The target dir lives in the cache,

@@ -26,7 +26,7 @@ use crate::pipeline::Pipeline;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The broker could not be reached, refused a declaration, or dropped the connection.
-    #[error("broker: {0}")]
+    #[error("broker connection failed")]
     Broker(#[from] lapin::Error),
     /// The broker cancelled the consumer (for example, the queue was deleted).
     #[error("the broker ended the consumer of `{0}`")]
@@ -53,7 +53,9 @@ impl<O: Organizations> Worker<O> {
         let connection = connect(&amqp.url).await?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, amqp, &settings.retry).await?;
-        channel.basic_qos(amqp.prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(amqp.prefetch, BasicQosOptions::default())
+            .await?;
         let consumer = channel
             .basic_consume(
                 amqp.orders_queue.as_str().into(),
@@ -64,7 +66,14 @@ impl<O: Organizations> Worker<O> {
             .await?;
         let settler = Settler::new(Publisher::open(&connection).await?, amqp, &settings.retry);
         info!(queue = %amqp.orders_queue, prefetch = amqp.prefetch, "consuming orders");
-        Ok(Self { connection, channel, consumer, pipeline, settler, settings: settings.clone() })
+        Ok(Self {
+            connection,
+            channel,
+            consumer,
+            pipeline,
+            settler,
+            settings: settings.clone(),
+        })
     }
 
     /// Processes orders until `shutdown` completes, then stops consuming, waits up to
@@ -83,15 +92,28 @@ impl<O: Organizations> Worker<O> {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(handle(delivery, Arc::clone(&self.pipeline), self.settler.clone()));
+                    in_flight.spawn(handle(
+                        delivery,
+                        Arc::clone(&self.pipeline),
+                        self.settler.clone(),
+                    ));
                 }
                 Some(Err(e)) => break Err(RunError::Broker(e)),
-                None => break Err(RunError::ConsumerEnded(self.settings.amqp.orders_queue.clone())),
+                None => {
+                    break Err(RunError::ConsumerEnded(
+                        self.settings.amqp.orders_queue.clone(),
+                    ));
+                }
             }
         };
-        info!(in_flight = in_flight.len(), "stopping: no new orders are taken");
+        info!(
+            in_flight = in_flight.len(),
+            "stopping: no new orders are taken"
+        );
         if ended.is_ok() {
-            let cancel = self.channel.basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
+            let cancel = self
+                .channel
+                .basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
             if let Err(e) = cancel.await {
                 warn!(error = %e, "could not cancel the consumer");
             }
@@ -99,7 +121,10 @@ impl<O: Organizations> Worker<O> {
         in_flight.close();
         let grace = Duration::from_secs(self.settings.worker.shutdown_grace_seconds);
         if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
-            warn!(unfinished = in_flight.len(), "grace period over: unfinished orders go back to the queue");
+            warn!(
+                unfinished = in_flight.len(),
+                "grace period over: unfinished orders go back to the queue"
+            );
         }
         if let Err(e) = self.connection.close(200, "worker stopping".into()).await {
             warn!(error = %e, "closing the broker connection failed");
@@ -107,14 +132,21 @@ impl<O: Organizations> Worker<O> {
         info!("stopped");
         ended
     }
-
 }
 
 /// Takes one delivery through the pipeline and settles it; anything unsettled (a failed
 /// publish, a panic) is handed back to the broker for another attempt.
-async fn handle<O: Organizations>(delivery: Delivery, pipeline: Arc<Pipeline<O>>, settler: Settler) {
+async fn handle<O: Organizations>(
+    delivery: Delivery,
+    pipeline: Arc<Pipeline<O>>,
+    settler: Settler,
+) {
     let history = History::read(delivery.properties.headers().as_ref());
-    let span = info_span!("delivery", attempt = history.attempts + 1, redelivered = delivery.redelivered);
+    let span = info_span!(
+        "delivery",
+        attempt = history.attempts + 1,
+        redelivered = delivery.redelivered
+    );
     async {
         let outcome = AssertUnwindSafe(pipeline.process_one(&delivery.data, history.progress.clone()))
             .catch_unwind()

@@ -12,9 +12,9 @@ use figment::value::{Dict, Value};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::domain::email::AccountEmail;
 use crate::domain::ids::{MarketplaceId, TierAccountId};
 use crate::domain::model::{MarketplaceSettings, ModelSettings, render_template};
-use crate::domain::email::AccountEmail;
 
 /// The built-in defaults: the documented `config/default.toml`.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -41,7 +41,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// The whole configuration.
@@ -164,7 +167,10 @@ impl Settings {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(invalid("--config", format!("{} is not a readable file", path.display())));
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", path.display()),
+                ));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -197,8 +203,12 @@ impl Settings {
     /// The first problem, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let amqp = &self.amqp;
-        lapin::uri::AMQPUri::from_str(amqp.url.expose_secret())
-            .map_err(|_| invalid("amqp.url", "not an AMQP URL (amqp://user:password@host:port/vhost)"))?;
+        lapin::uri::AMQPUri::from_str(amqp.url.expose_secret()).map_err(|_| {
+            invalid(
+                "amqp.url",
+                "not an AMQP URL (amqp://user:password@host:port/vhost)",
+            )
+        })?;
         for (key, name) in [
             ("orders_exchange", &amqp.orders_exchange),
             ("orders_routing_key", &amqp.orders_routing_key),
@@ -211,7 +221,10 @@ impl Settings {
             ("unrouted_queue", &amqp.unrouted_queue),
         ] {
             if name.trim().is_empty() || name.len() > 200 {
-                return Err(invalid(format!("amqp.{key}"), "must be a name of 1 to 200 characters"));
+                return Err(invalid(
+                    format!("amqp.{key}"),
+                    "must be a name of 1 to 200 characters",
+                ));
             }
         }
         if amqp.prefetch == 0 {
@@ -225,19 +238,28 @@ impl Settings {
             return Err(invalid("retry.initial_delay_ms", "must be at least 1"));
         }
         if retry.max_delay_ms < retry.initial_delay_ms {
-            return Err(invalid("retry.max_delay_ms", "must not be less than retry.initial_delay_ms"));
+            return Err(invalid(
+                "retry.max_delay_ms",
+                "must not be less than retry.initial_delay_ms",
+            ));
         }
         if retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
         let aws = &self.aws;
         let role_ok = (1..=64).contains(&aws.member_role_name.len())
-            && aws.member_role_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+            && aws
+                .member_role_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
         if !role_ok {
             return Err(invalid("aws.member_role_name", "not a valid IAM role name"));
         }
         if aws.max_concurrent_creations == 0 {
-            return Err(invalid("aws.max_concurrent_creations", "must be at least 1"));
+            return Err(invalid(
+                "aws.max_concurrent_creations",
+                "must be at least 1",
+            ));
         }
         if aws.create_status_poll_ms == 0 {
             return Err(invalid("aws.create_status_poll_ms", "must be at least 1"));
@@ -252,7 +274,13 @@ impl Settings {
         check_layer("business_model", global)?;
         for (key, missing) in [
             ("account_model", global.account_model.is_none()),
-            ("provider_email_domain", global.provider_email_domain.as_deref().is_none_or(str::is_empty)),
+            (
+                "provider_email_domain",
+                global
+                    .provider_email_domain
+                    .as_deref()
+                    .is_none_or(str::is_empty),
+            ),
             ("spam_email_template", global.spam_email_template.is_none()),
         ] {
             if missing {
@@ -292,7 +320,9 @@ fn check_layer(path: &str, layer: &ModelSettings) -> Result<(), ConfigError> {
     if let Some(payer) = layer.payer.as_deref().filter(|p| *p != "default") {
         return Err(invalid(
             format!("{path}.payer"),
-            format!("payer `{payer}`: only `default` is supported by this version (Multi-Payer is not built yet)"),
+            format!(
+                "payer `{payer}`: only `default` is supported by this version (Multi-Payer is not built yet)"
+            ),
         ));
     }
     if layer.organizational_unit_id.is_some() {
@@ -305,12 +335,22 @@ fn check_layer(path: &str, layer: &ModelSettings) -> Result<(), ConfigError> {
 }
 
 /// The SPAM email a layer would render must be an address on its provider domain.
-fn check_spam_email(layer: &ModelSettings, path: &str, global: &ModelSettings) -> Result<(), ConfigError> {
+fn check_spam_email(
+    layer: &ModelSettings,
+    path: &str,
+    global: &ModelSettings,
+) -> Result<(), ConfigError> {
     if layer.spam_email_template.is_none() && layer.provider_email_domain.is_none() {
         return Ok(());
     }
-    let template = layer.spam_email_template.as_ref().or(global.spam_email_template.as_ref());
-    let domain = layer.provider_email_domain.as_ref().or(global.provider_email_domain.as_ref());
+    let template = layer
+        .spam_email_template
+        .as_ref()
+        .or(global.spam_email_template.as_ref());
+    let domain = layer
+        .provider_email_domain
+        .as_ref()
+        .or(global.provider_email_domain.as_ref());
     let (Some(template), Some(domain)) = (template, domain) else {
         return Ok(());
     };
@@ -322,14 +362,21 @@ fn check_spam_email(layer: &ModelSettings, path: &str, global: &ModelSettings) -
     let rendered = render_template(template, &sample).map_err(|m| invalid(&key, m))?;
     match AccountEmail::parse(&rendered) {
         Ok(email) if email.is_on_domain(domain) => Ok(()),
-        Ok(email) => Err(invalid(key, format!("renders `{email}`, which is not on the provider domain `{domain}`"))),
+        Ok(email) => Err(invalid(
+            key,
+            format!("renders `{email}`, which is not on the provider domain `{domain}`"),
+        )),
         Err(e) => Err(invalid(key, format!("renders `{rendered}`: {e}"))),
     }
 }
 
 /// A loading error, naming the key and where its value came from when figment knows them.
 fn load_error(error: figment::Error) -> ConfigError {
-    let source = error.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+    let source = error
+        .metadata
+        .as_ref()
+        .map(|m| m.name.to_string())
+        .unwrap_or_default();
     let message = format!("{} (from {source})", error.kind);
     if error.path.is_empty() {
         return ConfigError::Load(message);
@@ -344,7 +391,11 @@ fn load_error(error: figment::Error) -> ConfigError {
 fn unknown_key(given: &Dict, known: &Value, path: &str) -> Option<String> {
     let known = known.as_dict();
     given.iter().find_map(|(key, value)| {
-        let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        let full = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
         match known.and_then(|k| k.get(key)) {
             None => Some(full),
             Some(known_value) => match value {
@@ -386,7 +437,10 @@ mod tests {
     #[test]
     fn the_built_in_defaults_require_a_provider_domain() {
         let err = Settings::from_toml("").expect_err("no domain").to_string();
-        assert!(err.contains("business_model.provider_email_domain"), "{err}");
+        assert!(
+            err.contains("business_model.provider_email_domain"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -396,18 +450,54 @@ mod tests {
             ("[amqp]\nprefetch = \"many\"", "prefetch"),
             ("[amqp]\nurl = \"http://x\"", "amqp.url"),
             ("[amqp]\nprefech = 3", "amqp.prefech"),
-            ("[retry]\nmax_delay_ms = 10\ninitial_delay_ms = 100", "retry.max_delay_ms"),
-            ("[aws]\nmember_role_name = \"bad role\"", "aws.member_role_name"),
-            ("[observability]\nlisten = \"nowhere\"", "observability.listen"),
-            ("[business_model]\nservice_control_policies = [\"x\"]", "business_model.service_control_policies"),
-            ("[business_model]\nspam_email_template = \"{customer_id}@other.com\"", "business_model.spam_email_template"),
-            ("[marketplaces.\"MP-1\"]\naccount_model = \"HYBRID\"", "marketplaces.MP-1"),
-            ("[marketplaces.\"MP-1\"]\naccuont_model = \"ECAM\"", "marketplaces.MP-1.accuont_model"),
-            ("[marketplaces.\"XX-1\"]\naccount_model = \"ECAM\"", "marketplaces.\"XX-1\""),
-            ("[marketplaces.\"MP-1\".opcos.\"TA-1\"]\nservice_control_policies = [\"p-x\"]", "marketplaces.\"MP-1\".opcos.\"TA-1\".service_control_policies"),
-            ("[marketplaces.\"MP-1\".opcos.\"TA-1\"]\nsurprise = 1", "marketplaces.MP-1.opcos.TA-1.surprise"),
-            ("[payers.b]\nrole_arn = \"arn:aws:iam::1:role/x\"", "payers.b"),
-            ("[business_model]\norganizational_unit_id = \"ou-ab12-cdef3456\"", "business_model.organizational_unit_id"),
+            (
+                "[retry]\nmax_delay_ms = 10\ninitial_delay_ms = 100",
+                "retry.max_delay_ms",
+            ),
+            (
+                "[aws]\nmember_role_name = \"bad role\"",
+                "aws.member_role_name",
+            ),
+            (
+                "[observability]\nlisten = \"nowhere\"",
+                "observability.listen",
+            ),
+            (
+                "[business_model]\nservice_control_policies = [\"x\"]",
+                "business_model.service_control_policies",
+            ),
+            (
+                "[business_model]\nspam_email_template = \"{customer_id}@other.com\"",
+                "business_model.spam_email_template",
+            ),
+            (
+                "[marketplaces.\"MP-1\"]\naccount_model = \"HYBRID\"",
+                "marketplaces.MP-1",
+            ),
+            (
+                "[marketplaces.\"MP-1\"]\naccuont_model = \"ECAM\"",
+                "marketplaces.MP-1.accuont_model",
+            ),
+            (
+                "[marketplaces.\"XX-1\"]\naccount_model = \"ECAM\"",
+                "marketplaces.\"XX-1\"",
+            ),
+            (
+                "[marketplaces.\"MP-1\".opcos.\"TA-1\"]\nservice_control_policies = [\"p-x\"]",
+                "marketplaces.\"MP-1\".opcos.\"TA-1\".service_control_policies",
+            ),
+            (
+                "[marketplaces.\"MP-1\".opcos.\"TA-1\"]\nsurprise = 1",
+                "marketplaces.MP-1.opcos.TA-1.surprise",
+            ),
+            (
+                "[payers.b]\nrole_arn = \"arn:aws:iam::1:role/x\"",
+                "payers.b",
+            ),
+            (
+                "[business_model]\norganizational_unit_id = \"ou-ab12-cdef3456\"",
+                "business_model.organizational_unit_id",
+            ),
         ];
         for (toml, key) in cases {
             let err = error_of(toml);
@@ -424,8 +514,14 @@ mod tests {
         .expect("valid");
         let section = &settings.marketplaces["MP-91673"];
         assert!(section.multi_payer);
-        assert_eq!(section.settings.account_model, Some(crate::domain::model::AccountModel::Ecam));
-        assert_eq!(section.opcos["TA-0-1"].service_control_policies, Some(vec!["p-abcd1234".to_owned()]));
+        assert_eq!(
+            section.settings.account_model,
+            Some(crate::domain::model::AccountModel::Ecam)
+        );
+        assert_eq!(
+            section.opcos["TA-0-1"].service_control_policies,
+            Some(vec!["p-abcd1234".to_owned()])
+        );
     }
 
     #[test]

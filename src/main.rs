@@ -46,7 +46,9 @@ enum LogFormat {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),
@@ -56,7 +58,9 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let file = cli.config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| Path::new(p).is_file()));
+    let file = cli
+        .config
+        .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| Path::new(p).is_file()));
     let settings = match Settings::load(file.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -78,7 +82,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            eprintln!("aws-account-worker: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -87,8 +90,14 @@ fn main() -> ExitCode {
 async fn run(settings: Settings) -> anyhow::Result<()> {
     // Organizations is a global service homed in us-east-1: use it when no region is configured.
     let region = RegionProviderChain::default_provider().or_else("us-east-1");
-    let aws = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
-    let pipeline = Pipeline::new(SdkOrganizations::new(&aws, &settings.aws.member_role_name), &settings);
+    let aws = aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .load()
+        .await;
+    let pipeline = Pipeline::new(
+        SdkOrganizations::new(&aws, &settings.aws.member_role_name),
+        &settings,
+    );
     let worker = Worker::start(&settings, pipeline)
         .await
         .context("cannot start consuming (is the broker at amqp.url reachable?)")?;

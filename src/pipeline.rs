@@ -49,18 +49,6 @@ pub struct Pipeline<O> {
     polling: Polling,
 }
 
-impl PartialIds {
-    /// The ids of a valid order.
-    pub fn of(order: &PurchaseRequest) -> Self {
-        Self {
-            request_id: Some(order.request_id.to_string()),
-            asset_id: Some(order.asset_id.to_string()),
-            marketplace_id: Some(order.marketplace_id.to_string()),
-            tier1_id: order.tier1_id.as_ref().map(ToString::to_string),
-        }
-    }
-}
-
 impl<O: Organizations> Pipeline<O> {
     /// A pipeline over `aws` with the business-model and polling settings of `settings`.
     pub fn new(aws: O, settings: &Settings) -> Arc<Self> {
@@ -114,10 +102,19 @@ impl<O: Organizations> Pipeline<O> {
             }
             Err(ProvisionError::Rejected(rejection)) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "AWS refused the account");
-                Outcome::Report(report::failed(&ids, Some(plan.model), Some(&plan.payer), &rejection))
+                Outcome::Report(report::failed(
+                    &ids,
+                    Some(plan.model),
+                    Some(&plan.payer),
+                    &rejection,
+                ))
             }
             Err(ProvisionError::Aws { error, progress }) => {
-                let failure = Failure { reason: error.reason(), message: error.to_string(), ids };
+                let failure = Failure {
+                    reason: error.reason(),
+                    message: error.to_string(),
+                    ids,
+                };
                 match error.retry {
                     Retry::Transient => {
                         warn!(reason = %failure.reason, error = %error, "transient AWS failure");

@@ -80,7 +80,10 @@ fn tags(order: &PurchaseRequest) -> Vec<(String, String)> {
     vec![
         ("connect:request-id".into(), order.request_id.to_string()),
         ("connect:asset-id".into(), order.asset_id.to_string()),
-        ("connect:marketplace-id".into(), order.marketplace_id.to_string()),
+        (
+            "connect:marketplace-id".into(),
+            order.marketplace_id.to_string(),
+        ),
     ]
 }
 
@@ -96,7 +99,10 @@ pub async fn provision<O: Organizations>(
     mut progress: Progress,
     polling: Polling,
 ) -> Result<Provisioned, ProvisionError> {
-    let fail = |error, progress: &Progress| ProvisionError::Aws { error, progress: progress.clone() };
+    let fail = |error, progress: &Progress| ProvisionError::Aws {
+        error,
+        progress: progress.clone(),
+    };
 
     let account_id = match progress.account_id.clone() {
         Some(id) => id,
@@ -132,25 +138,39 @@ pub async fn provision<O: Organizations>(
     let account = AccountId(account_id.clone());
 
     for policy in &plan.service_control_policies {
-        aws.attach_policy(policy, &account).await.map_err(|e| fail(e, &progress))?;
+        aws.attach_policy(policy, &account)
+            .await
+            .map_err(|e| fail(e, &progress))?;
         debug!(policy = %policy, "service control policy attached");
     }
 
     let access = match &plan.access {
         Access::RootUser => Granted::RootUser,
-        Access::IamUser { user_name, policy_arns } => {
+        Access::IamUser {
+            user_name,
+            policy_arns,
+        } => {
             let member = aws.member(&account).await.map_err(|e| fail(e, &progress))?;
             let password = password::generate();
-            member.create_user(user_name).await.map_err(|e| fail(e, &progress))?;
+            member
+                .create_user(user_name)
+                .await
+                .map_err(|e| fail(e, &progress))?;
             member
                 .set_login_profile(user_name, &password)
                 .await
                 .map_err(|e| fail(e, &progress))?;
             for arn in policy_arns {
-                member.attach_user_policy(user_name, arn).await.map_err(|e| fail(e, &progress))?;
+                member
+                    .attach_user_policy(user_name, arn)
+                    .await
+                    .map_err(|e| fail(e, &progress))?;
             }
             info!(iam_user_name = %user_name, "IAM user ready");
-            Granted::IamUser { user_name: user_name.clone(), password }
+            Granted::IamUser {
+                user_name: user_name.clone(),
+                password,
+            }
         }
     };
 
@@ -190,7 +210,11 @@ async fn wait_for_account<O: Organizations>(
             }
             CreateState::InProgress => {
                 tokio::time::sleep(polling.interval).await;
-                state = aws.create_status(&request_id).await.map_err(Waited::Error)?.state;
+                state = aws
+                    .create_status(&request_id)
+                    .await
+                    .map_err(Waited::Error)?
+                    .state;
             }
         }
     }

@@ -28,7 +28,10 @@ pub struct Event {
 
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Event").field("name", &self.name).field("body", &"[REDACTED]").finish()
+        f.debug_struct("Event")
+            .field("name", &self.name)
+            .field("body", &"[REDACTED]")
+            .finish()
     }
 }
 
@@ -37,7 +40,10 @@ fn envelope(name: &'static str, ids: &PartialIds) -> Map<String, Value> {
     let mut fields = Map::new();
     fields.insert("event".into(), json!(name));
     fields.insert("event_id".into(), json!(uuid::Uuid::new_v4().to_string()));
-    fields.insert("occurred_at".into(), json!(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)));
+    fields.insert(
+        "occurred_at".into(),
+        json!(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)),
+    );
     fields.insert("request_id".into(), json!(ids.request_id));
     fields.insert("asset_id".into(), json!(ids.asset_id));
     fields.insert("marketplace_id".into(), json!(ids.marketplace_id));
@@ -49,14 +55,20 @@ fn finish(name: &'static str, mut fields: Map<String, Value>, rest: Value) -> Ev
     if let Value::Object(rest) = rest {
         fields.extend(rest);
     }
-    Event { name, body: Value::Object(fields).to_string().into_bytes() }
+    Event {
+        name,
+        body: Value::Object(fields).to_string().into_bytes(),
+    }
 }
 
 /// `aws.account.provisioned`, with the subscription template's parameters.
 pub fn provisioned(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Event {
     let console_url = format!("https://{}.signin.aws.amazon.com/console", done.account_id);
     let (template_name, access, params) = match &done.access {
-        Granted::IamUser { user_name, password } => (
+        Granted::IamUser {
+            user_name,
+            password,
+        } => (
             "iam_user",
             json!({
                 "kind": "iam_user",
@@ -96,7 +108,12 @@ pub fn provisioned(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Event {
 }
 
 /// `aws.account.failed`; `model` and `payer` are null when resolution did not get that far.
-pub fn failed(ids: &PartialIds, model: Option<AccountModel>, payer: Option<&str>, rejection: &Rejection) -> Event {
+pub fn failed(
+    ids: &PartialIds,
+    model: Option<AccountModel>,
+    payer: Option<&str>,
+    rejection: &Rejection,
+) -> Event {
     let (action, param_id) = rejection.action(model);
     let body = json!({
         "business_model": model.map(AccountModel::as_str),
@@ -138,7 +155,12 @@ mod tests {
     #[test]
     fn failed_events_carry_action_and_param() {
         let rejection = Rejection::new(FailureCode::EmailAlreadyExists, "taken");
-        let ecam = parse(&failed(&ids(), Some(AccountModel::Ecam), Some("default"), &rejection));
+        let ecam = parse(&failed(
+            &ids(),
+            Some(AccountModel::Ecam),
+            Some("default"),
+            &rejection,
+        ));
         assert_eq!(ecam["event"], "aws.account.failed");
         assert_eq!(ecam["failure"]["code"], "EMAIL_ALREADY_EXISTS");
         assert_eq!(ecam["failure"]["action"], "inquire");
@@ -162,7 +184,10 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_body() {
-        let event = Event { name: PROVISIONED, body: b"secret-password".to_vec() };
+        let event = Event {
+            name: PROVISIONED,
+            body: b"secret-password".to_vec(),
+        };
         assert!(!format!("{event:?}").contains("secret"));
     }
 }

@@ -39,7 +39,9 @@ impl AwsError {
     /// The code for `x-failure-reason`: AWS's error code, or `AWS_UNREACHABLE` when the
     /// service gave none (timeouts, connection errors).
     pub fn reason(&self) -> String {
-        self.code.clone().unwrap_or_else(|| "AWS_UNREACHABLE".to_owned())
+        self.code
+            .clone()
+            .unwrap_or_else(|| "AWS_UNREACHABLE".to_owned())
     }
 }
 
@@ -99,13 +101,23 @@ pub trait Organizations: Send + Sync + 'static {
     type Member: MemberIam;
 
     /// `CreateAccount`.
-    fn create_account(&self, account: &NewAccount) -> impl Future<Output = AwsResult<CreateStatus>> + Send;
+    fn create_account(
+        &self,
+        account: &NewAccount,
+    ) -> impl Future<Output = AwsResult<CreateStatus>> + Send;
 
     /// `DescribeCreateAccountStatus`.
-    fn create_status(&self, request_id: &str) -> impl Future<Output = AwsResult<CreateStatus>> + Send;
+    fn create_status(
+        &self,
+        request_id: &str,
+    ) -> impl Future<Output = AwsResult<CreateStatus>> + Send;
 
     /// `AttachPolicy` of an SCP to an account; one already attached counts as done.
-    fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> impl Future<Output = AwsResult<()>> + Send;
+    fn attach_policy(
+        &self,
+        policy: &PolicyId,
+        account: &AccountId,
+    ) -> impl Future<Output = AwsResult<()>> + Send;
 
     /// `AssumeRole` into the member account's access role.
     fn member(&self, account: &AccountId) -> impl Future<Output = AwsResult<Self::Member>> + Send;
@@ -125,5 +137,9 @@ pub trait MemberIam: Send + Sync {
     ) -> impl Future<Output = AwsResult<()>> + Send;
 
     /// `AttachUserPolicy` (idempotent in IAM).
-    fn attach_user_policy(&self, name: &IamUserName, policy_arn: &str) -> impl Future<Output = AwsResult<()>> + Send;
+    fn attach_user_policy(
+        &self,
+        name: &IamUserName,
+        policy_arn: &str,
+    ) -> impl Future<Output = AwsResult<()>> + Send;
 }

@@ -10,7 +10,10 @@ use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
 use aws_sdk_organizations::types::{CreateAccountState, Tag};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{AccountId, AwsError, AwsResult, CreateState, CreateStatus, MemberIam, NewAccount, Organizations, Retry};
+use super::{
+    AccountId, AwsError, AwsResult, CreateState, CreateStatus, MemberIam, NewAccount,
+    Organizations, Retry,
+};
 use crate::domain::ids::PolicyId;
 use crate::domain::names::IamUserName;
 
@@ -36,7 +39,11 @@ const TRANSIENT_CODES: &[&str] = &[
 
 /// Codes that, right after an account was created, mean its access role or the credentials
 /// from it are not usable yet: transient on calls into a member account only.
-const NOT_READY_CODES: &[&str] = &["AccessDenied", "AccessDeniedException", "InvalidClientTokenId"];
+const NOT_READY_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+];
 
 /// Where a call went: the payer's organization, or a freshly created member account.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -52,23 +59,39 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let message = match &err {
-        SdkError::ServiceError(service) => service.err().message().unwrap_or("no message").to_owned(),
+        SdkError::ServiceError(service) => {
+            service.err().message().unwrap_or("no message").to_owned()
+        }
         other => DisplayErrorContext(other).to_string(),
     };
     let (retry, code) = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => (Retry::Transient, None),
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (Retry::Transient, None)
+        }
         SdkError::ServiceError(service) => {
             let code = service.err().code().map(str::to_owned);
             let known = |codes: &[&str]| code.as_deref().is_some_and(|c| codes.contains(&c));
             let transient = service.raw().status().is_server_error()
                 || known(TRANSIENT_CODES)
                 || (target == Target::Member && known(NOT_READY_CODES));
-            (if transient { Retry::Transient } else { Retry::Permanent }, code)
+            (
+                if transient {
+                    Retry::Transient
+                } else {
+                    Retry::Permanent
+                },
+                code,
+            )
         }
         // Construction failures (e.g. no credentials or region) and whatever the SDK adds later.
         _ => (Retry::Permanent, None),
     };
-    AwsError { retry, operation, code, message }
+    AwsError {
+        retry,
+        operation,
+        code,
+        message,
+    }
 }
 
 /// A payer's management account, reached with the SDK's own credentials chain.
@@ -93,7 +116,10 @@ impl SdkOrganizations {
     }
 }
 
-fn status_of(status: Option<&aws_sdk_organizations::types::CreateAccountStatus>, operation: &'static str) -> AwsResult<CreateStatus> {
+fn status_of(
+    status: Option<&aws_sdk_organizations::types::CreateAccountStatus>,
+    operation: &'static str,
+) -> AwsResult<CreateStatus> {
     let malformed = |what: &str| AwsError {
         retry: Retry::Transient,
         operation,
@@ -101,13 +127,22 @@ fn status_of(status: Option<&aws_sdk_organizations::types::CreateAccountStatus>,
         message: format!("the answer has no {what}"),
     };
     let status = status.ok_or_else(|| malformed("CreateAccountStatus"))?;
-    let request_id = status.id().ok_or_else(|| malformed("create request id"))?.to_owned();
+    let request_id = status
+        .id()
+        .ok_or_else(|| malformed("create request id"))?
+        .to_owned();
     let state = match status.state() {
         Some(CreateAccountState::Succeeded) => CreateState::Succeeded {
-            account_id: status.account_id().ok_or_else(|| malformed("account id"))?.to_owned(),
+            account_id: status
+                .account_id()
+                .ok_or_else(|| malformed("account id"))?
+                .to_owned(),
         },
         Some(CreateAccountState::Failed) => CreateState::Failed {
-            reason: status.failure_reason().map_or("UNKNOWN", |r| r.as_str()).to_owned(),
+            reason: status
+                .failure_reason()
+                .map_or("UNKNOWN", |r| r.as_str())
+                .to_owned(),
         },
         _ => CreateState::InProgress,
     };
@@ -124,12 +159,16 @@ impl Organizations for SdkOrganizations {
             .email(&account.email)
             .account_name(&account.name);
         for (key, value) in &account.tags {
-            let tag = Tag::builder().key(key).value(value).build().map_err(|e| AwsError {
-                retry: Retry::Permanent,
-                operation: "CreateAccount",
-                code: None,
-                message: e.to_string(),
-            })?;
+            let tag = Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| AwsError {
+                    retry: Retry::Permanent,
+                    operation: "CreateAccount",
+                    code: None,
+                    message: e.to_string(),
+                })?;
             request = request.tags(tag);
         }
         let output = request
@@ -147,7 +186,10 @@ impl Organizations for SdkOrganizations {
             .send()
             .await
             .map_err(|e| classify("DescribeCreateAccountStatus", Target::Payer, e))?;
-        status_of(output.create_account_status(), "DescribeCreateAccountStatus")
+        status_of(
+            output.create_account_status(),
+            "DescribeCreateAccountStatus",
+        )
     }
 
     async fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
@@ -160,7 +202,14 @@ impl Organizations for SdkOrganizations {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.as_service_error(), Some(AttachPolicyError::DuplicatePolicyAttachmentException(_))) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(AttachPolicyError::DuplicatePolicyAttachmentException(_))
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(classify("AttachPolicy", Target::Payer, e)),
         }
     }
@@ -191,7 +240,9 @@ impl Organizations for SdkOrganizations {
         let config = aws_sdk_iam::config::Builder::from(&self.config)
             .credentials_provider(credentials)
             .build();
-        Ok(SdkMemberIam { iam: aws_sdk_iam::Client::from_conf(config) })
+        Ok(SdkMemberIam {
+            iam: aws_sdk_iam::Client::from_conf(config),
+        })
     }
 }
 
@@ -205,12 +256,23 @@ impl MemberIam for SdkMemberIam {
     async fn create_user(&self, name: &IamUserName) -> AwsResult<()> {
         match self.iam.create_user().user_name(name.as_str()).send().await {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.as_service_error(), Some(CreateUserError::EntityAlreadyExistsException(_))) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(CreateUserError::EntityAlreadyExistsException(_))
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(classify("CreateUser", Target::Member, e)),
         }
     }
 
-    async fn set_login_profile(&self, name: &IamUserName, password: &SecretString) -> AwsResult<()> {
+    async fn set_login_profile(
+        &self,
+        name: &IamUserName,
+        password: &SecretString,
+    ) -> AwsResult<()> {
         let created = self
             .iam
             .create_login_profile()
@@ -221,16 +283,22 @@ impl MemberIam for SdkMemberIam {
             .await;
         match created {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.as_service_error(), Some(CreateLoginProfileError::EntityAlreadyExistsException(_))) => self
-                .iam
-                .update_login_profile()
-                .user_name(name.as_str())
-                .password(password.expose_secret())
-                .password_reset_required(true)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| classify("UpdateLoginProfile", Target::Member, e)),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(CreateLoginProfileError::EntityAlreadyExistsException(_))
+                ) =>
+            {
+                self.iam
+                    .update_login_profile()
+                    .user_name(name.as_str())
+                    .password(password.expose_secret())
+                    .password_reset_required(true)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify("UpdateLoginProfile", Target::Member, e))
+            }
             Err(e) => Err(classify("CreateLoginProfile", Target::Member, e)),
         }
     }

@@ -61,7 +61,9 @@ impl History {
             return Self::default();
         };
         Self {
-            attempts: number(headers, ATTEMPTS).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+            attempts: number(headers, ATTEMPTS)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
             first_failed_at: text(headers, FIRST_FAILED_AT),
             progress: Progress {
                 create_request_id: text(headers, CREATE_REQUEST_ID),
@@ -73,7 +75,10 @@ impl History {
 
 /// Sets a string header.
 pub fn set_text(headers: &mut FieldTable, key: &str, value: &str) {
-    headers.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+    headers.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(LongString::from(value)),
+    );
 }
 
 /// Sets a number header.
@@ -93,8 +98,14 @@ mod tests {
         set_text(&mut headers, CREATE_REQUEST_ID, "car-abc");
         let history = History::read(Some(&headers));
         assert_eq!(history.attempts, 3);
-        assert_eq!(history.first_failed_at.as_deref(), Some("2026-11-26T10:00:00Z"));
-        assert_eq!(history.progress.create_request_id.as_deref(), Some("car-abc"));
+        assert_eq!(
+            history.first_failed_at.as_deref(),
+            Some("2026-11-26T10:00:00Z")
+        );
+        assert_eq!(
+            history.progress.create_request_id.as_deref(),
+            Some("car-abc")
+        );
         assert_eq!(history.progress.account_id, None);
     }
 

@@ -36,7 +36,9 @@ impl Publisher {
     /// The channel cannot be opened.
     pub async fn open(connection: &Connection) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel })
     }
 
@@ -51,10 +53,19 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
         let confirmation = self
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties.with_delivery_mode(2))
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties.with_delivery_mode(2),
+            )
             .await?
             .await?;
         if confirmation.is_nack() {

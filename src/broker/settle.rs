@@ -55,7 +55,11 @@ fn now() -> String {
 impl Settler {
     /// A settler publishing on `publisher` with the names and retry policy of the settings.
     pub fn new(publisher: Publisher, amqp: &AmqpSettings, retry: &RetrySettings) -> Self {
-        Self { publisher, amqp: amqp.clone(), retry: retry.clone() }
+        Self {
+            publisher,
+            amqp: amqp.clone(),
+            retry: retry.clone(),
+        }
     }
 
     /// Settles `delivery`, whose history is `history`, according to `outcome`.
@@ -63,7 +67,12 @@ impl Settler {
     /// # Errors
     /// [`SettleError`] when a publish was not confirmed or the ack failed; the delivery is then
     /// not acknowledged.
-    pub async fn settle(&self, delivery: &Delivery, history: &History, outcome: Outcome) -> Result<Settled, SettleError> {
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        history: &History,
+        outcome: Outcome,
+    ) -> Result<Settled, SettleError> {
         let settled = match outcome {
             Outcome::Report(event) => {
                 self.publish_event(&event).await?;
@@ -72,34 +81,57 @@ impl Settler {
             Outcome::Retry { failure, progress } => {
                 let attempts = history.attempts + 1;
                 if attempts >= self.retry.max_attempts {
-                    self.dead_letter(delivery, history, &failure, attempts).await?
+                    self.dead_letter(delivery, history, &failure, attempts)
+                        .await?
                 } else {
-                    self.schedule_retry(delivery, history, &failure, &progress, attempts).await?
+                    self.schedule_retry(delivery, history, &failure, &progress, attempts)
+                        .await?
                 }
             }
-            Outcome::DeadLetter(failure) => self.dead_letter(delivery, history, &failure, history.attempts + 1).await?,
+            Outcome::DeadLetter(failure) => {
+                self.dead_letter(delivery, history, &failure, history.attempts + 1)
+                    .await?
+            }
         };
-        delivery.ack(BasicAckOptions::default()).await.map_err(SettleError::Ack)?;
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(SettleError::Ack)?;
         Ok(settled)
     }
 
     async fn publish_event(&self, event: &Event) -> Result<(), PublishError> {
         let properties = BasicProperties::default().with_content_type("application/json".into());
         self.publisher
-            .publish(&self.amqp.results_exchange, event.name, &event.body, properties)
+            .publish(
+                &self.amqp.results_exchange,
+                event.name,
+                &event.body,
+                properties,
+            )
             .await?;
         info!(event = event.name, "result event published");
         Ok(())
     }
 
     /// The original message's headers plus the failure record.
-    fn failure_headers(&self, delivery: &Delivery, history: &History, failure: &Failure, attempts: u32) -> FieldTable {
+    fn failure_headers(
+        &self,
+        delivery: &Delivery,
+        history: &History,
+        failure: &Failure,
+        attempts: u32,
+    ) -> FieldTable {
         let mut table = delivery.properties.headers().clone().unwrap_or_default();
         let at = now();
         headers::set_number(&mut table, headers::ATTEMPTS, i64::from(attempts));
         headers::set_text(&mut table, headers::FAILURE_REASON, &failure.reason);
         headers::set_text(&mut table, headers::FAILURE_MESSAGE, &failure.message);
-        headers::set_text(&mut table, headers::FIRST_FAILED_AT, history.first_failed_at.as_deref().unwrap_or(&at));
+        headers::set_text(
+            &mut table,
+            headers::FIRST_FAILED_AT,
+            history.first_failed_at.as_deref().unwrap_or(&at),
+        );
         headers::set_text(&mut table, headers::LAST_FAILED_AT, &at);
         table
     }
@@ -140,7 +172,9 @@ impl Settler {
         let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);
         let properties = Self::properties(delivery, table).with_expiration(wait.to_string().into());
         let queue = retry_queue(&self.amqp, delay);
-        self.publisher.publish("", &queue, &delivery.data, properties).await?;
+        self.publisher
+            .publish("", &queue, &delivery.data, properties)
+            .await?;
         warn!(attempts, wait_ms = wait, reason = %failure.reason, "order scheduled for retry");
         Ok(Settled::Retrying)
     }
@@ -155,10 +189,16 @@ impl Settler {
         let table = self.failure_headers(delivery, history, failure, attempts);
         let properties = Self::properties(delivery, table);
         self.publisher
-            .publish(&self.amqp.dead_letter_exchange, &self.amqp.orders_routing_key, &delivery.data, properties)
+            .publish(
+                &self.amqp.dead_letter_exchange,
+                &self.amqp.orders_routing_key,
+                &delivery.data,
+                properties,
+            )
             .await?;
         warn!(attempts, reason = %failure.reason, message = %failure.message, "order dead-lettered");
-        let event = report::dead_lettered(&failure.ids, &failure.reason, &failure.message, attempts);
+        let event =
+            report::dead_lettered(&failure.ids, &failure.reason, &failure.message, attempts);
         self.publish_event(&event).await?;
         Ok(Settled::DeadLettered)
     }

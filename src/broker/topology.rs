@@ -26,7 +26,9 @@ pub fn retry_delay_ms(retry: &RetrySettings, failures: u32) -> u64 {
 
 /// Every distinct delay a retry can wait (one queue each).
 pub fn retry_delays(retry: &RetrySettings) -> Vec<u64> {
-    let mut delays: Vec<u64> = (1..retry.max_attempts).map(|n| retry_delay_ms(retry, n)).collect();
+    let mut delays: Vec<u64> = (1..retry.max_attempts)
+        .map(|n| retry_delay_ms(retry, n))
+        .collect();
     delays.dedup();
     delays
 }
@@ -76,16 +78,32 @@ const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
 };
 
 async fn queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
-    channel.queue_declare(name.into(), DURABLE_QUEUE, args).await.map(|_| ())
+    channel
+        .queue_declare(name.into(), DURABLE_QUEUE, args)
+        .await
+        .map(|_| ())
 }
 
-async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) -> lapin::Result<()> {
-    channel.exchange_declare(name.into(), kind, DURABLE_EXCHANGE, args).await
+async fn exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    args: FieldTable,
+) -> lapin::Result<()> {
+    channel
+        .exchange_declare(name.into(), kind, DURABLE_EXCHANGE, args)
+        .await
 }
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
     channel
-        .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
 }
 
@@ -93,33 +111,79 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapi
 ///
 /// # Errors
 /// The broker refuses a declaration, for example a queue that exists with other arguments.
-pub async fn declare(channel: &Channel, amqp: &AmqpSettings, retry: &RetrySettings) -> lapin::Result<()> {
-    exchange(channel, &amqp.dead_letter_exchange, ExchangeKind::Fanout, FieldTable::default()).await?;
+pub async fn declare(
+    channel: &Channel,
+    amqp: &AmqpSettings,
+    retry: &RetrySettings,
+) -> lapin::Result<()> {
+    exchange(
+        channel,
+        &amqp.dead_letter_exchange,
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await?;
     queue(channel, &amqp.dead_letter_queue, quorum(&[])).await?;
-    bind(channel, &amqp.dead_letter_queue, &amqp.dead_letter_exchange, "").await?;
+    bind(
+        channel,
+        &amqp.dead_letter_queue,
+        &amqp.dead_letter_exchange,
+        "",
+    )
+    .await?;
 
-    exchange(channel, &amqp.orders_exchange, ExchangeKind::Topic, FieldTable::default()).await?;
+    exchange(
+        channel,
+        &amqp.orders_exchange,
+        ExchangeKind::Topic,
+        FieldTable::default(),
+    )
+    .await?;
     let orders = quorum(&[
         ("x-dead-letter-exchange", text(&amqp.dead_letter_exchange)),
-        ("x-delivery-limit", AMQPValue::LongLongInt(i64::from(amqp.delivery_limit))),
+        (
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(i64::from(amqp.delivery_limit)),
+        ),
     ]);
     queue(channel, &amqp.orders_queue, orders).await?;
-    bind(channel, &amqp.orders_queue, &amqp.orders_exchange, &amqp.orders_routing_key).await?;
+    bind(
+        channel,
+        &amqp.orders_queue,
+        &amqp.orders_exchange,
+        &amqp.orders_routing_key,
+    )
+    .await?;
 
     for delay in retry_delays(retry) {
         let args = quorum(&[
-            ("x-message-ttl", AMQPValue::LongLongInt(i64::try_from(delay).unwrap_or(i64::MAX))),
+            (
+                "x-message-ttl",
+                AMQPValue::LongLongInt(i64::try_from(delay).unwrap_or(i64::MAX)),
+            ),
             ("x-dead-letter-exchange", text("")),
             ("x-dead-letter-routing-key", text(&amqp.orders_queue)),
         ]);
         queue(channel, &retry_queue(amqp, delay), args).await?;
     }
 
-    exchange(channel, &amqp.unrouted_exchange, ExchangeKind::Fanout, FieldTable::default()).await?;
+    exchange(
+        channel,
+        &amqp.unrouted_exchange,
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await?;
     queue(channel, &amqp.unrouted_queue, quorum(&[])).await?;
     bind(channel, &amqp.unrouted_queue, &amqp.unrouted_exchange, "").await?;
     let results = arguments(&[("alternate-exchange", text(&amqp.unrouted_exchange))]);
-    exchange(channel, &amqp.results_exchange, ExchangeKind::Topic, results).await
+    exchange(
+        channel,
+        &amqp.results_exchange,
+        ExchangeKind::Topic,
+        results,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -127,15 +191,28 @@ mod tests {
     use super::*;
 
     fn retry(initial: u64, max: u64, attempts: u32) -> RetrySettings {
-        RetrySettings { initial_delay_ms: initial, max_delay_ms: max, max_attempts: attempts, max_replays: 5 }
+        RetrySettings {
+            initial_delay_ms: initial,
+            max_delay_ms: max,
+            max_attempts: attempts,
+            max_replays: 5,
+        }
     }
 
     #[test]
     fn delays_double_up_to_the_cap() {
         let r = retry(1000, 300_000, 8);
         let delays: Vec<u64> = (1..=10).map(|n| retry_delay_ms(&r, n)).collect();
-        assert_eq!(delays, [1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 300000]);
-        assert_eq!(retry_delays(&r), [1000, 2000, 4000, 8000, 16000, 32000, 64000]);
+        assert_eq!(
+            delays,
+            [
+                1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 300000
+            ]
+        );
+        assert_eq!(
+            retry_delays(&r),
+            [1000, 2000, 4000, 8000, 16000, 32000, 64000]
+        );
         assert_eq!(retry_delay_ms(&r, 0), 1000);
         assert_eq!(retry_delay_ms(&r, u32::MAX), 300_000);
     }

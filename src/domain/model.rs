@@ -149,36 +149,37 @@ impl ModelSettings {
                 }
             }
         }
-        if let Some(domain) = &self.provider_email_domain {
-            if AccountEmail::parse(&format!("probe@{domain}")).is_err() {
-                return issue(
-                    "provider_email_domain",
-                    format!("`{domain}` is not a domain name"),
-                );
-            }
+        if let Some(domain) = &self.provider_email_domain
+            && AccountEmail::parse(&format!("probe@{domain}")).is_err()
+        {
+            return issue(
+                "provider_email_domain",
+                format!("`{domain}` is not a domain name"),
+            );
         }
-        if let Some(template) = &self.spam_email_template {
-            if let Err(message) = render_template(template, &|_| Some("x1")) {
-                return issue("spam_email_template", message);
-            }
+        if let Some(template) = &self.spam_email_template
+            && let Err(message) = render_template(template, &|_| Some("x1"))
+        {
+            return issue("spam_email_template", message);
         }
-        if let Some(arns) = &self.iam_user_policy_arns {
-            if let Some(bad) = arns.iter().find(|arn| !is_policy_arn(arn)) {
-                return issue(
-                    "iam_user_policy_arns",
-                    format!(
-                        "`{bad}` is not an IAM policy ARN (arn:aws:iam::<account|aws>:policy/<name>)"
-                    ),
-                );
-            }
+        if let Some(arns) = &self.iam_user_policy_arns
+            && let Some(bad) = arns.iter().find(|arn| !is_policy_arn(arn))
+        {
+            return issue(
+                "iam_user_policy_arns",
+                format!(
+                    "`{bad}` is not an IAM policy ARN (arn:aws:iam::<account|aws>:policy/<name>)"
+                ),
+            );
         }
-        if let Some(ou) = &self.organizational_unit_id {
-            if !ou.starts_with("ou-") && !ou.starts_with("r-") {
-                return issue(
-                    "organizational_unit_id",
-                    format!("`{ou}` is not an OU id (ou-…) or root id (r-…)"),
-                );
-            }
+        if let Some(ou) = &self.organizational_unit_id
+            && !ou.starts_with("ou-")
+            && !ou.starts_with("r-")
+        {
+            return issue(
+                "organizational_unit_id",
+                format!("`{ou}` is not an OU id (ou-…) or root id (r-…)"),
+            );
         }
         for (key, id) in [
             ("iam_user_template_id", &self.iam_user_template_id),

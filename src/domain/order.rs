@@ -80,6 +80,18 @@ pub struct PartialIds {
     pub tier1_id: Option<String>,
 }
 
+impl PartialIds {
+    /// The ids of a valid order.
+    pub fn of(order: &PurchaseRequest) -> Self {
+        Self {
+            request_id: Some(order.request_id.to_string()),
+            asset_id: Some(order.asset_id.to_string()),
+            marketplace_id: Some(order.marketplace_id.to_string()),
+            tier1_id: order.tier1_id.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
 /// Why a message is not a valid order. Each variant is dead-lettered at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
@@ -132,8 +144,8 @@ pub struct MalformedOrder {
 /// # Errors
 /// [`MalformedOrder`] when the body is too large, not a JSON object, not a purchase, or lacks
 /// a required id.
-pub fn parse(body: &[u8]) -> Result<PurchaseRequest, MalformedOrder> {
-    let malformed = |error, ids| MalformedOrder { error, ids };
+pub fn parse(body: &[u8]) -> Result<PurchaseRequest, Box<MalformedOrder>> {
+    let malformed = |error, ids| Box::new(MalformedOrder { error, ids });
     if body.len() > MAX_ORDER_BYTES {
         return Err(malformed(
             OrderError::TooLarge(body.len()),
@@ -356,7 +368,7 @@ mod tests {
         })
     }
 
-    fn parse_value(value: &Value) -> Result<PurchaseRequest, MalformedOrder> {
+    fn parse_value(value: &Value) -> Result<PurchaseRequest, Box<MalformedOrder>> {
         parse(value.to_string().as_bytes())
     }
 

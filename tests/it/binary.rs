@@ -37,7 +37,12 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
-    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
     (status.code(), stderr)
 }
 
@@ -49,21 +54,58 @@ fn configuration_errors_exit_2_naming_the_key() {
     let ok = write_config(valid);
     let no_domain = write_config("[amqp]\nprefetch = 4\n");
     let path = |f: &tempfile::NamedTempFile| f.path().to_str().expect("utf-8 path").to_owned();
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
-        (vec!["--config".into(), path(&zero_prefetch), "run".into()], vec![], "amqp.prefetch"),
-        (vec!["--config".into(), path(&typo), "run".into()], vec![], "retry.max_atempts"),
-        (vec!["--config".into(), path(&ok), "run".into()], vec![("WORKER__RETRY__MAX_ATTEMPTS", "many")], "max_attempts"),
-        (vec!["--config".into(), path(&ok), "run".into()], vec![("WORKER__AMQP__URL", "http://nope")], "amqp.url"),
-        (vec!["--config".into(), path(&no_domain), "run".into()], vec![], "business_model.provider_email_domain"),
-        (vec!["--config".into(), "/nonexistent/worker.toml".into(), "run".into()], vec![], "--config"),
-        (vec!["--log-format".into(), "xml".into(), "run".into()], vec![], "--log-format"),
+    // (arguments, environment, the key the message must name)
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            vec!["--config".into(), path(&zero_prefetch), "run".into()],
+            vec![],
+            "amqp.prefetch",
+        ),
+        (
+            vec!["--config".into(), path(&typo), "run".into()],
+            vec![],
+            "retry.max_atempts",
+        ),
+        (
+            vec!["--config".into(), path(&ok), "run".into()],
+            vec![("WORKER__RETRY__MAX_ATTEMPTS", "many")],
+            "max_attempts",
+        ),
+        (
+            vec!["--config".into(), path(&ok), "run".into()],
+            vec![("WORKER__AMQP__URL", "http://nope")],
+            "amqp.url",
+        ),
+        (
+            vec!["--config".into(), path(&no_domain), "run".into()],
+            vec![],
+            "business_model.provider_email_domain",
+        ),
+        (
+            vec![
+                "--config".into(),
+                "/nonexistent/worker.toml".into(),
+                "run".into(),
+            ],
+            vec![],
+            "--config",
+        ),
+        (
+            vec!["--log-format".into(), "xml".into(), "run".into()],
+            vec![],
+            "--log-format",
+        ),
         (vec!["fly".into()], vec![], "fly"),
     ];
     for (args, env, key) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, stderr) = run_to_exit(&args, &env);
         assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
-        assert!(stderr.contains(key), "{args:?} {env:?}: the message names `{key}`: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{args:?} {env:?}: the message names `{key}`: {stderr}"
+        );
     }
 }
 
@@ -71,12 +113,26 @@ fn configuration_errors_exit_2_naming_the_key() {
 async fn secrets_never_reach_the_logs_and_sigterm_exits_0() {
     let mut env = TestEnv::new("").await;
     let config = write_config(&env.toml);
-    let credentials = env.payer.credentials.provide_credentials().await.expect("payer credentials");
-    let session_token = credentials.session_token().expect("session token").to_owned();
+    let credentials = env
+        .payer
+        .credentials
+        .provide_credentials()
+        .await
+        .expect("payer credentials");
+    let session_token = credentials
+        .session_token()
+        .expect("session token")
+        .to_owned();
     let secret_key = credentials.secret_access_key().to_owned();
     let log_file = tempfile::NamedTempFile::new().expect("log file");
     let mut child = Command::new(BIN)
-        .args(["--config", config.path().to_str().expect("path"), "--log-format", "json", "run"])
+        .args([
+            "--config",
+            config.path().to_str().expect("path"),
+            "--log-format",
+            "json",
+            "run",
+        ])
         .env("RUST_LOG", "trace")
         .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
         .env("AWS_SECRET_ACCESS_KEY", &secret_key)
@@ -93,24 +149,41 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_0() {
     env.publish_json(&iam_order).await;
     let event = env.next_event().await;
     assert_eq!(event["event"], "aws.account.provisioned", "{event}");
-    let password = event["access"]["initial_password"].as_str().expect("password").to_owned();
+    let password = event["access"]["initial_password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
 
     let pid = child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(env.settings.worker.shutdown_grace_seconds + 10);
+    let deadline =
+        Instant::now() + Duration::from_secs(env.settings.worker.shutdown_grace_seconds + 10);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
-        assert!(Instant::now() < deadline, "the worker did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not stop after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
 
     let logs = std::fs::read_to_string(log_file.path()).expect("read logs");
-    assert!(logs.contains("order provisioned"), "the logs are captured: {}", &logs[..logs.len().min(2000)]);
-    assert!(logs.contains(event["request_id"].as_str().expect("request id")), "spans carry the request id");
+    assert!(
+        logs.contains("order provisioned"),
+        "the logs are captured: {}",
+        &logs[..logs.len().min(2000)]
+    );
+    assert!(
+        logs.contains(event["request_id"].as_str().expect("request id")),
+        "spans carry the request id"
+    );
     let amqp_password = "guest:guest";
     for (what, secret) in [
         ("the IAM password", password.as_str()),

@@ -12,25 +12,43 @@ fn fixture(name: &str) -> Vec<u8> {
 fn tier1_only() {
     let order = order::parse(&fixture("purchase_tier1_only.json")).expect("valid");
     assert_eq!(order.request_id.as_str(), "PR-5852-1608-1567-000");
-    assert_eq!(order.tier1_id.as_ref().map(|t| t.as_str()), Some("TA-0-9046-4815-5226"));
+    assert_eq!(
+        order.tier1_id.as_ref().map(|t| t.as_str()),
+        Some("TA-0-9046-4815-5226")
+    );
     assert_eq!(order.order_mode, OrderMode::NewAccount);
-    assert_eq!(order.aws_account_email, None, "empty parameters count as absent");
+    assert_eq!(
+        order.aws_account_email, None,
+        "empty parameters count as absent"
+    );
     assert_eq!(order.customer.external_id.as_deref(), Some("1234567"));
 }
 
 #[test]
 fn with_tier2() {
     let order = order::parse(&fixture("purchase_with_tier2.json")).expect("valid");
-    assert_eq!(order.tier1_id.as_ref().map(|t| t.as_str()), Some("TA-0-9046-4815-5226"));
+    assert_eq!(
+        order.tier1_id.as_ref().map(|t| t.as_str()),
+        Some("TA-0-9046-4815-5226")
+    );
 }
 
 #[test]
 fn with_string_booleans() {
     let order = order::parse(&fixture("purchase_string_booleans.json")).expect("valid");
     assert_eq!(order.configuration.account_model.as_deref(), Some("ECAM"));
-    assert_eq!(order.configuration.provide_root_user_for_ecam.as_deref(), Some("Yes"));
-    assert_eq!(order.configuration.service_control_policies.as_deref(), Some("p-abcd1234, p-efgh5678"));
-    assert_eq!(order.aws_account_email.as_deref(), Some("it-admin@hospitaller.example"));
+    assert_eq!(
+        order.configuration.provide_root_user_for_ecam.as_deref(),
+        Some("Yes")
+    );
+    assert_eq!(
+        order.configuration.service_control_policies.as_deref(),
+        Some("p-abcd1234, p-efgh5678")
+    );
+    assert_eq!(
+        order.aws_account_email.as_deref(),
+        Some("it-admin@hospitaller.example")
+    );
 }
 
 #[test]

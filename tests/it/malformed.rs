@@ -53,25 +53,49 @@ async fn malformed_messages_are_dead_lettered_and_the_next_order_is_processed() 
             other => panic!("unexpected event {other:?}"),
         }
     }
-    assert_eq!(dead_lettered.keys().map(String::as_str).collect::<Vec<_>>(), bad.keys().copied().collect::<Vec<_>>());
-    assert_eq!(provisioned.len(), 1, "the good order after the bad ones is provisioned");
+    assert_eq!(
+        dead_lettered.keys().map(String::as_str).collect::<Vec<_>>(),
+        bad.keys().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        provisioned.len(),
+        1,
+        "the good order after the bad ones is provisioned"
+    );
     assert_eq!(provisioned[0]["request_id"], good["id"]);
     let not_purchase_event = &dead_lettered["NOT_A_PURCHASE"];
-    assert_eq!(not_purchase_event["request_id"], not_a_purchase["id"], "readable ids are kept");
-    assert_eq!(not_purchase_event["asset_id"], not_a_purchase["asset"]["id"]);
+    assert_eq!(
+        not_purchase_event["request_id"], not_a_purchase["id"],
+        "readable ids are kept"
+    );
+    assert_eq!(
+        not_purchase_event["asset_id"],
+        not_a_purchase["asset"]["id"]
+    );
     assert_eq!(not_purchase_event["attempts"], 1);
     assert_eq!(dead_lettered["NOT_JSON"]["request_id"], Value::Null);
 
     let dlq = env.drain_dlq().await;
-    assert_eq!(dlq.len(), bad.len(), "every malformed message is in the DLQ, once");
+    assert_eq!(
+        dlq.len(),
+        bad.len(),
+        "every malformed message is in the DLQ, once"
+    );
     for (headers, body) in &dlq {
         let reason = header_text(headers, "x-failure-reason").expect("x-failure-reason");
-        assert_eq!(Some(body), bad.get(reason.as_str()), "the DLQ keeps the original body for {reason}");
+        assert_eq!(
+            Some(body),
+            bad.get(reason.as_str()),
+            "the DLQ keeps the original body for {reason}"
+        );
         assert_eq!(header_text(headers, "x-attempts").as_deref(), Some("1"));
         assert!(header_text(headers, "x-failure-message").is_some_and(|m| !m.is_empty()));
         let first = header_text(headers, "x-first-failed-at").expect("x-first-failed-at");
         let last = header_text(headers, "x-last-failed-at").expect("x-last-failed-at");
-        assert!(chrono::DateTime::parse_from_rfc3339(&first).is_ok() && first <= last, "{first} {last}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&first).is_ok() && first <= last,
+            "{first} {last}"
+        );
     }
 
     worker.stop().await.expect("clean stop");

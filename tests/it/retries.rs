@@ -12,7 +12,10 @@ async fn unreachable_aws_is_retried_with_growing_delays_then_dead_lettered() {
         .expect("free port")
         .port();
     let payer = Payer::new().await;
-    let down = moto_config(&format!("http://127.0.0.1:{closed_port}"), Credentials::new("testing", "testing", None, None, "down"));
+    let down = moto_config(
+        &format!("http://127.0.0.1:{closed_port}"),
+        Credentials::new("testing", "testing", None, None, "down"),
+    );
     let mut env = TestEnv::with_aws(
         r#"
         [retry]
@@ -39,7 +42,10 @@ async fn unreachable_aws_is_retried_with_growing_delays_then_dead_lettered() {
     let (headers, body) = &dlq[0];
     assert_eq!(body, &order.to_string().into_bytes());
     assert_eq!(header_text(headers, "x-attempts").as_deref(), Some("3"));
-    assert_eq!(header_text(headers, "x-failure-reason").as_deref(), Some("AWS_UNREACHABLE"));
+    assert_eq!(
+        header_text(headers, "x-failure-reason").as_deref(),
+        Some("AWS_UNREACHABLE")
+    );
     assert!(header_text(headers, "x-failure-message").is_some_and(|m| m.contains("CreateAccount")));
     let time = |key| {
         let text = header_text(headers, key).expect(key);
@@ -47,7 +53,10 @@ async fn unreachable_aws_is_retried_with_growing_delays_then_dead_lettered() {
     };
     let waited = time("x-last-failed-at") - time("x-first-failed-at");
     // Two waits: at least half of 200 ms, then at least half of 400 ms.
-    assert!(waited.num_milliseconds() >= 300, "retries waited only {waited}");
+    assert!(
+        waited.num_milliseconds() >= 300,
+        "retries waited only {waited}"
+    );
     assert!(env.payer.member_accounts().await.is_empty());
 
     worker.stop().await.expect("clean stop");

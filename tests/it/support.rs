@@ -14,8 +14,9 @@ use aws_sdk_organizations::types::{OrganizationFeatureSet, PolicyType};
 use aws_sdk_sts::config::{Credentials, Region, SharedCredentialsProvider};
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -41,7 +42,15 @@ pub fn moto_endpoint() -> String {
 pub fn digits(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
-        .map(|i| char::from(b'0' + if i == 0 { rng.random_range(1..10) } else { rng.random_range(0..10) }))
+        .map(|i| {
+            char::from(
+                b'0' + if i == 0 {
+                    rng.random_range(1..10)
+                } else {
+                    rng.random_range(0..10)
+                },
+            )
+        })
         .collect()
 }
 
@@ -66,7 +75,10 @@ pub struct Payer {
 impl Payer {
     pub async fn new() -> Self {
         let endpoint = moto_endpoint();
-        let base = moto_config(&endpoint, Credentials::new("testing", "testing", None, None, "test"));
+        let base = moto_config(
+            &endpoint,
+            Credentials::new("testing", "testing", None, None, "test"),
+        );
         let account_id = digits(12);
         let assumed = aws_sdk_sts::Client::new(&base)
             .assume_role()
@@ -108,8 +120,18 @@ impl Payer {
             .send()
             .await
             .expect("create SCP");
-        let scp_id = policy.policy().and_then(|p| p.policy_summary()).and_then(|s| s.id()).expect("policy id").to_owned();
-        Self { account_id, credentials, config, scp_id }
+        let scp_id = policy
+            .policy()
+            .and_then(|p| p.policy_summary())
+            .and_then(|s| s.id())
+            .expect("policy id")
+            .to_owned();
+        Self {
+            account_id,
+            credentials,
+            config,
+            scp_id,
+        }
     }
 
     pub fn organizations(&self) -> aws_sdk_organizations::Client {
@@ -128,12 +150,22 @@ impl Payer {
 
     /// Every member account as (id, email).
     pub async fn member_accounts(&self) -> Vec<(String, String)> {
-        let listed = self.organizations().list_accounts().send().await.expect("list accounts");
+        let listed = self
+            .organizations()
+            .list_accounts()
+            .send()
+            .await
+            .expect("list accounts");
         listed
             .accounts()
             .iter()
             .filter(|a| a.id() != Some(self.account_id.as_str()))
-            .map(|a| (a.id().unwrap_or_default().to_owned(), a.email().unwrap_or_default().to_owned()))
+            .map(|a| {
+                (
+                    a.id().unwrap_or_default().to_owned(),
+                    a.email().unwrap_or_default().to_owned(),
+                )
+            })
             .collect()
     }
 
@@ -141,7 +173,9 @@ impl Payer {
     pub async fn member_iam(&self, account_id: &str) -> aws_sdk_iam::Client {
         let assumed = aws_sdk_sts::Client::new(&self.config)
             .assume_role()
-            .role_arn(format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"))
+            .role_arn(format!(
+                "arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+            ))
             .role_session_name("test-check")
             .send()
             .await
@@ -167,7 +201,12 @@ impl Payer {
             .send()
             .await
             .expect("list policies for target");
-        listed.policies().iter().filter_map(|p| p.id()).map(str::to_owned).collect()
+        listed
+            .policies()
+            .iter()
+            .filter_map(|p| p.id())
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -222,19 +261,36 @@ impl TestEnv {
             extra = extra.replace("{scp}", &payer.scp_id)
         );
         let toml = if toml.contains("[business_model]") {
-            toml.replacen("[business_model]", &format!("[business_model]\nprovider_email_domain = \"{PROVIDER_DOMAIN}\""), 1)
+            toml.replacen(
+                "[business_model]",
+                &format!("[business_model]\nprovider_email_domain = \"{PROVIDER_DOMAIN}\""),
+                1,
+            )
         } else {
             format!("{toml}\n[business_model]\nprovider_email_domain = \"{PROVIDER_DOMAIN}\"\n")
         };
-        let settings = Settings::from_toml(&toml).unwrap_or_else(|e| panic!("test settings: {e}\n{toml}"));
+        let settings =
+            Settings::from_toml(&toml).unwrap_or_else(|e| panic!("test settings: {e}\n{toml}"));
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .expect("RabbitMQ answers (scripts/services.sh starts it)");
         let channel = connection.create_channel().await.expect("channel");
-        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
-        topology::declare(&channel, &settings.amqp, &settings.retry).await.expect("topology");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        topology::declare(&channel, &settings.amqp, &settings.retry)
+            .await
+            .expect("topology");
         let events_queue = channel
-            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .expect("events queue");
         channel
@@ -248,10 +304,23 @@ impl TestEnv {
             .await
             .expect("bind events queue");
         let events = channel
-            .basic_consume(events_queue.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                events_queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .expect("consume events");
-        Self { toml, settings, payer, aws, connection, channel, events }
+        Self {
+            toml,
+            settings,
+            payer,
+            aws,
+            connection,
+            channel,
+            events,
+        }
     }
 
     /// Starts the worker in-process; returns once it consumes.
@@ -276,7 +345,9 @@ impl TestEnv {
                 amqp.orders_routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
             )
             .await
             .expect("publish")
@@ -296,15 +367,30 @@ impl TestEnv {
             .expect("an event within the deadline")
             .expect("event stream open")
             .expect("event delivery");
-        delivery.ack(BasicAckOptions::default()).await.expect("ack event");
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack event");
         assert_eq!(
-            delivery.properties.content_type().as_ref().map(|c| c.as_str()),
+            delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
             Some("application/json"),
             "events are JSON"
         );
-        assert_eq!(*delivery.properties.delivery_mode(), Some(2), "events are persistent");
+        assert_eq!(
+            *delivery.properties.delivery_mode(),
+            Some(2),
+            "events are persistent"
+        );
         let event: Value = serde_json::from_slice(&delivery.data).expect("event body is JSON");
-        assert_eq!(event["event"].as_str(), Some(delivery.routing_key.as_str()), "routing key is the event name");
+        assert_eq!(
+            event["event"].as_str(),
+            Some(delivery.routing_key.as_str()),
+            "routing key is the event name"
+        );
         event
     }
 
@@ -313,11 +399,19 @@ impl TestEnv {
         let mut messages = Vec::new();
         while let Some(message) = self
             .channel
-            .basic_get(self.settings.amqp.dead_letter_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(
+                self.settings.amqp.dead_letter_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
             .await
             .expect("basic.get")
         {
-            let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+            let headers = message
+                .delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default();
             messages.push((headers, message.delivery.data.clone()));
         }
         messages
@@ -326,13 +420,32 @@ impl TestEnv {
     /// Deletes this test's queues and exchanges.
     pub async fn cleanup(self) {
         let amqp = &self.settings.amqp;
-        let mut queues = vec![amqp.orders_queue.clone(), amqp.dead_letter_queue.clone(), amqp.unrouted_queue.clone()];
-        queues.extend(topology::retry_delays(&self.settings.retry).into_iter().map(|d| topology::retry_queue(amqp, d)));
+        let mut queues = vec![
+            amqp.orders_queue.clone(),
+            amqp.dead_letter_queue.clone(),
+            amqp.unrouted_queue.clone(),
+        ];
+        queues.extend(
+            topology::retry_delays(&self.settings.retry)
+                .into_iter()
+                .map(|d| topology::retry_queue(amqp, d)),
+        );
         for queue in queues {
-            let _ = self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
-        for exchange in [&amqp.orders_exchange, &amqp.dead_letter_exchange, &amqp.results_exchange, &amqp.unrouted_exchange] {
-            let _ = self.channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        for exchange in [
+            &amqp.orders_exchange,
+            &amqp.dead_letter_exchange,
+            &amqp.results_exchange,
+            &amqp.unrouted_exchange,
+        ] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
         let _ = self.connection.close(200, "test done".into()).await;
     }
@@ -359,19 +472,35 @@ impl WorkerHandle {
     /// Stops it the way SIGTERM does and returns how its run ended.
     pub async fn stop(self) -> Result<(), RunError> {
         self.stop.cancel();
-        tokio::time::timeout(DEADLINE, self.join).await.expect("worker stops in time").expect("worker task")
+        tokio::time::timeout(DEADLINE, self.join)
+            .await
+            .expect("worker stops in time")
+            .expect("worker task")
     }
 }
 
 /// A Connect purchase request with fresh ids, the given ordering and configuration parameters.
 pub fn order(ordering: &[(&str, &str)], configuration: &[(&str, &str)]) -> Value {
-    order_for("MP-91673", Some("TA-0-9046-4815-5226"), ordering, configuration)
+    order_for(
+        "MP-91673",
+        Some("TA-0-9046-4815-5226"),
+        ordering,
+        configuration,
+    )
 }
 
 /// Like `order`, for a marketplace and tier1 of the caller's choice.
-pub fn order_for(marketplace: &str, tier1: Option<&str>, ordering: &[(&str, &str)], configuration: &[(&str, &str)]) -> Value {
+pub fn order_for(
+    marketplace: &str,
+    tier1: Option<&str>,
+    ordering: &[(&str, &str)],
+    configuration: &[(&str, &str)],
+) -> Value {
     let params = |pairs: &[(&str, &str)]| -> Value {
-        pairs.iter().map(|(id, value)| json!({"id": id, "name": id, "value": value})).collect()
+        pairs
+            .iter()
+            .map(|(id, value)| json!({"id": id, "name": id, "value": value}))
+            .collect()
     };
     let tier1 = tier1.map_or_else(|| json!({}), |id| json!({"id": id, "name": "Reseller"}));
     json!({
