@@ -219,3 +219,281 @@ async fn wait_for_account<O: Organizations>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Provisioning against an explicit fake that scripts creation states and records calls.
+
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::aws::{AwsResult, CreateStatus};
+    use crate::domain::email::AccountEmail;
+    use crate::domain::model::AccountModel;
+    use crate::domain::names::AccountName;
+
+    /// Scripted Organizations: `CreateAccount` answers the first state, each status poll the
+    /// next; every call is recorded by name.
+    #[derive(Clone, Default)]
+    struct ScriptedOrganizations {
+        states: Arc<Mutex<VecDeque<CreateState>>>,
+        calls: Arc<Mutex<Vec<String>>>,
+        fail_attach: Option<AwsError>,
+    }
+
+    impl ScriptedOrganizations {
+        fn with_states(states: impl IntoIterator<Item = CreateState>) -> Self {
+            Self {
+                states: Arc::new(Mutex::new(states.into_iter().collect())),
+                ..Self::default()
+            }
+        }
+
+        fn record(&self, call: impl Into<String>) {
+            self.calls.lock().expect("calls").push(call.into());
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().expect("calls").clone()
+        }
+
+        fn next_status(&self) -> CreateStatus {
+            let state = self
+                .states
+                .lock()
+                .expect("states")
+                .pop_front()
+                .expect("a scripted state");
+            CreateStatus {
+                request_id: "car-test".into(),
+                state,
+            }
+        }
+    }
+
+    impl Organizations for ScriptedOrganizations {
+        type Member = ScriptedOrganizations;
+
+        async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
+            self.record(format!("CreateAccount {}", account.email));
+            Ok(self.next_status())
+        }
+
+        async fn create_status(&self, request_id: &str) -> AwsResult<CreateStatus> {
+            self.record(format!("DescribeCreateAccountStatus {request_id}"));
+            Ok(self.next_status())
+        }
+
+        async fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
+            self.record(format!("AttachPolicy {policy} {account}"));
+            self.fail_attach.clone().map_or(Ok(()), Err)
+        }
+
+        async fn member(&self, account: &AccountId) -> AwsResult<Self> {
+            self.record(format!("AssumeRole {account}"));
+            Ok(self.clone())
+        }
+    }
+
+    impl MemberIam for ScriptedOrganizations {
+        async fn create_user(&self, name: &IamUserName) -> AwsResult<()> {
+            self.record(format!("CreateUser {name}"));
+            Ok(())
+        }
+
+        async fn set_login_profile(&self, name: &IamUserName, _: &SecretString) -> AwsResult<()> {
+            self.record(format!("CreateLoginProfile {name}"));
+            Ok(())
+        }
+
+        async fn attach_user_policy(&self, name: &IamUserName, arn: &str) -> AwsResult<()> {
+            self.record(format!("AttachUserPolicy {name} {arn}"));
+            Ok(())
+        }
+    }
+
+    fn order() -> PurchaseRequest {
+        let body = serde_json::json!({
+            "id": "PR-1-2", "type": "purchase",
+            "asset": {"id": "AS-1", "marketplace": {"id": "MP-1"}, "tiers": {"customer": {"id": "TA-1", "name": "C"}}}
+        });
+        crate::domain::order::parse(body.to_string().as_bytes()).expect("valid order")
+    }
+
+    fn plan(access: Access) -> Plan {
+        Plan {
+            model: AccountModel::Ecam,
+            email: AccountEmail::parse("c@customer.example").expect("email"),
+            account_name: AccountName::derive(Some("C"), "AS-1", None, "C"),
+            access,
+            service_control_policies: vec![PolicyId::parse("p-abcd1234").expect("id")],
+            payer: "default".into(),
+            organizational_unit_id: None,
+            template_id: None,
+        }
+    }
+
+    fn iam_user() -> Access {
+        Access::IamUser {
+            user_name: IamUserName::parse("admin").expect("name"),
+            policy_arns: vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()],
+        }
+    }
+
+    const POLLING: Polling = Polling {
+        interval: Duration::from_secs(2),
+        patience: Duration::from_secs(10),
+    };
+
+    fn succeeded() -> CreateState {
+        CreateState::Succeeded {
+            account_id: "111122223333".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_until_succeeded_then_attaches_scps_and_makes_the_user() {
+        let aws = ScriptedOrganizations::with_states([
+            CreateState::InProgress,
+            CreateState::InProgress,
+            succeeded(),
+        ]);
+        let done = provision(
+            &aws,
+            &order(),
+            &plan(iam_user()),
+            Progress::default(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        assert_eq!(done.account_id, "111122223333");
+        assert_eq!(done.create_request_id, "car-test");
+        assert!(matches!(done.access, Granted::IamUser { .. }));
+        assert_eq!(
+            aws.calls(),
+            [
+                "CreateAccount c@customer.example",
+                "DescribeCreateAccountStatus car-test",
+                "DescribeCreateAccountStatus car-test",
+                "AttachPolicy p-abcd1234 111122223333",
+                "AssumeRole 111122223333",
+                "CreateUser admin",
+                "CreateLoginProfile admin",
+                "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_creation_is_a_business_outcome_with_the_mapped_code() {
+        let cases = [
+            ("EMAIL_ALREADY_EXISTS", FailureCode::EmailAlreadyExists),
+            ("INVALID_EMAIL", FailureCode::InvalidEmail),
+            (
+                "ACCOUNT_LIMIT_EXCEEDED",
+                FailureCode::Aws("ACCOUNT_LIMIT_EXCEEDED".into()),
+            ),
+        ];
+        for (reason, code) in cases {
+            let failed = CreateState::Failed {
+                reason: reason.into(),
+            };
+            let aws = ScriptedOrganizations::with_states([CreateState::InProgress, failed]);
+            let err = provision(
+                &aws,
+                &order(),
+                &plan(Access::RootUser),
+                Progress::default(),
+                POLLING,
+            )
+            .await;
+            let Err(ProvisionError::Rejected(rejection)) = err else {
+                panic!("{reason}: expected a rejection, got {err:?}");
+            };
+            assert_eq!(rejection.code, code);
+            assert!(
+                !aws.calls().iter().any(|c| c.starts_with("AttachPolicy")),
+                "nothing after a failed creation"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_creation_goes_back_to_the_broker_with_its_request_id() {
+        let aws =
+            ScriptedOrganizations::with_states(std::iter::repeat_n(CreateState::InProgress, 10));
+        let err = provision(
+            &aws,
+            &order(),
+            &plan(Access::RootUser),
+            Progress::default(),
+            POLLING,
+        )
+        .await;
+        let Err(ProvisionError::Aws { error, progress }) = err else {
+            panic!("expected a transient error, got {err:?}");
+        };
+        assert_eq!(error.retry, Retry::Transient);
+        assert_eq!(error.code.as_deref(), Some("CREATE_IN_PROGRESS"));
+        assert_eq!(progress.create_request_id.as_deref(), Some("car-test"));
+        let polls = aws
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("Describe"))
+            .count();
+        assert_eq!(polls, 5, "at 2, 4, 6, 8 and 10 s: 10 s of patience");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_order_never_asks_for_a_second_account() {
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: None,
+        };
+        provision(&aws, &order(), &plan(Access::RootUser), progress, POLLING)
+            .await
+            .expect("provisioned");
+        assert_eq!(aws.calls()[0], "DescribeCreateAccountStatus car-test");
+
+        let aws = ScriptedOrganizations::default();
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: Some("111122223333".into()),
+        };
+        provision(&aws, &order(), &plan(Access::RootUser), progress, POLLING)
+            .await
+            .expect("provisioned");
+        assert_eq!(aws.calls(), ["AttachPolicy p-abcd1234 111122223333"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_call_after_creation_keeps_the_account_in_the_progress() {
+        let throttled = AwsError {
+            retry: Retry::Transient,
+            operation: "AttachPolicy",
+            code: Some("TooManyRequestsException".into()),
+            message: "slow down".into(),
+        };
+        let aws = ScriptedOrganizations {
+            fail_attach: Some(throttled.clone()),
+            ..ScriptedOrganizations::with_states([succeeded()])
+        };
+        let err = provision(
+            &aws,
+            &order(),
+            &plan(Access::RootUser),
+            Progress::default(),
+            POLLING,
+        )
+        .await;
+        let Err(ProvisionError::Aws { error, progress }) = err else {
+            panic!("expected an AWS error, got {err:?}");
+        };
+        assert_eq!(error, throttled);
+        assert_eq!(progress.account_id.as_deref(), Some("111122223333"));
+        assert_eq!(progress.create_request_id.as_deref(), Some("car-test"));
+    }
+}
