@@ -346,6 +346,14 @@ mod tests {
         patience: Duration::from_secs(10),
     };
 
+    /// Provisions a root-user plan for the test order.
+    async fn provision_root(
+        aws: &ScriptedOrganizations,
+        progress: Progress,
+    ) -> Result<Provisioned, ProvisionError> {
+        provision(aws, &order(), &plan(Access::RootUser), progress, POLLING).await
+    }
+
     fn succeeded() -> CreateState {
         CreateState::Succeeded {
             account_id: "111122223333".into(),
@@ -401,14 +409,7 @@ mod tests {
                 reason: reason.into(),
             };
             let aws = ScriptedOrganizations::with_states([CreateState::InProgress, failed]);
-            let err = provision(
-                &aws,
-                &order(),
-                &plan(Access::RootUser),
-                Progress::default(),
-                POLLING,
-            )
-            .await;
+            let err = provision_root(&aws, Progress::default()).await;
             let Err(ProvisionError::Rejected(rejection)) = err else {
                 panic!("{reason}: expected a rejection, got {err:?}");
             };
@@ -424,14 +425,7 @@ mod tests {
     async fn a_long_creation_goes_back_to_the_broker_with_its_request_id() {
         let aws =
             ScriptedOrganizations::with_states(std::iter::repeat_n(CreateState::InProgress, 10));
-        let err = provision(
-            &aws,
-            &order(),
-            &plan(Access::RootUser),
-            Progress::default(),
-            POLLING,
-        )
-        .await;
+        let err = provision_root(&aws, Progress::default()).await;
         let Err(ProvisionError::Aws { error, progress }) = err else {
             panic!("expected a transient error, got {err:?}");
         };
@@ -453,9 +447,7 @@ mod tests {
             create_request_id: Some("car-test".into()),
             account_id: None,
         };
-        provision(&aws, &order(), &plan(Access::RootUser), progress, POLLING)
-            .await
-            .expect("provisioned");
+        provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(aws.calls()[0], "DescribeCreateAccountStatus car-test");
 
         let aws = ScriptedOrganizations::default();
@@ -463,9 +455,7 @@ mod tests {
             create_request_id: Some("car-test".into()),
             account_id: Some("111122223333".into()),
         };
-        provision(&aws, &order(), &plan(Access::RootUser), progress, POLLING)
-            .await
-            .expect("provisioned");
+        provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(aws.calls(), ["AttachPolicy p-abcd1234 111122223333"]);
     }
 
@@ -481,14 +471,7 @@ mod tests {
             fail_attach: Some(throttled.clone()),
             ..ScriptedOrganizations::with_states([succeeded()])
         };
-        let err = provision(
-            &aws,
-            &order(),
-            &plan(Access::RootUser),
-            Progress::default(),
-            POLLING,
-        )
-        .await;
+        let err = provision_root(&aws, Progress::default()).await;
         let Err(ProvisionError::Aws { error, progress }) = err else {
             panic!("expected an AWS error, got {err:?}");
         };

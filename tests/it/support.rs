@@ -64,6 +64,25 @@ pub fn moto_config(endpoint: &str, credentials: Credentials) -> SdkConfig {
         .build()
 }
 
+/// Temporary credentials for `role_arn` (moto hands them out for any account).
+pub async fn assume(config: &SdkConfig, role_arn: &str, session: &str) -> Credentials {
+    let assumed = aws_sdk_sts::Client::new(config)
+        .assume_role()
+        .role_arn(role_arn)
+        .role_session_name(session)
+        .send()
+        .await
+        .expect("moto answers AssumeRole (is moto running? scripts/services.sh starts it)");
+    let c = assumed.credentials().expect("credentials");
+    Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_owned()),
+        None,
+        "test",
+    )
+}
+
 /// A moto account of its own, with an organization (all features, SCPs enabled) and one SCP.
 pub struct Payer {
     pub account_id: String,
@@ -80,21 +99,12 @@ impl Payer {
             Credentials::new("testing", "testing", None, None, "test"),
         );
         let account_id = digits(12);
-        let assumed = aws_sdk_sts::Client::new(&base)
-            .assume_role()
-            .role_arn(format!("arn:aws:iam::{account_id}:role/payer"))
-            .role_session_name("test-payer")
-            .send()
-            .await
-            .expect("moto answers AssumeRole (is moto running? scripts/services.sh starts it)");
-        let c = assumed.credentials().expect("credentials");
-        let credentials = Credentials::new(
-            c.access_key_id(),
-            c.secret_access_key(),
-            Some(c.session_token().to_owned()),
-            None,
+        let credentials = assume(
+            &base,
+            &format!("arn:aws:iam::{account_id}:role/payer"),
             "test-payer",
-        );
+        )
+        .await;
         let config = moto_config(&endpoint, credentials.clone());
         let orgs = aws_sdk_organizations::Client::new(&config);
         orgs.create_organization()
@@ -171,23 +181,8 @@ impl Payer {
 
     /// IAM inside a member account, through its access role, as a customer would see it.
     pub async fn member_iam(&self, account_id: &str) -> aws_sdk_iam::Client {
-        let assumed = aws_sdk_sts::Client::new(&self.config)
-            .assume_role()
-            .role_arn(format!(
-                "arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
-            ))
-            .role_session_name("test-check")
-            .send()
-            .await
-            .expect("assume member role");
-        let c = assumed.credentials().expect("credentials");
-        let credentials = Credentials::new(
-            c.access_key_id(),
-            c.secret_access_key(),
-            Some(c.session_token().to_owned()),
-            None,
-            "test-member",
-        );
+        let role = format!("arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole");
+        let credentials = assume(&self.config, &role, "test-member").await;
         aws_sdk_iam::Client::new(&moto_config(&moto_endpoint(), credentials))
     }
 
