@@ -91,7 +91,7 @@ impl<O: Organizations> Pipeline<O> {
             Ok(plan) => plan,
             Err(rejection) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order rejected");
-                return Outcome::Report(report::failed(&ids, None, None, &rejection));
+                return Outcome::Report(report::failed(&ids, None, &rejection));
             }
         };
         info!(business_model = plan.model.as_str(), payer = %plan.payer, "business model resolved");
@@ -102,12 +102,7 @@ impl<O: Organizations> Pipeline<O> {
             }
             Err(ProvisionError::Rejected(rejection)) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "AWS refused the account");
-                Outcome::Report(report::failed(
-                    &ids,
-                    Some(plan.model),
-                    Some(&plan.payer),
-                    &rejection,
-                ))
+                Outcome::Report(report::failed(&ids, Some(&plan.payer), &rejection))
             }
             Err(ProvisionError::Aws { error, progress }) => {
                 let failure = Failure {

@@ -124,10 +124,13 @@ pub async fn provision<O: Organizations>(
             let account_id = wait_for_account(aws, status.request_id, status.state, polling)
                 .await
                 .map_err(|e| match e {
-                    Waited::Failed(reason) => ProvisionError::Rejected(Rejection::new(
-                        FailureCode::from_aws_reason(&reason),
-                        format!("AWS could not create the account: {reason}"),
-                    )),
+                    Waited::Failed(reason) => ProvisionError::Rejected(
+                        Rejection::new(
+                            FailureCode::from_aws_reason(&reason),
+                            format!("AWS could not create the account: {reason}"),
+                        )
+                        .under(plan.model),
+                    ),
                     Waited::Error(error) => fail(error, &progress),
                 })?;
             info!(account_id, "account created");
@@ -414,6 +417,7 @@ mod tests {
                 panic!("{reason}: expected a rejection, got {err:?}");
             };
             assert_eq!(rejection.code, code);
+            assert_eq!(rejection.model, Some(AccountModel::Ecam));
             assert!(
                 !aws.calls().iter().any(|c| c.starts_with("AttachPolicy")),
                 "nothing after a failed creation"

@@ -107,16 +107,12 @@ pub fn provisioned(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Event {
     finish(PROVISIONED, envelope(PROVISIONED, ids), body)
 }
 
-/// `aws.account.failed`; `model` and `payer` are null when resolution did not get that far.
-pub fn failed(
-    ids: &PartialIds,
-    model: Option<AccountModel>,
-    payer: Option<&str>,
-    rejection: &Rejection,
-) -> Event {
-    let (action, param_id) = rejection.action(model);
+/// `aws.account.failed`; `business_model` and `payer` are null when resolution did not get
+/// that far.
+pub fn failed(ids: &PartialIds, payer: Option<&str>, rejection: &Rejection) -> Event {
+    let (action, param_id) = rejection.action();
     let body = json!({
-        "business_model": model.map(AccountModel::as_str),
+        "business_model": rejection.model.map(AccountModel::as_str),
         "payer": payer,
         "failure": {
             "code": rejection.code.as_str(),
@@ -157,16 +153,15 @@ mod tests {
         let rejection = Rejection::new(FailureCode::EmailAlreadyExists, "taken");
         let ecam = parse(&failed(
             &ids(),
-            Some(AccountModel::Ecam),
             Some("default"),
-            &rejection,
+            &rejection.clone().under(AccountModel::Ecam),
         ));
         assert_eq!(ecam["event"], "aws.account.failed");
         assert_eq!(ecam["failure"]["code"], "EMAIL_ALREADY_EXISTS");
         assert_eq!(ecam["failure"]["action"], "inquire");
         assert_eq!(ecam["failure"]["param_id"], "aws_account_email");
         assert_eq!(ecam["tier1_id"], Value::Null);
-        let unknown = parse(&failed(&ids(), None, None, &rejection));
+        let unknown = parse(&failed(&ids(), None, &rejection));
         assert_eq!(unknown["failure"]["action"], "fail");
         assert_eq!(unknown["business_model"], Value::Null);
     }

@@ -315,6 +315,16 @@ pub fn resolve(
         .pick_with_request(requested_model, |s| s.account_model)
         .ok_or_else(|| invalid_configuration("no account model is configured".into()))?;
 
+    plan_for(order, &layers, model).map_err(|rejection| rejection.under(model))
+}
+
+/// The rest of the plan, once the model is known.
+fn plan_for(
+    order: &PurchaseRequest,
+    layers: &Layers<'_>,
+    model: AccountModel,
+) -> Result<Plan, Rejection> {
+    let params = &order.configuration;
     let requested_root = match params.provide_root_user_for_ecam.as_deref() {
         Some(raw) => Some(parse_yes_no(raw).ok_or_else(|| {
             invalid_configuration(format!(
@@ -350,7 +360,7 @@ pub fn resolve(
         .pick(|s| s.provider_email_domain.clone())
         .ok_or_else(|| invalid_configuration("no provider_email_domain is configured".into()))?;
     let email = match model {
-        AccountModel::Spam => spam_email(order, &layers, &provider_domain)?,
+        AccountModel::Spam => spam_email(order, layers, &provider_domain)?,
         AccountModel::Ecam => ecam_email(order, &provider_domain)?,
     };
 
@@ -754,7 +764,15 @@ mod tests {
             );
             match expected {
                 Ok(email) => assert_eq!(got.expect("plan").email.as_str(), email),
-                Err(code) => assert_eq!(got.expect_err("rejected").code, code, "{ordering}"),
+                Err(code) => {
+                    let rejection = got.expect_err("rejected");
+                    assert_eq!(rejection.code, code, "{ordering}");
+                    assert_eq!(
+                        rejection.model,
+                        Some(AccountModel::Ecam),
+                        "the model is known"
+                    );
+                }
             }
         }
     }

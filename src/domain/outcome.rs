@@ -59,6 +59,8 @@ pub struct Rejection {
     pub code: FailureCode,
     /// A readable explanation for the customer and the operator.
     pub message: String,
+    /// The business model, when resolution got that far.
+    pub model: Option<AccountModel>,
 }
 
 impl Rejection {
@@ -67,13 +69,22 @@ impl Rejection {
         Self {
             code,
             message: message.into(),
+            model: None,
         }
     }
 
-    /// The action and the parameter to fix, per CONTRACT §5; `model` is the resolved business
-    /// model when it is known.
-    pub fn action(&self, model: Option<AccountModel>) -> (Action, Option<&'static str>) {
-        match (&self.code, model) {
+    /// The same rejection, for an order under `model`.
+    pub fn under(self, model: AccountModel) -> Self {
+        Self {
+            model: Some(model),
+            ..self
+        }
+    }
+
+    /// The action and the parameter to fix, per CONTRACT §5 (EMAIL_ALREADY_EXISTS is the
+    /// customer's to fix only under ECAM).
+    pub fn action(&self) -> (Action, Option<&'static str>) {
+        match (&self.code, self.model) {
             (FailureCode::InvalidEmail, _) => (Action::Inquire, Some("aws_account_email")),
             (FailureCode::EmailAlreadyExists, Some(AccountModel::Ecam)) => {
                 (Action::Inquire, Some("aws_account_email"))
@@ -113,8 +124,9 @@ mod tests {
             ),
         ];
         for (code, model, expected) in cases {
-            let rejection = Rejection::new(code.clone(), "x");
-            assert_eq!(rejection.action(model), expected, "{code:?} {model:?}");
+            let mut rejection = Rejection::new(code.clone(), "x");
+            rejection.model = model;
+            assert_eq!(rejection.action(), expected, "{code:?} {model:?}");
         }
     }
 

@@ -98,6 +98,5 @@ async fn malformed_messages_are_dead_lettered_and_the_next_order_is_processed() 
         );
     }
 
-    worker.stop().await.expect("clean stop");
-    env.cleanup().await;
+    env.finish(worker).await;
 }

@@ -155,8 +155,7 @@ async fn spam_order_gets_an_account_on_the_provider_domain_an_iam_user_and_the_s
         .collect();
     assert_eq!(arns, ["arn:aws:iam::aws:policy/AdministratorAccess"]);
 
-    worker.stop().await.expect("clean stop");
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -202,8 +201,7 @@ async fn ecam_order_gets_the_customer_email_and_an_iam_user() {
         .await
         .expect("IAM user exists in the member account");
 
-    worker.stop().await.expect("clean stop");
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,8 +258,7 @@ async fn ecam_order_with_root_user_gets_no_iam_user() {
         users.users()
     );
 
-    worker.stop().await.expect("clean stop");
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 /// An ECAM order with `email` fails with INVALID_EMAIL, inquire, and creates nothing.
@@ -277,6 +274,7 @@ async fn assert_ecam_email_refused(email: &str) {
     let event = env.next_event().await;
     assert_envelope(&event, "aws.account.failed", &order);
     assert_eq!(event["failure"]["code"], "INVALID_EMAIL", "{event}");
+    assert_eq!(event["business_model"], "ECAM");
     assert_eq!(event["failure"]["action"], "inquire");
     assert_eq!(event["failure"]["param_id"], "aws_account_email");
     assert!(
@@ -289,8 +287,7 @@ async fn assert_ecam_email_refused(email: &str) {
         "no account is created"
     );
 
-    worker.stop().await.expect("clean stop");
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,8 +318,7 @@ async fn existing_account_mode_is_unsupported_and_creates_nothing() {
         "no account is created"
     );
 
-    worker.stop().await.expect("clean stop");
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -378,6 +374,5 @@ async fn opco_override_beats_the_request_only_on_a_multi_payer_marketplace() {
     );
     assert_eq!(second["account"]["email"], "b@customer-b.example");
 
-    worker.stop().await.expect("clean stop");
-    env.cleanup().await;
+    env.finish(worker).await;
 }

@@ -59,6 +59,5 @@ async fn unreachable_aws_is_retried_with_growing_delays_then_dead_lettered() {
     );
     assert!(env.payer.member_accounts().await.is_empty());
 
-    worker.stop().await.expect("clean stop");
-    env.cleanup().await;
+    env.finish(worker).await;
 }

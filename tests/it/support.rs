@@ -412,6 +412,12 @@ impl TestEnv {
         messages
     }
 
+    /// Stops the worker, which must end cleanly, and deletes this test's queues and exchanges.
+    pub async fn finish(self, worker: WorkerHandle) {
+        worker.stop().await.expect("the worker stops cleanly");
+        self.cleanup().await;
+    }
+
     /// Deletes this test's queues and exchanges.
     pub async fn cleanup(self) {
         let amqp = &self.settings.amqp;
