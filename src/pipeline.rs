@@ -19,13 +19,8 @@ use crate::report::{self, Event};
 pub enum Outcome {
     /// Publish this event (`provisioned` or `failed`), then acknowledge the order.
     Report(Event),
-    /// A transient failure: try again later, resuming from `progress`.
-    Retry {
-        /// Why.
-        failure: Failure,
-        /// What the attempt achieved.
-        progress: Progress,
-    },
+    /// A transient failure: try again later, resuming from the failure's progress.
+    Retry(Failure),
     /// Not processable: dead-letter at once (a malformed message, or a permanent AWS error).
     DeadLetter(Failure),
 }
@@ -39,6 +34,9 @@ pub struct Failure {
     pub message: String,
     /// The order's identifying fields, as far as they are known.
     pub ids: PartialIds,
+    /// What the attempt achieved; it travels with the message, so that a retry or a replay
+    /// resumes instead of creating a second account.
+    pub progress: Progress,
 }
 
 /// The pipeline: AWS plus the settings that resolution and provisioning need.
@@ -73,6 +71,7 @@ impl<O: Organizations> Pipeline<O> {
                     reason: malformed.error.code().to_owned(),
                     message: malformed.error.to_string(),
                     ids: malformed.ids,
+                    progress: Progress::default(),
                 });
             }
         };
@@ -109,11 +108,12 @@ impl<O: Organizations> Pipeline<O> {
                     reason: error.reason(),
                     message: error.to_string(),
                     ids,
+                    progress,
                 };
                 match error.retry {
                     Retry::Transient => {
                         warn!(reason = %failure.reason, error = %error, "transient AWS failure");
-                        Outcome::Retry { failure, progress }
+                        Outcome::Retry(failure)
                     }
                     Retry::Permanent => {
                         warn!(reason = %failure.reason, error = %error, "permanent AWS failure");

@@ -15,7 +15,6 @@ use super::publisher::{PublishError, Publisher};
 use super::topology::{retry_delay_ms, retry_queue};
 use crate::config::{AmqpSettings, RetrySettings};
 use crate::pipeline::{Failure, Outcome};
-use crate::provision::Progress;
 use crate::report::{self, Event};
 
 /// What became of a delivery.
@@ -78,13 +77,13 @@ impl Settler {
                 self.publish_event(&event).await?;
                 Settled::Reported
             }
-            Outcome::Retry { failure, progress } => {
+            Outcome::Retry(failure) => {
                 let attempts = history.attempts + 1;
                 if attempts >= self.retry.max_attempts {
                     self.dead_letter(delivery, history, &failure, attempts)
                         .await?
                 } else {
-                    self.schedule_retry(delivery, history, &failure, &progress, attempts)
+                    self.schedule_retry(delivery, history, &failure, attempts)
                         .await?
                 }
             }
@@ -114,7 +113,7 @@ impl Settler {
         Ok(())
     }
 
-    /// The original message's headers plus the failure record.
+    /// The original message's headers plus the failure record and the progress.
     fn failure_headers(
         &self,
         delivery: &Delivery,
@@ -133,6 +132,13 @@ impl Settler {
             history.first_failed_at.as_deref().unwrap_or(&at),
         );
         headers::set_text(&mut table, headers::LAST_FAILED_AT, &at);
+        let progress = &failure.progress;
+        if let Some(id) = &progress.create_request_id {
+            headers::set_text(&mut table, headers::CREATE_REQUEST_ID, id);
+        }
+        if let Some(id) = &progress.account_id {
+            headers::set_text(&mut table, headers::ACCOUNT_ID, id);
+        }
         table
     }
 
@@ -157,16 +163,9 @@ impl Settler {
         delivery: &Delivery,
         history: &History,
         failure: &Failure,
-        progress: &Progress,
         attempts: u32,
     ) -> Result<Settled, SettleError> {
-        let mut table = self.failure_headers(delivery, history, failure, attempts);
-        if let Some(id) = &progress.create_request_id {
-            headers::set_text(&mut table, headers::CREATE_REQUEST_ID, id);
-        }
-        if let Some(id) = &progress.account_id {
-            headers::set_text(&mut table, headers::ACCOUNT_ID, id);
-        }
+        let table = self.failure_headers(delivery, history, failure, attempts);
         let delay = retry_delay_ms(&self.retry, attempts);
         // Jitter: wait between half and all of the step's delay (the queue's TTL caps it).
         let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);

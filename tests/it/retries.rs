@@ -61,3 +61,42 @@ async fn unreachable_aws_is_retried_with_growing_delays_then_dead_lettered() {
 
     env.finish(worker).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_aws_error_is_dead_lettered_at_once_with_the_progress() {
+    // A well-formed SCP id that does not exist: AttachPolicy fails after the account was made.
+    let mut env = TestEnv::new(
+        r#"
+        [business_model]
+        service_control_policies = ["p-doesnotexist"]
+        "#,
+    )
+    .await;
+    let worker = env.spawn_worker().await;
+    let order = order(&[], &[]);
+    env.publish_json(&order).await;
+
+    let event = env.next_event().await;
+    assert_eq!(event["event"], "aws.account.dead-lettered", "{event}");
+    assert_eq!(event["reason"], "PolicyNotFoundException");
+    assert_eq!(event["attempts"], 1, "no retries for a permanent error");
+
+    let accounts = env.payer.member_accounts().await;
+    assert_eq!(
+        accounts.len(),
+        1,
+        "the account was created before AttachPolicy failed"
+    );
+    let dlq = env.drain_dlq().await;
+    assert_eq!(dlq.len(), 1);
+    let (headers, _) = &dlq[0];
+    assert_eq!(header_text(headers, "x-attempts").as_deref(), Some("1"));
+    assert_eq!(
+        header_text(headers, "x-account-id").as_deref(),
+        Some(accounts[0].0.as_str()),
+        "a replay resumes from the account instead of creating another"
+    );
+    assert!(header_text(headers, "x-create-request-id").is_some_and(|id| id.starts_with("car-")));
+
+    env.finish(worker).await;
+}
