@@ -6,7 +6,6 @@ use chrono::{SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use lapin::types::FieldTable;
 use rand::Rng;
 use tracing::{info, warn};
 
@@ -113,14 +112,14 @@ impl Settler {
         Ok(())
     }
 
-    /// The original message's headers plus the failure record and the progress.
-    fn failure_headers(
-        &self,
+    /// The original message's properties (content type, ids) and headers, plus the failure
+    /// record and the progress.
+    fn failed_properties(
         delivery: &Delivery,
         history: &History,
         failure: &Failure,
         attempts: u32,
-    ) -> FieldTable {
+    ) -> BasicProperties {
         let mut table = delivery.properties.headers().clone().unwrap_or_default();
         let at = now();
         headers::set_number(&mut table, headers::ATTEMPTS, i64::from(attempts));
@@ -139,13 +138,8 @@ impl Settler {
         if let Some(id) = &progress.account_id {
             headers::set_text(&mut table, headers::ACCOUNT_ID, id);
         }
-        table
-    }
-
-    /// The original message's properties (content type, ids) with new headers.
-    fn properties(delivery: &Delivery, headers: FieldTable) -> BasicProperties {
         let original = &delivery.properties;
-        let mut properties = BasicProperties::default().with_headers(headers);
+        let mut properties = BasicProperties::default().with_headers(table);
         if let Some(content_type) = original.content_type() {
             properties = properties.with_content_type(content_type.clone());
         }
@@ -165,11 +159,11 @@ impl Settler {
         failure: &Failure,
         attempts: u32,
     ) -> Result<Settled, SettleError> {
-        let table = self.failure_headers(delivery, history, failure, attempts);
         let delay = retry_delay_ms(&self.retry, attempts);
         // Jitter: wait between half and all of the step's delay (the queue's TTL caps it).
         let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);
-        let properties = Self::properties(delivery, table).with_expiration(wait.to_string().into());
+        let properties = Self::failed_properties(delivery, history, failure, attempts)
+            .with_expiration(wait.to_string().into());
         let queue = retry_queue(&self.amqp, delay);
         self.publisher
             .publish("", &queue, &delivery.data, properties)
@@ -185,8 +179,7 @@ impl Settler {
         failure: &Failure,
         attempts: u32,
     ) -> Result<Settled, SettleError> {
-        let table = self.failure_headers(delivery, history, failure, attempts);
-        let properties = Self::properties(delivery, table);
+        let properties = Self::failed_properties(delivery, history, failure, attempts);
         self.publisher
             .publish(
                 &self.amqp.dead_letter_exchange,
