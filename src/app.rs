@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,46 +12,56 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::aws::Organizations;
 use crate::broker::headers::History;
 use crate::broker::publisher::Publisher;
-use crate::broker::settle::Settler;
+use crate::broker::exclusive::Exclusive;
+use crate::broker::settle::{Settled, Settler};
 use crate::broker::{connect, topology};
 use crate::config::Settings;
 use crate::pipeline::Pipeline;
 
-/// Why the worker stopped other than by being asked to.
+/// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The broker could not be reached, refused a declaration, or dropped the connection.
+    /// The broker could not be reached or refused a declaration.
     #[error("broker connection failed")]
     Broker(#[from] lapin::Error),
-    /// The broker cancelled the consumer (for example, the queue was deleted).
-    #[error("the broker ended the consumer of `{0}`")]
-    ConsumerEnded(String),
 }
 
 /// A worker that is consuming.
 pub struct Worker<O> {
-    connection: Connection,
-    channel: Channel,
-    consumer: Consumer,
+    session: Session,
     pipeline: Arc<Pipeline<O>>,
-    settler: Settler,
     settings: Settings,
 }
 
-impl<O: Organizations> Worker<O> {
-    /// Connects, declares the topology and starts consuming; returns once consuming.
-    ///
-    /// # Errors
-    /// [`RunError::Broker`] when the broker cannot be reached or refuses the topology.
-    pub async fn start(settings: &Settings, pipeline: Arc<Pipeline<O>>) -> Result<Self, RunError> {
+/// One broker connection and what hangs on it; a lost connection is replaced by a new session.
+struct Session {
+    connection: Arc<Connection>,
+    channel: Channel,
+    consumer: Consumer,
+    settler: Settler,
+    exclusive: Exclusive,
+}
+
+/// Why a session stopped consuming.
+enum Ended {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The connection or the consumer was lost.
+    Lost(String),
+}
+
+impl Session {
+    /// Connects, declares the topology and starts consuming.
+    async fn open(settings: &Settings) -> lapin::Result<Self> {
         let amqp = &settings.amqp;
-        let connection = connect(&amqp.url).await?;
+        let connection = Arc::new(connect(&amqp.url).await?);
         let channel = connection.create_channel().await?;
         topology::declare(&channel, amqp, &settings.retry).await?;
         channel
@@ -65,13 +76,63 @@ impl<O: Organizations> Worker<O> {
             )
             .await?;
         let settler = Settler::new(Publisher::open(&connection).await?, amqp, &settings.retry);
+        let exclusive = Exclusive::new(&connection, &format!("{}.busy", amqp.orders_queue));
         info!(queue = %amqp.orders_queue, prefetch = amqp.prefetch, "consuming orders");
         Ok(Self {
             connection,
             channel,
             consumer,
-            pipeline,
             settler,
+            exclusive,
+        })
+    }
+
+    /// Hands deliveries to tasks on `in_flight` until `shutdown` completes or the connection is
+    /// lost; the tasks stop early when `lost` is cancelled.
+    async fn consume<O: Organizations>(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+        in_flight: &TaskTracker,
+        lost: &CancellationToken,
+        pipeline: &Arc<Pipeline<O>>,
+    ) -> Ended {
+        loop {
+            let next = tokio::select! {
+                () = shutdown.as_mut() => return Ended::Shutdown,
+                next = self.consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let task = handle(
+                        delivery,
+                        Arc::clone(pipeline),
+                        self.settler.clone(),
+                        self.exclusive.clone(),
+                    );
+                    let lost = lost.clone();
+                    in_flight.spawn(async move {
+                        tokio::select! {
+                            () = lost.cancelled() => {}
+                            () = task => {}
+                        }
+                    });
+                }
+                Some(Err(e)) => return Ended::Lost(e.to_string()),
+                None => return Ended::Lost("the broker ended the consumer".to_owned()),
+            }
+        }
+    }
+}
+
+impl<O: Organizations> Worker<O> {
+    /// Connects, declares the topology and starts consuming; returns once consuming.
+    ///
+    /// # Errors
+    /// [`RunError::Broker`] when the broker cannot be reached or refuses the topology.
+    pub async fn start(settings: &Settings, pipeline: Arc<Pipeline<O>>) -> Result<Self, RunError> {
+        Ok(Self {
+            session: Session::open(settings).await?,
+            pipeline,
             settings: settings.clone(),
         })
     }
@@ -80,59 +141,100 @@ impl<O: Organizations> Worker<O> {
     /// `worker.shutdown_grace_seconds` for orders in flight, and closes the connection (orders
     /// still unfinished go back to the queue unacknowledged).
     ///
-    /// # Errors
-    /// [`RunError`] when the broker connection or the consumer is lost.
-    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-        let in_flight = TaskTracker::new();
+    /// A lost broker connection does not end the run: the orders in flight are abandoned (the
+    /// broker delivers them again, and the idempotency gate finds whatever they achieved), and
+    /// the worker reconnects with backoff until it consumes again or is stopped.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            mut session,
+            pipeline,
+            settings,
+        } = self;
         let mut shutdown = std::pin::pin!(shutdown);
-        let ended = loop {
-            let next = tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                next = self.consumer.next() => next,
-            };
-            match next {
-                Some(Ok(delivery)) => {
-                    in_flight.spawn(handle(
-                        delivery,
-                        Arc::clone(&self.pipeline),
-                        self.settler.clone(),
-                    ));
+        loop {
+            let in_flight = TaskTracker::new();
+            let lost = CancellationToken::new();
+            let ended = session
+                .consume(&mut shutdown, &in_flight, &lost, &pipeline)
+                .await;
+            in_flight.close();
+            match ended {
+                Ended::Shutdown => {
+                    stop(session, &in_flight, &lost, &settings).await;
+                    return;
                 }
-                Some(Err(e)) => break Err(RunError::Broker(e)),
-                None => {
-                    break Err(RunError::ConsumerEnded(
-                        self.settings.amqp.orders_queue.clone(),
-                    ));
+                Ended::Lost(reason) => {
+                    warn!(%reason, in_flight = in_flight.len(), "broker connection lost: orders in flight are abandoned and will be delivered again");
+                    lost.cancel();
+                    in_flight.wait().await;
+                    match reconnect(&settings, &mut shutdown).await {
+                        Some(new) => session = new,
+                        None => {
+                            info!("stopped");
+                            return;
+                        }
+                    }
                 }
             }
-        };
-        info!(
-            in_flight = in_flight.len(),
-            "stopping: no new orders are taken"
-        );
-        if ended.is_ok() {
-            let cancel = self
-                .channel
-                .basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
-            if let Err(e) = cancel.await {
-                warn!(error = %e, "could not cancel the consumer");
-            }
         }
-        in_flight.close();
-        let grace = Duration::from_secs(self.settings.worker.shutdown_grace_seconds);
-        if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
-            warn!(
-                unfinished = in_flight.len(),
-                "grace period over: unfinished orders go back to the queue"
-            );
-        }
-        if let Err(e) = self.connection.close(200, "worker stopping".into()).await {
-            warn!(error = %e, "closing the broker connection failed");
-        }
-        info!("stopped");
-        ended
     }
 }
+
+/// Stops consuming, waits for the orders in flight within the grace period, then closes.
+async fn stop(session: Session, in_flight: &TaskTracker, lost: &CancellationToken, settings: &Settings) {
+    info!(
+        in_flight = in_flight.len(),
+        "stopping: no new orders are taken"
+    );
+    let cancel = session
+        .channel
+        .basic_cancel(session.consumer.tag(), BasicCancelOptions::default());
+    if let Err(e) = cancel.await {
+        warn!(error = %e, "could not cancel the consumer");
+    }
+    let grace = Duration::from_secs(settings.worker.shutdown_grace_seconds);
+    if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
+        warn!(
+            unfinished = in_flight.len(),
+            "grace period over: unfinished orders go back to the queue"
+        );
+        lost.cancel();
+        in_flight.wait().await;
+    }
+    if let Err(e) = session.connection.close(200, "worker stopping".into()).await {
+        warn!(error = %e, "closing the broker connection failed");
+    }
+    info!("stopped");
+}
+
+/// Opens a new session, retrying with a pause until it succeeds; `None` if shutdown comes
+/// first.
+async fn reconnect(
+    settings: &Settings,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+) -> Option<Session> {
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => return None,
+            opened = Session::open(settings) => match opened {
+                Ok(session) => {
+                    info!("reconnected to the broker");
+                    return Some(session);
+                }
+                Err(e) => {
+                    warn!(error = %e, "broker still unreachable; trying again");
+                    tokio::select! {
+                        () = shutdown.as_mut() => return None,
+                        () = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The pause between two rounds of connection attempts once the broker was lost.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// Takes one delivery through the pipeline and settles it; anything unsettled (a failed
 /// publish, a panic) is handed back to the broker for another attempt.
@@ -140,6 +242,7 @@ async fn handle<O: Organizations>(
     delivery: Delivery,
     pipeline: Arc<Pipeline<O>>,
     settler: Settler,
+    exclusive: Exclusive,
 ) {
     let history = History::read(delivery.properties.headers().as_ref());
     let span = info_span!(
@@ -148,13 +251,10 @@ async fn handle<O: Organizations>(
         redelivered = delivery.redelivered
     );
     async {
-        let outcome = AssertUnwindSafe(pipeline.process_one(&delivery.data, history.progress.clone()))
+        let settled = AssertUnwindSafe(process(&delivery, &history, &pipeline, &settler, &exclusive))
             .catch_unwind()
-            .await;
-        let settled = match outcome {
-            Ok(outcome) => settler.settle(&delivery, &history, outcome).await.map_err(|e| e.to_string()),
-            Err(_) => Err("the pipeline panicked".to_owned()),
-        };
+            .await
+            .unwrap_or_else(|_| Err("the pipeline panicked".to_owned()));
         match settled {
             Ok(settled) => info!(?settled, "delivery settled"),
             Err(reason) => {
@@ -168,4 +268,42 @@ async fn handle<O: Organizations>(
     }
     .instrument(span)
     .await;
+}
+
+/// Resolves the order, takes its exclusive key (one delivery at a time per account email,
+/// whichever worker holds it), provisions, settles, and gives the key back after settling, so
+/// that the next delivery of the same order finds the account and the event already out.
+async fn process<O: Organizations>(
+    delivery: &Delivery,
+    history: &History,
+    pipeline: &Pipeline<O>,
+    settler: &Settler,
+    exclusive: &Exclusive,
+) -> Result<Settled, String> {
+    let settle = |outcome| async {
+        settler
+            .settle(delivery, history, outcome)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let order = match pipeline.resolve(&delivery.data) {
+        Ok(order) => order,
+        Err(outcome) => return settle(outcome).await,
+    };
+    let span = order.span.clone();
+    async {
+        let taken = exclusive
+            .try_take(&order.exclusive_key())
+            .await
+            .map_err(|e| format!("taking the order's exclusive key failed: {e}"))?;
+        let Some(held) = taken else {
+            return settle(order.busy(history.progress.clone())).await;
+        };
+        let outcome = pipeline.provision(&order, history.progress.clone()).await;
+        let settled = settle(outcome).await;
+        held.release().await;
+        settled
+    }
+    .instrument(span)
+    .await
 }

@@ -92,6 +92,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let region = RegionProviderChain::default_provider().or_else("us-east-1");
     let aws = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
+        .timeout_config(aws_account_worker::aws::sdk::timeouts())
         .load()
         .await;
     let pipeline = Pipeline::new(
@@ -101,7 +102,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let worker = Worker::start(&settings, pipeline)
         .await
         .context("cannot start consuming (is the broker at amqp.url reachable?)")?;
-    worker.run_until(shutdown_signal()).await?;
+    worker.run_until(shutdown_signal()).await;
     Ok(())
 }
 

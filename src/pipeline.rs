@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::aws::{Organizations, Retry};
 use crate::config::Settings;
-use crate::domain::model::{self, MarketplaceSettings, ModelSettings};
+use crate::domain::model::{self, MarketplaceSettings, ModelSettings, Plan};
 use crate::domain::order::{self, PartialIds, PurchaseRequest};
 use crate::provision::{Polling, Progress, ProvisionError, provision};
 use crate::report::{self, Event};
@@ -61,53 +61,83 @@ impl<O: Organizations> Pipeline<O> {
         })
     }
 
-    /// Takes one order body through the pipeline, resuming from `progress`.
+    /// Takes one order body through the pipeline, resuming from `progress`: [`Self::resolve`],
+    /// then [`Self::provision`].
     pub async fn process_one(&self, body: &[u8], progress: Progress) -> Outcome {
-        let order = match order::parse(body) {
-            Ok(order) => order,
+        match self.resolve(body) {
+            Ok(order) => self.provision(&order, progress).await,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Parses the body and resolves its business model. An order that needs no AWS call
+    /// (malformed, or refused by the rules) comes back as its outcome.
+    ///
+    /// # Errors
+    /// The [`Outcome`] of an order that goes no further: dead-letter or `failed`.
+    pub fn resolve(&self, body: &[u8]) -> Result<Resolved, Outcome> {
+        let request = match order::parse(body) {
+            Ok(request) => request,
             Err(malformed) => {
                 warn!(reason = malformed.error.code(), error = %malformed.error, "malformed order");
-                return Outcome::DeadLetter(Failure {
+                return Err(Outcome::DeadLetter(Failure {
                     reason: malformed.error.code().to_owned(),
                     message: malformed.error.to_string(),
                     ids: malformed.ids,
                     progress: Progress::default(),
-                });
+                }));
             }
         };
         let span = info_span!(
             "order",
-            request_id = %order.request_id,
-            asset_id = %order.asset_id,
-            marketplace_id = %order.marketplace_id,
+            request_id = %request.request_id,
+            asset_id = %request.asset_id,
+            marketplace_id = %request.marketplace_id,
         );
-        self.process_order(&order, progress).instrument(span).await
-    }
-
-    async fn process_order(&self, order: &PurchaseRequest, progress: Progress) -> Outcome {
-        let ids = PartialIds::of(order);
-        let plan = match model::resolve(order, &self.business_model, &self.marketplaces) {
+        let ids = PartialIds::of(&request);
+        let _entered = span.enter();
+        let plan = match model::resolve(&request, &self.business_model, &self.marketplaces) {
             Ok(plan) => plan,
             Err(rejection) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order rejected");
-                return Outcome::Report(report::failed(&ids, None, &rejection));
+                return Err(Outcome::Report(report::failed(&ids, None, &rejection)));
             }
         };
         info!(business_model = plan.model.as_str(), payer = %plan.payer, "business model resolved");
-        match provision(&self.aws, order, &plan, progress, self.polling).await {
+        drop(_entered);
+        Ok(Resolved {
+            request,
+            plan,
+            ids,
+            span,
+        })
+    }
+
+    /// Provisions a resolved order, resuming from `progress`.
+    pub async fn provision(&self, order: &Resolved, progress: Progress) -> Outcome {
+        self.provision_order(order, progress)
+            .instrument(order.span.clone())
+            .await
+    }
+
+    async fn provision_order(&self, order: &Resolved, progress: Progress) -> Outcome {
+        let Resolved {
+            request, plan, ids, ..
+        } = order;
+        match provision(&self.aws, request, plan, progress, self.polling).await {
             Ok(done) => {
                 info!(account_id = %done.account_id, "order provisioned");
-                Outcome::Report(report::provisioned(&ids, &plan, &done))
+                Outcome::Report(report::provisioned(ids, plan, &done))
             }
             Err(ProvisionError::Rejected(rejection)) => {
-                info!(code = rejection.code.as_str(), message = %rejection.message, "AWS refused the account");
-                Outcome::Report(report::failed(&ids, Some(&plan.payer), &rejection))
+                info!(code = rejection.code.as_str(), message = %rejection.message, "order failed");
+                Outcome::Report(report::failed(ids, Some(&plan.payer), &rejection))
             }
             Err(ProvisionError::Aws { error, progress }) => {
                 let failure = Failure {
                     reason: error.reason(),
                     message: error.to_string(),
-                    ids,
+                    ids: ids.clone(),
                     progress,
                 };
                 match error.retry {
@@ -122,5 +152,41 @@ impl<O: Organizations> Pipeline<O> {
                 }
             }
         }
+    }
+}
+
+/// An order that passed parsing and business-model resolution: what provisioning needs.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The Connect request.
+    pub request: PurchaseRequest,
+    /// What to provision.
+    pub plan: Plan,
+    /// Its identifying fields, for events.
+    pub ids: PartialIds,
+    /// The order's span (`request_id`, `asset_id`, `marketplace_id`).
+    pub span: Span,
+}
+
+impl Resolved {
+    /// The outcome of a delivery that found another delivery of its account email in
+    /// progress: try again later, from where it stands.
+    pub fn busy(&self, progress: Progress) -> Outcome {
+        info!("another delivery for this account email is in progress: trying again later");
+        Outcome::Retry(Failure {
+            reason: "ORDER_BUSY".to_owned(),
+            message: format!(
+                "another delivery for the account email {} was being processed",
+                self.plan.email
+            ),
+            ids: self.ids.clone(),
+            progress,
+        })
+    }
+
+    /// What two deliveries that must not be provisioned at the same time share: the account
+    /// email (the same order delivered twice, or two orders for one email).
+    pub fn exclusive_key(&self) -> String {
+        self.plan.email.as_str().to_ascii_lowercase()
     }
 }

@@ -8,7 +8,10 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::aws::{AccountId, AwsError, CreateState, MemberIam, NewAccount, Organizations, Retry};
+use crate::aws::{
+    ASSET_TAG, AccountId, AwsError, CreateState, CreateStatus, ExistingAccount, MemberIam, NewAccount,
+    Organizations, Retry,
+};
 use crate::domain::ids::PolicyId;
 use crate::domain::model::{Access, Plan};
 use crate::domain::names::IamUserName;
@@ -23,6 +26,8 @@ pub struct Progress {
     pub create_request_id: Option<String>,
     /// The new account, once created.
     pub account_id: Option<String>,
+    /// Whether the account's SCPs are attached.
+    pub policies_attached: bool,
 }
 
 /// How long one attempt waits for a creation in progress.
@@ -75,11 +80,11 @@ pub enum ProvisionError {
     },
 }
 
-/// Tags that tie the account to its Connect order.
+/// Tags that tie the account to its Connect order; the idempotency gate reads the asset id.
 fn tags(order: &PurchaseRequest) -> Vec<(String, String)> {
     vec![
         ("connect:request-id".into(), order.request_id.to_string()),
-        ("connect:asset-id".into(), order.asset_id.to_string()),
+        (ASSET_TAG.into(), order.asset_id.to_string()),
         (
             "connect:marketplace-id".into(),
             order.marketplace_id.to_string(),
@@ -87,11 +92,14 @@ fn tags(order: &PurchaseRequest) -> Vec<(String, String)> {
     ]
 }
 
-/// Provisions `plan` for `order`, resuming from `progress`.
+/// Provisions `plan` for `order`, resuming from `progress`. Every step is safe to run again:
+/// the account is looked for before it is requested, and the later steps accept what is
+/// already there.
 ///
 /// # Errors
-/// [`ProvisionError::Rejected`] when AWS ends the creation FAILED; [`ProvisionError::Aws`]
-/// when a call fails, with the progress to resume from.
+/// [`ProvisionError::Rejected`] for a business outcome (AWS ended the creation FAILED, the
+/// email belongs to another account); [`ProvisionError::Aws`] when a call fails, with the
+/// progress to resume from.
 pub async fn provision<O: Organizations>(
     aws: &O,
     order: &PurchaseRequest,
@@ -107,44 +115,21 @@ pub async fn provision<O: Organizations>(
     let account_id = match progress.account_id.clone() {
         Some(id) => id,
         None => {
-            let status = match progress.create_request_id.clone() {
-                Some(id) => aws.create_status(&id).await,
-                None => {
-                    let account = NewAccount {
-                        email: plan.email.to_string(),
-                        name: plan.account_name.to_string(),
-                        tags: tags(order),
-                    };
-                    aws.create_account(&account).await
-                }
-            }
-            .map_err(|e| fail(e, &progress))?;
-            info!(create_request_id = %status.request_id, "account creation requested");
-            progress.create_request_id = Some(status.request_id.clone());
-            let account_id = wait_for_account(aws, status.request_id, status.state, polling)
-                .await
-                .map_err(|e| match e {
-                    Waited::Failed(reason) => ProvisionError::Rejected(
-                        Rejection::new(
-                            FailureCode::from_aws_reason(&reason),
-                            format!("AWS could not create the account: {reason}"),
-                        )
-                        .under(plan.model),
-                    ),
-                    Waited::Error(error) => fail(error, &progress),
-                })?;
-            info!(account_id, "account created");
-            progress.account_id = Some(account_id.clone());
-            account_id
+            let id = find_or_create(aws, order, plan, &mut progress, polling).await?;
+            progress.account_id = Some(id.clone());
+            id
         }
     };
     let account = AccountId(account_id.clone());
 
-    for policy in &plan.service_control_policies {
-        aws.attach_policy(policy, &account)
-            .await
-            .map_err(|e| fail(e, &progress))?;
-        debug!(policy = %policy, "service control policy attached");
+    if !progress.policies_attached {
+        for policy in &plan.service_control_policies {
+            aws.attach_policy(policy, &account)
+                .await
+                .map_err(|e| fail(e, &progress))?;
+            debug!(policy = %policy, "service control policy attached");
+        }
+        progress.policies_attached = true;
     }
 
     let access = match &plan.access {
@@ -183,6 +168,175 @@ pub async fn provision<O: Organizations>(
         service_control_policies: plan.service_control_policies.clone(),
         access,
     })
+}
+
+/// Where the account of an order comes from.
+enum Source {
+    /// A `CreateAccount` request of this order's, from an earlier attempt or just issued.
+    Own(CreateStatus),
+    /// A request in progress for the order's account name that no progress of ours named
+    /// (an attempt that crashed before it could record it, or a copy of the order).
+    Adopted(CreateStatus),
+}
+
+/// The idempotency gate, then `CreateAccount` only if the gate found nothing; then waits for
+/// the creation. Returns the account id; records the create request id in `progress`.
+async fn find_or_create<O: Organizations>(
+    aws: &O,
+    order: &PurchaseRequest,
+    plan: &Plan,
+    progress: &mut Progress,
+    polling: Polling,
+) -> Result<String, ProvisionError> {
+    let fail = |error, progress: &Progress| ProvisionError::Aws {
+        error,
+        progress: progress.clone(),
+    };
+    let source = match progress.create_request_id.clone() {
+        Some(id) => Source::Own(aws.create_status(&id).await.map_err(|e| fail(e, progress))?),
+        None => match gate(aws, order, plan).await? {
+            Gate::Account(id) => {
+                info!(account_id = %id, "the order's account already exists: resuming");
+                return Ok(id);
+            }
+            Gate::Creation(id) => {
+                info!(create_request_id = %id, "the order's account is being created: following it");
+                Source::Adopted(aws.create_status(&id).await.map_err(|e| fail(e, progress))?)
+            }
+            Gate::Nothing => {
+                let account = NewAccount {
+                    email: plan.email.to_string(),
+                    name: plan.account_name.to_string(),
+                    tags: tags(order),
+                };
+                let status = aws
+                    .create_account(&account)
+                    .await
+                    .map_err(|e| fail(e, progress))?;
+                info!(create_request_id = %status.request_id, "account creation requested");
+                Source::Own(status)
+            }
+        },
+    };
+    let (status, adopted) = match source {
+        Source::Own(status) => {
+            progress.create_request_id = Some(status.request_id.clone());
+            (status, false)
+        }
+        // An adopted request is not recorded: should the wait run out, the next attempt goes
+        // through the gate again rather than trust a request it never checked.
+        Source::Adopted(status) => (status, true),
+    };
+    let request_id = status.request_id.clone();
+    match wait_for_account(aws, request_id.clone(), status.state, polling).await {
+        Ok(account_id) if adopted => {
+            let account = aws
+                .describe_account(&AccountId(account_id.clone()))
+                .await
+                .map_err(|e| fail(e, progress))?;
+            if is_ours(&account, order, plan) {
+                progress.create_request_id = Some(request_id);
+                info!(account_id, "account created");
+                Ok(account_id)
+            } else {
+                Err(fail(
+                    AwsError {
+                        retry: Retry::Transient,
+                        operation: "CreateAccount",
+                        code: Some("ACCOUNT_NAME_IN_USE".to_owned()),
+                        message: format!(
+                            "creation {request_id} for the account name {} made an account for another order",
+                            plan.account_name
+                        ),
+                    },
+                    progress,
+                ))
+            }
+        }
+        Ok(account_id) => {
+            info!(account_id, "account created");
+            Ok(account_id)
+        }
+        Err(Waited::Failed(reason)) if reason == "EMAIL_ALREADY_EXISTS" => {
+            // The email's account may be this order's own (a request sent twice whose first
+            // copy won): look again before telling the customer.
+            match aws
+                .find_account(plan.email.as_str())
+                .await
+                .map_err(|e| fail(e, progress))?
+            {
+                Some(account) if is_ours(&account, order, plan) => {
+                    info!(account_id = %account.id, "the email's account is this order's: resuming");
+                    Ok(account.id.0)
+                }
+                _ => Err(rejected_by_aws(&reason, plan)),
+            }
+        }
+        Err(Waited::Failed(reason)) => Err(rejected_by_aws(&reason, plan)),
+        Err(Waited::Error(error)) => Err(fail(error, progress)),
+    }
+}
+
+fn rejected_by_aws(reason: &str, plan: &Plan) -> ProvisionError {
+    ProvisionError::Rejected(
+        Rejection::new(
+            FailureCode::from_aws_reason(reason),
+            format!("AWS could not create the account: {reason}"),
+        )
+        .under(plan.model),
+    )
+}
+
+/// Whether `account` was made for this order: its email and its asset tag match.
+fn is_ours(account: &ExistingAccount, order: &PurchaseRequest, plan: &Plan) -> bool {
+    account.email.eq_ignore_ascii_case(plan.email.as_str())
+        && account.asset_id.as_deref() == Some(order.asset_id.as_str())
+}
+
+/// What the idempotency gate found.
+enum Gate {
+    /// The order's account exists.
+    Account(String),
+    /// A creation is in progress for the order's account name.
+    Creation(String),
+    /// Nothing: the account may be requested.
+    Nothing,
+}
+
+/// Looks for the order's account before any `CreateAccount`: first a creation in progress for
+/// its account name, then an account with its email (in this order, so that a creation that
+/// ends between the two looks is still seen). An account with the email that is not this
+/// order's is `EMAIL_ALREADY_EXISTS`.
+async fn gate<O: Organizations>(
+    aws: &O,
+    order: &PurchaseRequest,
+    plan: &Plan,
+) -> Result<Gate, ProvisionError> {
+    let fail = |error| ProvisionError::Aws {
+        error,
+        progress: Progress::default(),
+    };
+    if let Some(id) = aws
+        .find_creation(plan.account_name.as_str())
+        .await
+        .map_err(fail)?
+    {
+        return Ok(Gate::Creation(id));
+    }
+    match aws.find_account(plan.email.as_str()).await.map_err(fail)? {
+        Some(account) if is_ours(&account, order, plan) => Ok(Gate::Account(account.id.0)),
+        Some(account) => Err(ProvisionError::Rejected(
+            Rejection::new(
+                FailureCode::EmailAlreadyExists,
+                format!(
+                    "the email {} belongs to account {}, which was not made for this order",
+                    plan.email, account.id
+                ),
+            )
+            .under(plan.model),
+        )),
+        None => Ok(Gate::Nothing),
+    }
 }
 
 enum Waited {
@@ -243,6 +397,12 @@ mod tests {
         states: Arc<Mutex<VecDeque<CreateState>>>,
         calls: Arc<Mutex<Vec<String>>>,
         fail_attach: Option<AwsError>,
+        /// What `ListAccounts` finds for any email.
+        existing: Option<ExistingAccount>,
+        /// What `ListCreateAccountStatus` finds in progress for any name.
+        in_progress: Option<String>,
+        /// What `DescribeAccount` answers.
+        described: Option<ExistingAccount>,
     }
 
     impl ScriptedOrganizations {
@@ -277,6 +437,21 @@ mod tests {
 
     impl Organizations for ScriptedOrganizations {
         type Member = ScriptedOrganizations;
+
+        async fn find_account(&self, email: &str) -> AwsResult<Option<ExistingAccount>> {
+            self.record(format!("ListAccounts {email}"));
+            Ok(self.existing.clone())
+        }
+
+        async fn describe_account(&self, account: &AccountId) -> AwsResult<ExistingAccount> {
+            self.record(format!("DescribeAccount {account}"));
+            Ok(self.described.clone().expect("a scripted account"))
+        }
+
+        async fn find_creation(&self, name: &str) -> AwsResult<Option<String>> {
+            self.record(format!("ListCreateAccountStatus {name}"));
+            Ok(self.in_progress.clone())
+        }
 
         async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
             self.record(format!("CreateAccount {}", account.email));
@@ -385,6 +560,8 @@ mod tests {
         assert_eq!(
             aws.calls(),
             [
+                "ListCreateAccountStatus C",
+                "ListAccounts c@customer.example",
                 "CreateAccount c@customer.example",
                 "DescribeCreateAccountStatus car-test",
                 "DescribeCreateAccountStatus car-test",
@@ -449,15 +626,17 @@ mod tests {
         let aws = ScriptedOrganizations::with_states([succeeded()]);
         let progress = Progress {
             create_request_id: Some("car-test".into()),
-            account_id: None,
+            ..Progress::default()
         };
         provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(aws.calls()[0], "DescribeCreateAccountStatus car-test");
+        assert!(!aws.calls().iter().any(|c| c.starts_with("CreateAccount")));
 
         let aws = ScriptedOrganizations::default();
         let progress = Progress {
             create_request_id: Some("car-test".into()),
             account_id: Some("111122223333".into()),
+            policies_attached: false,
         };
         provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(aws.calls(), ["AttachPolicy p-abcd1234 111122223333"]);
@@ -482,5 +661,123 @@ mod tests {
         assert_eq!(error, throttled);
         assert_eq!(progress.account_id.as_deref(), Some("111122223333"));
         assert_eq!(progress.create_request_id.as_deref(), Some("car-test"));
+    }
+
+    fn account(asset_id: Option<&str>) -> ExistingAccount {
+        ExistingAccount {
+            id: AccountId("111122223333".into()),
+            email: "C@Customer.example".into(),
+            asset_id: asset_id.map(str::to_owned),
+        }
+    }
+
+    fn created(aws: &ScriptedOrganizations) -> usize {
+        aws.calls()
+            .iter()
+            .filter(|c| c.starts_with("CreateAccount"))
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_resumes_an_account_already_made_for_the_order() {
+        let aws = ScriptedOrganizations {
+            existing: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::default()
+        };
+        let done = provision_root(&aws, Progress::default())
+            .await
+            .expect("provisioned");
+        assert_eq!(done.account_id, "111122223333");
+        assert_eq!(created(&aws), 0);
+        assert!(aws.calls().contains(&"AttachPolicy p-abcd1234 111122223333".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_refuses_an_email_whose_account_is_another_orders() {
+        for other in [Some("AS-2"), None] {
+            let aws = ScriptedOrganizations {
+                existing: Some(account(other)),
+                ..ScriptedOrganizations::default()
+            };
+            let err = provision_root(&aws, Progress::default()).await;
+            let Err(ProvisionError::Rejected(rejection)) = err else {
+                panic!("{other:?}: expected a rejection, got {err:?}");
+            };
+            assert_eq!(rejection.code, FailureCode::EmailAlreadyExists);
+            assert_eq!(rejection.model, Some(AccountModel::Ecam), "inquire under ECAM");
+            assert_eq!(created(&aws), 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_follows_a_creation_in_progress_and_checks_whose_it_is() {
+        let aws = ScriptedOrganizations {
+            in_progress: Some("car-test".into()),
+            described: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::with_states([CreateState::InProgress, succeeded()])
+        };
+        let done = provision_root(&aws, Progress::default())
+            .await
+            .expect("provisioned");
+        assert_eq!(done.account_id, "111122223333");
+        assert_eq!(done.create_request_id, "car-test");
+        assert_eq!(created(&aws), 0);
+
+        // The same name, another order's account: not ours, and not recorded as ours.
+        let aws = ScriptedOrganizations {
+            in_progress: Some("car-test".into()),
+            described: Some(account(Some("AS-2"))),
+            ..ScriptedOrganizations::with_states([succeeded()])
+        };
+        let err = provision_root(&aws, Progress::default()).await;
+        let Err(ProvisionError::Aws { error, progress }) = err else {
+            panic!("expected a transient error, got {err:?}");
+        };
+        assert_eq!(error.retry, Retry::Transient);
+        assert_eq!(error.code.as_deref(), Some("ACCOUNT_NAME_IN_USE"));
+        assert_eq!(progress, Progress::default());
+        assert_eq!(created(&aws), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn email_already_exists_for_the_orders_own_account_resumes_it() {
+        let failed = CreateState::Failed {
+            reason: "EMAIL_ALREADY_EXISTS".into(),
+        };
+        // The gate saw nothing; the creation failed because a copy of the order won the race.
+        let aws = ScriptedOrganizations::with_states([failed]);
+        let aws = ScriptedOrganizations {
+            existing: None,
+            ..aws
+        };
+        assert!(matches!(
+            provision_root(&aws, Progress::default()).await,
+            Err(ProvisionError::Rejected(_))
+        ));
+
+        let aws = ScriptedOrganizations {
+            existing: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::with_states([CreateState::Failed {
+                reason: "EMAIL_ALREADY_EXISTS".into(),
+            }])
+        };
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            ..Progress::default()
+        };
+        let done = provision_root(&aws, progress).await.expect("provisioned");
+        assert_eq!(done.account_id, "111122223333");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attached_policies_are_not_attached_again() {
+        let aws = ScriptedOrganizations::default();
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: Some("111122223333".into()),
+            policies_attached: true,
+        };
+        provision_root(&aws, progress).await.expect("provisioned");
+        assert_eq!(aws.calls(), Vec::<String>::new());
     }
 }

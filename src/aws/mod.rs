@@ -85,6 +85,20 @@ pub struct NewAccount {
     pub tags: Vec<(String, String)>,
 }
 
+/// The tag that ties an account to its Connect asset; the idempotency gate reads it.
+pub const ASSET_TAG: &str = "connect:asset-id";
+
+/// A member account found in the payer's organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingAccount {
+    /// 12 digits.
+    pub id: AccountId,
+    /// The account's root email.
+    pub email: String,
+    /// Its `connect:asset-id` tag: the Connect asset it was made for, if any.
+    pub asset_id: Option<String>,
+}
+
 /// A 12-digit AWS account id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountId(pub String);
@@ -111,6 +125,27 @@ pub trait Organizations: Send + Sync + 'static {
         &self,
         request_id: &str,
     ) -> impl Future<Output = AwsResult<CreateStatus>> + Send;
+
+    /// The member account whose root email is `email` (compared case-insensitively), with its
+    /// `connect:asset-id` tag: `ListAccounts`, then `ListTagsForResource` for a match.
+    fn find_account(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = AwsResult<Option<ExistingAccount>>> + Send;
+
+    /// One member account, with its `connect:asset-id` tag: `DescribeAccount`, then
+    /// `ListTagsForResource`.
+    fn describe_account(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = AwsResult<ExistingAccount>> + Send;
+
+    /// The `CreateAccount` request still in progress for an account named `account_name`, if
+    /// any: `ListCreateAccountStatus` with state `IN_PROGRESS`.
+    fn find_creation(
+        &self,
+        account_name: &str,
+    ) -> impl Future<Output = AwsResult<Option<String>>> + Send;
 
     /// `AttachPolicy` of an SCP to an account; one already attached counts as done.
     fn attach_policy(

@@ -7,12 +7,13 @@ use aws_sdk_iam::operation::create_user::CreateUserError;
 use aws_sdk_organizations::config::http::HttpResponse;
 use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
+use aws_sdk_organizations::config::retry::RetryConfig;
 use aws_sdk_organizations::types::{CreateAccountState, Tag};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
-    AccountId, AwsError, AwsResult, CreateState, CreateStatus, MemberIam, NewAccount,
-    Organizations, Retry,
+    AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount, MemberIam,
+    NewAccount, Organizations, Retry, ASSET_TAG,
 };
 use crate::domain::ids::PolicyId;
 use crate::domain::names::IamUserName;
@@ -44,6 +45,16 @@ const NOT_READY_CODES: &[&str] = &[
     "AccessDeniedException",
     "InvalidClientTokenId",
 ];
+
+/// Bounds on every AWS call, so a hung connection becomes a transient error instead of an
+/// order that holds its consumer slot forever.
+pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .operation_attempt_timeout(std::time::Duration::from_secs(20))
+        .operation_timeout(std::time::Duration::from_secs(60))
+        .build()
+}
 
 /// Where a call went: the payer's organization, or a freshly created member account.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -149,8 +160,87 @@ fn status_of(
     Ok(CreateStatus { request_id, state })
 }
 
+impl SdkOrganizations {
+    /// The account's `connect:asset-id` tag.
+    async fn asset_tag(&self, account: &str) -> AwsResult<Option<String>> {
+        let mut pages = self
+            .organizations
+            .list_tags_for_resource()
+            .resource_id(account)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListTagsForResource", Target::Payer, e))?;
+            if let Some(tag) = page.tags().iter().find(|t| t.key() == ASSET_TAG) {
+                return Ok(Some(tag.value().to_owned()));
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl Organizations for SdkOrganizations {
     type Member = SdkMemberIam;
+
+    async fn find_account(&self, email: &str) -> AwsResult<Option<ExistingAccount>> {
+        let mut pages = self.organizations.list_accounts().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListAccounts", Target::Payer, e))?;
+            let found = page.accounts().iter().find(|a| {
+                a.email()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(email))
+            });
+            if let Some(account) = found {
+                let id = account.id().unwrap_or_default().to_owned();
+                return Ok(Some(ExistingAccount {
+                    asset_id: self.asset_tag(&id).await?,
+                    email: account.email().unwrap_or_default().to_owned(),
+                    id: AccountId(id),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn describe_account(&self, account: &AccountId) -> AwsResult<ExistingAccount> {
+        let output = self
+            .organizations
+            .describe_account()
+            .account_id(&account.0)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeAccount", Target::Payer, e))?;
+        let email = output
+            .account()
+            .and_then(|a| a.email())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(ExistingAccount {
+            asset_id: self.asset_tag(&account.0).await?,
+            email,
+            id: account.clone(),
+        })
+    }
+
+    async fn find_creation(&self, account_name: &str) -> AwsResult<Option<String>> {
+        let mut pages = self
+            .organizations
+            .list_create_account_status()
+            .states(CreateAccountState::InProgress)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListCreateAccountStatus", Target::Payer, e))?;
+            let found = page
+                .create_account_statuses()
+                .iter()
+                .find(|s| s.account_name() == Some(account_name));
+            if let Some(status) = found {
+                return Ok(status.id().map(str::to_owned));
+            }
+        }
+        Ok(None)
+    }
 
     async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
         let mut request = self
@@ -171,7 +261,15 @@ impl Organizations for SdkOrganizations {
                 })?;
             request = request.tags(tag);
         }
+        // CreateAccount is not idempotent: a retry after a lost answer would request a second
+        // account. The SDK does not retry it; the order goes back to the broker instead, and
+        // the idempotency gate looks for the first account before anything is requested again.
         let output = request
+            .customize()
+            .config_override(
+                aws_sdk_organizations::config::Builder::default()
+                    .retry_config(RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| classify("CreateAccount", Target::Payer, e))?;

@@ -19,6 +19,10 @@ pub const LAST_FAILED_AT: &str = "x-last-failed-at";
 pub const CREATE_REQUEST_ID: &str = "x-create-request-id";
 /// The new account's id, once created.
 pub const ACCOUNT_ID: &str = "x-account-id";
+/// The last step done: `create-requested`, `account-created` or `policies-attached`.
+pub const STEP: &str = "x-step";
+/// The [`STEP`] value once the SCPs are attached.
+const POLICIES_ATTACHED: &str = "policies-attached";
 
 /// What a delivery's headers say about earlier attempts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,9 +72,27 @@ impl History {
             progress: Progress {
                 create_request_id: text(headers, CREATE_REQUEST_ID),
                 account_id: text(headers, ACCOUNT_ID),
+                policies_attached: text(headers, STEP).as_deref() == Some(POLICIES_ATTACHED),
             },
         }
     }
+}
+
+/// Writes what provisioning achieved, for the next attempt or a replay to resume from.
+pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
+    if let Some(id) = &progress.create_request_id {
+        set_text(headers, CREATE_REQUEST_ID, id);
+    }
+    if let Some(id) = &progress.account_id {
+        set_text(headers, ACCOUNT_ID, id);
+    }
+    let step = match progress {
+        Progress { account_id: Some(_), policies_attached: true, .. } => POLICIES_ATTACHED,
+        Progress { account_id: Some(_), .. } => "account-created",
+        Progress { create_request_id: Some(_), .. } => "create-requested",
+        _ => return,
+    };
+    set_text(headers, STEP, step);
 }
 
 /// Sets a string header.
@@ -107,6 +129,32 @@ mod tests {
             Some("car-abc")
         );
         assert_eq!(history.progress.account_id, None);
+    }
+
+    #[test]
+    fn progress_round_trips_through_headers() {
+        let cases = [
+            Progress::default(),
+            Progress {
+                create_request_id: Some("car-1".into()),
+                ..Progress::default()
+            },
+            Progress {
+                create_request_id: Some("car-1".into()),
+                account_id: Some("111122223333".into()),
+                policies_attached: false,
+            },
+            Progress {
+                create_request_id: Some("car-1".into()),
+                account_id: Some("111122223333".into()),
+                policies_attached: true,
+            },
+        ];
+        for progress in cases {
+            let mut headers = FieldTable::default();
+            set_progress(&mut headers, &progress);
+            assert_eq!(History::read(Some(&headers)).progress, progress);
+        }
     }
 
     #[test]

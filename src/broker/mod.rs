@@ -2,6 +2,7 @@
 //! attempts, and `settle`, the one place that maps a pipeline outcome to ack, retry or
 //! dead-letter.
 
+pub mod exclusive;
 pub mod headers;
 pub mod publisher;
 pub mod settle;

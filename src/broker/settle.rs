@@ -131,13 +131,7 @@ impl Settler {
             history.first_failed_at.as_deref().unwrap_or(&at),
         );
         headers::set_text(&mut table, headers::LAST_FAILED_AT, &at);
-        let progress = &failure.progress;
-        if let Some(id) = &progress.create_request_id {
-            headers::set_text(&mut table, headers::CREATE_REQUEST_ID, id);
-        }
-        if let Some(id) = &progress.account_id {
-            headers::set_text(&mut table, headers::ACCOUNT_ID, id);
-        }
+        headers::set_progress(&mut table, &failure.progress);
         let original = &delivery.properties;
         let mut properties = BasicProperties::default().with_headers(table);
         if let Some(content_type) = original.content_type() {
