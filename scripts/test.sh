@@ -10,12 +10,14 @@ scripts/services.sh
 export MOTO_ENDPOINT="http://127.0.0.1:${MOTO_PORT:-5000}"
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
-if cargo nextest --version >/dev/null 2>&1; then
-  runner=(cargo nextest run --no-fail-fast)
-else
-  runner=(cargo test --no-fail-fast)
-fi
-
+# Two passes: everything else in parallel, then the tests that restart the shared broker
+# (module `disruptive`), alone and one at a time.
 status=0
-"${runner[@]}" "$@" || status=$?
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast -E 'not test(/^disruptive::/)' "$@" || status=$?
+  cargo nextest run --no-fail-fast --test-threads 1 -E 'test(/^disruptive::/)' "$@" || status=$?
+else
+  cargo test --no-fail-fast "$@" -- --skip disruptive:: || status=$?
+  cargo test --no-fail-fast --test it "$@" -- --test-threads 1 disruptive:: || status=$?
+fi
 exit "$status"

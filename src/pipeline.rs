@@ -21,6 +21,10 @@ pub enum Outcome {
     Report(Event),
     /// A transient failure: try again later, resuming from the failure's progress.
     Retry(Failure),
+    /// Another delivery of the same account email is being processed: try again after the
+    /// shortest retry delay, without counting an attempt (nothing failed; the other delivery
+    /// ends within its own bounded attempt).
+    Later(Failure),
     /// Not processable: dead-letter at once (a malformed message, or a permanent AWS error).
     DeadLetter(Failure),
 }
@@ -173,7 +177,7 @@ impl Resolved {
     /// progress: try again later, from where it stands.
     pub fn busy(&self, progress: Progress) -> Outcome {
         info!("another delivery for this account email is in progress: trying again later");
-        Outcome::Retry(Failure {
+        Outcome::Later(Failure {
             reason: "ORDER_BUSY".to_owned(),
             message: format!(
                 "another delivery for the account email {} was being processed",

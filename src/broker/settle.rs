@@ -82,9 +82,15 @@ impl Settler {
                     self.dead_letter(delivery, history, &failure, attempts)
                         .await?
                 } else {
-                    self.schedule_retry(delivery, history, &failure, attempts)
+                    let delay = retry_delay_ms(&self.retry, attempts);
+                    self.schedule_retry(delivery, history, &failure, attempts, delay)
                         .await?
                 }
+            }
+            Outcome::Later(failure) => {
+                let delay = retry_delay_ms(&self.retry, 1);
+                self.schedule_retry(delivery, history, &failure, history.attempts, delay)
+                    .await?
             }
             Outcome::DeadLetter(failure) => {
                 self.dead_letter(delivery, history, &failure, history.attempts + 1)
@@ -152,8 +158,8 @@ impl Settler {
         history: &History,
         failure: &Failure,
         attempts: u32,
+        delay: u64,
     ) -> Result<Settled, SettleError> {
-        let delay = retry_delay_ms(&self.retry, attempts);
         // Jitter: wait between half and all of the step's delay (the queue's TTL caps it).
         let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);
         let properties = Self::failed_properties(delivery, history, failure, attempts)

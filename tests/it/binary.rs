@@ -7,15 +7,8 @@ use std::time::{Duration, Instant};
 
 use aws_credential_types::provider::ProvideCredentials;
 
-use crate::support::{TestEnv, moto_endpoint, order};
+use crate::support::{BIN, TestEnv, moto_endpoint, order, write_config};
 
-const BIN: &str = env!("CARGO_BIN_EXE_aws-account-worker");
-
-fn write_config(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write config");
-    file
-}
 
 /// Runs the binary to completion with a deadline; returns (exit code, stderr).
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {

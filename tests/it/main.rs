@@ -3,8 +3,11 @@
 //! with its own organization, so tests run in parallel without seeing each other.
 
 mod binary;
+mod disruptive;
+mod faults;
 mod fixtures;
 mod malformed;
 mod orders;
 mod retries;
+mod safety;
 mod support;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aws_account_worker::app::{RunError, Worker};
+use aws_account_worker::app::Worker;
 use aws_account_worker::aws::sdk::SdkOrganizations;
 use aws_account_worker::broker::topology;
 use aws_account_worker::config::Settings;
@@ -160,23 +160,23 @@ impl Payer {
 
     /// Every member account as (id, email).
     pub async fn member_accounts(&self) -> Vec<(String, String)> {
-        let listed = self
-            .organizations()
-            .list_accounts()
-            .send()
-            .await
-            .expect("list accounts");
-        listed
-            .accounts()
-            .iter()
-            .filter(|a| a.id() != Some(self.account_id.as_str()))
-            .map(|a| {
-                (
-                    a.id().unwrap_or_default().to_owned(),
-                    a.email().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
+        let mut accounts = Vec::new();
+        let mut pages = self.organizations().list_accounts().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.expect("list accounts");
+            accounts.extend(
+                page.accounts()
+                    .iter()
+                    .filter(|a| a.id() != Some(self.account_id.as_str()))
+                    .map(|a| {
+                        (
+                            a.id().unwrap_or_default().to_owned(),
+                            a.email().unwrap_or_default().to_owned(),
+                        )
+                    }),
+            );
+        }
+        accounts
     }
 
     /// IAM inside a member account, through its access role, as a customer would see it.
@@ -213,6 +213,8 @@ pub struct TestEnv {
     pub settings: Settings,
     pub payer: Payer,
     pub aws: SdkConfig,
+    /// A durable queue bound to every result event: it outlives a broker restart.
+    events_queue: String,
     connection: Connection,
     channel: Channel,
     events: Consumer,
@@ -266,56 +268,27 @@ impl TestEnv {
         };
         let settings =
             Settings::from_toml(&toml).unwrap_or_else(|e| panic!("test settings: {e}\n{toml}"));
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ answers (scripts/services.sh starts it)");
-        let channel = connection.create_channel().await.expect("channel");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirms");
-        topology::declare(&channel, &settings.amqp, &settings.retry)
-            .await
-            .expect("topology");
-        let events_queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("events queue");
-        channel
-            .queue_bind(
-                events_queue.name().clone(),
-                settings.amqp.results_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind events queue");
-        let events = channel
-            .basic_consume(
-                events_queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume events");
+        let events_queue = format!("test.events.{id}");
+        let (connection, channel, events) = open_events(&settings, &events_queue).await;
         Self {
             toml,
             settings,
             payer,
             aws,
+            events_queue,
             connection,
             channel,
             events,
         }
+    }
+
+    /// Opens a new connection for events after the broker restarted; events published in
+    /// between wait in the durable events queue.
+    pub async fn reconnect(&mut self) {
+        let (connection, channel, events) = open_events(&self.settings, &self.events_queue).await;
+        self.connection = connection;
+        self.channel = channel;
+        self.events = events;
     }
 
     /// Starts the worker in-process; returns once it consumes.
@@ -414,7 +387,7 @@ impl TestEnv {
 
     /// Stops the worker, which must end cleanly, and deletes this test's queues and exchanges.
     pub async fn finish(self, worker: WorkerHandle) {
-        worker.stop().await.expect("the worker stops cleanly");
+        worker.stop().await;
         self.cleanup().await;
     }
 
@@ -422,6 +395,7 @@ impl TestEnv {
     pub async fn cleanup(self) {
         let amqp = &self.settings.amqp;
         let mut queues = vec![
+            self.events_queue.clone(),
             amqp.orders_queue.clone(),
             amqp.dead_letter_queue.clone(),
             amqp.unrouted_queue.clone(),
@@ -466,18 +440,67 @@ pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
 /// The in-process worker.
 pub struct WorkerHandle {
     stop: CancellationToken,
-    join: JoinHandle<Result<(), RunError>>,
+    join: JoinHandle<()>,
 }
 
 impl WorkerHandle {
-    /// Stops it the way SIGTERM does and returns how its run ended.
-    pub async fn stop(self) -> Result<(), RunError> {
+    /// Stops it the way SIGTERM does, and waits for it to end.
+    pub async fn stop(self) {
         self.stop.cancel();
         tokio::time::timeout(DEADLINE, self.join)
             .await
             .expect("worker stops in time")
-            .expect("worker task")
+            .expect("worker task");
     }
+}
+
+/// Connects to the broker, declares the durable events queue bound to every result event,
+/// and consumes it.
+async fn open_events(settings: &Settings, queue: &str) -> (Connection, Channel, Consumer) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ answers (scripts/services.sh starts it)");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    topology::declare(&channel, &settings.amqp, &settings.retry)
+        .await
+        .expect("topology");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("events queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            settings.amqp.results_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind events queue");
+    let events = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume events");
+    (connection, channel, events)
 }
 
 /// A Connect purchase request with fresh ids, the given ordering and configuration parameters.
@@ -522,4 +545,149 @@ pub fn order_for(
             "configuration": {"params": params(configuration)}
         }
     })
+}
+
+/// The worker binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_aws-account-worker");
+
+/// A temporary file holding `text`.
+pub fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write config");
+    file
+}
+
+/// The worker as a process of its own, for signals (SIGTERM, SIGKILL); its logs go to a file.
+pub struct WorkerProcess {
+    child: std::process::Child,
+    pub logs: tempfile::NamedTempFile,
+}
+
+impl WorkerProcess {
+    /// Starts `aws-account-worker --config <config> run` against the AWS `endpoint` with the
+    /// payer's credentials. Returns at once: the worker connects in the background.
+    pub async fn spawn(env: &TestEnv, config: &tempfile::NamedTempFile, endpoint: &str) -> Self {
+        use aws_credential_types::provider::ProvideCredentials;
+        let credentials = env
+            .payer
+            .credentials
+            .provide_credentials()
+            .await
+            .expect("payer credentials");
+        let logs = tempfile::NamedTempFile::new().expect("log file");
+        let child = std::process::Command::new(BIN)
+            .args(["--config", config.path().to_str().expect("path"), "run"])
+            .env("RUST_LOG", "info")
+            .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
+            .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key())
+            .env("AWS_SESSION_TOKEN", credentials.session_token().unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(logs.reopen().expect("log file"))
+            .spawn()
+            .expect("spawn worker");
+        Self { child, logs }
+    }
+
+    /// Sends `signal` (`KILL`, `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// Waits for the process to exit, at most `limit`; its exit code.
+    pub async fn exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker did not exit within {limit:?}; logs: {}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The end of its logs, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let logs = std::fs::read_to_string(self.logs.path()).unwrap_or_default();
+        logs[logs.len().saturating_sub(3000)..].to_owned()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An ECAM order whose customer signs in as root: the quickest order to provision in moto
+/// (no IAM user, so no managed policies loaded into the new account).
+pub fn root_order() -> Value {
+    order(
+        &[(
+            "aws_account_email",
+            &format!("root-{}@customer.example", digits(10)),
+        )],
+        &[("awsAccountModel", "ECAM"), ("provideRootUserForECAM", "Yes")],
+    )
+}
+
+/// Provisioned events by request id, collected until every one of `request_ids` has one; every
+/// event of another kind fails the test.
+pub async fn provisioned_events(
+    env: &mut TestEnv,
+    request_ids: &[String],
+) -> std::collections::BTreeMap<String, Vec<Value>> {
+    let mut seen = std::collections::BTreeMap::new();
+    while request_ids.iter().any(|id| !seen.contains_key(id)) {
+        collect(&mut seen, env.next_event().await);
+    }
+    seen
+}
+
+/// Files a provisioned event under its request id; an event of another kind fails the test.
+pub fn collect(events: &mut std::collections::BTreeMap<String, Vec<Value>>, event: Value) {
+    assert_eq!(event["event"], "aws.account.provisioned", "{event}");
+    let id = event["request_id"].as_str().expect("request id").to_owned();
+    events.entry(id).or_default().push(event);
+}
+
+/// Asserts that every order got one account: one member account per email, each event of an
+/// order names the same account, and there is no other account.
+pub async fn assert_one_account_per_order(
+    env: &TestEnv,
+    events: &std::collections::BTreeMap<String, Vec<Value>>,
+) {
+    let accounts = env.payer.member_accounts().await;
+    let mut per_email: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (id, email) in &accounts {
+        per_email
+            .entry(email.to_ascii_lowercase())
+            .or_default()
+            .push(id.clone());
+    }
+    let duplicated: Vec<_> = per_email.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(duplicated.is_empty(), "emails with more than one account: {duplicated:?}");
+    assert_eq!(accounts.len(), events.len(), "one account per order, no other");
+    for (request_id, order_events) in events {
+        let email = order_events[0]["account"]["email"].as_str().expect("email");
+        let ids = &per_email[&email.to_ascii_lowercase()];
+        for event in order_events {
+            assert_eq!(
+                event["account"]["id"].as_str(),
+                Some(ids[0].as_str()),
+                "{request_id}: every event names the order's one account"
+            );
+        }
+    }
 }

@@ -1,0 +1,443 @@
+//! A fault-injecting HTTP proxy in front of moto, for what moto cannot do: throttling a share of
+//! calls, answering `ConcurrentModificationException`, keeping `CreateAccount` IN_PROGRESS for
+//! some polls or some time before it ends SUCCEEDED or FAILED, and delaying answers. It counts
+//! the creations in progress at once. The worker reaches it through `AWS_ENDPOINT_URL` (or the
+//! SDK config's endpoint), exactly as it would reach AWS.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How a `CreateAccount` request behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Creation {
+    /// As moto does: SUCCEEDED at once.
+    Immediate,
+    /// IN_PROGRESS for this many `DescribeCreateAccountStatus` polls, then `then`.
+    InProgressFor { polls: u32, then: End },
+    /// IN_PROGRESS until this long after the request, then `then`.
+    Takes { duration: Duration, then: End },
+}
+
+/// How a scripted creation ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum End {
+    /// moto creates the account; the status says SUCCEEDED once the script allows.
+    Succeeded,
+    /// Nothing is created; the status says FAILED with this `FailureReason`.
+    Failed(String),
+}
+
+/// What to inject. The default injects nothing.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// Share of all calls (0.0 to 1.0) answered with a throttling error, not forwarded.
+    pub throttle_share: f64,
+    /// Share of Organizations calls answered `ConcurrentModificationException`, not forwarded.
+    pub concurrent_modification_share: f64,
+    /// Added before every forwarded answer (the call is executed first, as a slow AWS would).
+    pub delay: Duration,
+    /// How `CreateAccount` behaves.
+    pub creation: Creation,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            throttle_share: 0.0,
+            concurrent_modification_share: 0.0,
+            delay: Duration::ZERO,
+            creation: Creation::Immediate,
+        }
+    }
+}
+
+/// What the proxy saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Every call received.
+    pub calls: u64,
+    /// Calls answered with a throttling error.
+    pub throttled: u64,
+    /// Calls answered `ConcurrentModificationException`.
+    pub concurrent_modifications: u64,
+    /// `CreateAccount` requests accepted (forwarded or scripted).
+    pub creations: u64,
+    /// The most creations in progress at one time.
+    pub max_in_progress: usize,
+}
+
+/// A scripted creation in progress.
+struct Scripted {
+    name: String,
+    polls_left: u32,
+    ends_at: Option<Instant>,
+    end: End,
+    finished: bool,
+}
+
+impl Scripted {
+    fn in_progress(&self, now: Instant) -> bool {
+        !self.finished && self.ends_at.is_none_or(|end| now < end)
+    }
+}
+
+#[derive(Default)]
+struct Book {
+    stats: Stats,
+    scripted: HashMap<String, Scripted>,
+}
+
+struct State {
+    upstream: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    faults: Mutex<Faults>,
+    book: Mutex<Book>,
+}
+
+/// The running proxy; it stops when dropped.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:<port>`: the AWS endpoint to give the worker.
+    pub endpoint: String,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    /// A proxy to `upstream` (moto) injecting `faults`.
+    pub async fn start(upstream: &str, faults: Faults) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let endpoint = format!(
+            "http://{}",
+            listener.local_addr().expect("proxy address")
+        );
+        let state = Arc::new(State {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            faults: Mutex::new(faults),
+            book: Mutex::default(),
+        });
+        let serving = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&serving);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(state.handle(request).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            endpoint,
+            state,
+            task,
+        }
+    }
+
+    /// What the proxy saw so far.
+    pub fn stats(&self) -> Stats {
+        lock(&self.state.book).stats.clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The operation and protocol of a request: Organizations speaks JSON (`X-Amz-Target`),
+/// STS and IAM speak the query protocol (`Action=` in a form body).
+fn operation(request: &hyper::http::request::Parts, body: &[u8]) -> (String, bool) {
+    if let Some(target) = request
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+    {
+        let op = target.rsplit('.').next().unwrap_or(target);
+        return (op.to_owned(), true);
+    }
+    let form = String::from_utf8_lossy(body);
+    let action = form
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("Action="))
+        .unwrap_or("Unknown");
+    (action.to_owned(), false)
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn json_answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    respond(status, "application/x-amz-json-1.1", body.to_string())
+}
+
+/// An AWS error in the request's protocol.
+fn error(json: bool, code: &str, message: &str) -> Response<Full<Bytes>> {
+    if json {
+        let mut response = json_answer(
+            StatusCode::BAD_REQUEST,
+            &json!({"__type": code, "Message": message}),
+        );
+        if let Ok(value) = code.parse() {
+            response.headers_mut().insert("x-amzn-errortype", value);
+        }
+        response
+    } else {
+        respond(
+            StatusCode::BAD_REQUEST,
+            "text/xml",
+            format!(
+                "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"
+            ),
+        )
+    }
+}
+
+fn status_body(id: &str, name: &str, state: &str, extra: Value) -> Value {
+    let mut status = json!({"Id": id, "AccountName": name, "State": state});
+    if let (Some(status), Some(extra)) = (status.as_object_mut(), extra.as_object()) {
+        status.extend(extra.clone());
+    }
+    json!({"CreateAccountStatus": status})
+}
+
+impl State {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = request.into_parts();
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => return respond(StatusCode::BAD_REQUEST, "text/plain", e.to_string()),
+        };
+        let (op, json) = operation(&parts, &body);
+        let faults = lock(&self.faults).clone();
+        let (throttle, conflict) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_bool(faults.throttle_share.clamp(0.0, 1.0)),
+                json && rng.random_bool(faults.concurrent_modification_share.clamp(0.0, 1.0)),
+            )
+        };
+        {
+            let mut book = lock(&self.book);
+            book.stats.calls += 1;
+            if throttle {
+                book.stats.throttled += 1;
+            } else if conflict {
+                book.stats.concurrent_modifications += 1;
+            }
+        }
+        if throttle {
+            let code = if json { "TooManyRequestsException" } else { "Throttling" };
+            return error(json, code, "Rate exceeded");
+        }
+        if conflict {
+            return error(
+                json,
+                "ConcurrentModificationException",
+                "The target of the operation is being modified by another request",
+            );
+        }
+        let answer = match (op.as_str(), &faults.creation) {
+            ("CreateAccount", Creation::Immediate) => {
+                let answer = self.forward(&parts, body).await;
+                if answer.status().is_success() {
+                    let mut book = lock(&self.book);
+                    book.stats.creations += 1;
+                    book.stats.max_in_progress = book.stats.max_in_progress.max(1);
+                }
+                answer
+            }
+            ("CreateAccount", scripted) => self.create_scripted(&parts, body, scripted).await,
+            ("DescribeCreateAccountStatus", _) => self.describe(&parts, body).await,
+            ("ListCreateAccountStatus", _) => self.list_in_progress(&parts, body).await,
+            _ => self.forward(&parts, body).await,
+        };
+        if !faults.delay.is_zero() {
+            tokio::time::sleep(faults.delay).await;
+        }
+        answer
+    }
+
+    async fn forward(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("{}{path}", self.upstream));
+        for (name, value) in &parts.headers {
+            if name != HOST && name != CONNECTION {
+                builder = builder.header(name, value);
+            }
+        }
+        let Ok(request) = builder.body(Full::new(body)) else {
+            return respond(StatusCode::BAD_GATEWAY, "text/plain", "bad request");
+        };
+        let answer = match self.client.request(request).await {
+            Ok(answer) => answer,
+            Err(e) => return respond(StatusCode::BAD_GATEWAY, "text/plain", e.to_string()),
+        };
+        let (mut answer_parts, answer_body) = answer.into_parts();
+        let bytes = match answer_body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => return respond(StatusCode::BAD_GATEWAY, "text/plain", e.to_string()),
+        };
+        for header in [CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING] {
+            answer_parts.headers.remove(header);
+        }
+        Response::from_parts(answer_parts, Full::new(bytes))
+    }
+
+    /// `CreateAccount` under a script: forwarded when it is to succeed (moto creates the
+    /// account), invented when it is to fail; either way the answer says IN_PROGRESS.
+    async fn create_scripted(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+        creation: &Creation,
+    ) -> Response<Full<Bytes>> {
+        let (polls, ends_at, end) = match creation {
+            Creation::Immediate => (0, None, End::Succeeded),
+            Creation::InProgressFor { polls, then } => (*polls, None, then.clone()),
+            Creation::Takes { duration, then } => (0, Some(Instant::now() + *duration), then.clone()),
+        };
+        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let name = request["AccountName"].as_str().unwrap_or_default().to_owned();
+        let id = match &end {
+            End::Succeeded => {
+                let answer = self.forward(parts, body).await;
+                if !answer.status().is_success() {
+                    return answer;
+                }
+                let Ok(collected) = answer.into_body().collect().await;
+                let created: Value =
+                    serde_json::from_slice(&collected.to_bytes()).unwrap_or_default();
+                created["CreateAccountStatus"]["Id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+            End::Failed(_) => format!("car-{}", crate::support::digits(10)),
+        };
+        let mut book = lock(&self.book);
+        book.scripted.insert(
+            id.clone(),
+            Scripted {
+                name: name.clone(),
+                polls_left: polls,
+                ends_at,
+                end,
+                finished: false,
+            },
+        );
+        book.stats.creations += 1;
+        let now = Instant::now();
+        let in_progress = book.scripted.values().filter(|s| s.in_progress(now)).count();
+        book.stats.max_in_progress = book.stats.max_in_progress.max(in_progress);
+        json_answer(
+            StatusCode::OK,
+            &status_body(&id, &name, "IN_PROGRESS", json!({})),
+        )
+    }
+
+    /// `DescribeCreateAccountStatus`: IN_PROGRESS while the script says so, then its end.
+    async fn describe(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let id = request["CreateAccountRequestId"].as_str().unwrap_or_default();
+        let seen = {
+            let mut book = lock(&self.book);
+            book.scripted.get_mut(id).map(|scripted| {
+                let waiting = match scripted.ends_at {
+                    Some(end) => Instant::now() < end,
+                    None => scripted.polls_left > 0,
+                };
+                if waiting {
+                    scripted.polls_left = scripted.polls_left.saturating_sub(1);
+                } else {
+                    scripted.finished = true;
+                }
+                (waiting, scripted.end.clone(), scripted.name.clone())
+            })
+        };
+        match seen {
+            None | Some((false, End::Succeeded, _)) => self.forward(parts, body).await,
+            Some((true, _, name)) => json_answer(
+                StatusCode::OK,
+                &status_body(id, &name, "IN_PROGRESS", json!({})),
+            ),
+            Some((false, End::Failed(reason), name)) => json_answer(
+                StatusCode::OK,
+                &status_body(id, &name, "FAILED", json!({"FailureReason": reason})),
+            ),
+        }
+    }
+
+    /// `ListCreateAccountStatus`: moto's answer, plus the scripted creations in progress when
+    /// IN_PROGRESS is asked for (moto never has any).
+    async fn list_in_progress(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let wants_in_progress = request["States"]
+            .as_array()
+            .is_some_and(|states| states.iter().any(|s| s == "IN_PROGRESS"));
+        if !wants_in_progress {
+            return self.forward(parts, body).await;
+        }
+        let now = Instant::now();
+        let statuses: Vec<Value> = lock(&self.book)
+            .scripted
+            .iter()
+            .filter(|(_, s)| s.in_progress(now))
+            .map(|(id, s)| status_body(id, &s.name, "IN_PROGRESS", json!({}))["CreateAccountStatus"].clone())
+            .collect();
+        json_answer(
+            StatusCode::OK,
+            &json!({"CreateAccountStatuses": statuses}),
+        )
+    }
+}
