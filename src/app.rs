@@ -24,6 +24,7 @@ use crate::broker::settle::{Settled, Settler};
 use crate::broker::{connect, topology};
 use crate::config::Settings;
 use crate::pipeline::Pipeline;
+use crate::provision::Progress;
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -297,9 +298,13 @@ async fn process<O: Organizations>(
             .await
             .map_err(|e| format!("taking the order's exclusive key failed: {e}"))?;
         let Some(held) = taken else {
-            return settle(order.busy(history.progress.clone())).await;
+            return settle(pipeline.busy(&order, history.progress.clone())).await;
         };
-        let outcome = pipeline.provision(&order, history.progress.clone()).await;
+        let progress = Progress {
+            maybe_in_flight: delivery.redelivered,
+            ..history.progress.clone()
+        };
+        let outcome = pipeline.provision(&order, progress).await;
         let settled = settle(outcome).await;
         held.release().await;
         settled

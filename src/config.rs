@@ -122,6 +122,8 @@ pub struct RetrySettings {
     pub max_attempts: u32,
     /// Replays before `replay` keeps a message in the DLQ.
     pub max_replays: u32,
+    /// How long an order that came back unsettled waits before a new `CreateAccount`.
+    pub redelivered_create_delay_ms: u64,
 }
 
 /// `[aws]`.

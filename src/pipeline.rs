@@ -21,10 +21,10 @@ pub enum Outcome {
     Report(Event),
     /// A transient failure: try again later, resuming from the failure's progress.
     Retry(Failure),
-    /// Another delivery of the same account email is being processed: try again after the
-    /// shortest retry delay, without counting an attempt (nothing failed; the other delivery
-    /// ends within its own bounded attempt).
-    Later(Failure),
+    /// Nothing failed, but the order cannot go on yet (another delivery of its account email
+    /// is being processed, or an earlier delivery's `CreateAccount` may be in flight): try
+    /// again after the wait, without counting an attempt.
+    Later(Failure, Duration),
     /// Not processable: dead-letter at once (a malformed message, or a permanent AWS error).
     DeadLetter(Failure),
 }
@@ -49,6 +49,11 @@ pub struct Pipeline<O> {
     business_model: ModelSettings,
     marketplaces: BTreeMap<String, MarketplaceSettings>,
     polling: Polling,
+    /// How long an order waits before a new `CreateAccount` when an earlier delivery may have
+    /// one in flight.
+    in_flight_wait: Duration,
+    /// How long a delivery waits when another delivery of its account email is in progress.
+    busy_wait: Duration,
 }
 
 impl<O: Organizations> Pipeline<O> {
@@ -62,6 +67,8 @@ impl<O: Organizations> Pipeline<O> {
                 interval: Duration::from_millis(settings.aws.create_status_poll_ms),
                 patience: Duration::from_secs(settings.aws.create_status_wait_seconds),
             },
+            in_flight_wait: Duration::from_millis(settings.retry.redelivered_create_delay_ms),
+            busy_wait: Duration::from_millis(settings.retry.initial_delay_ms),
         })
     }
 
@@ -117,6 +124,24 @@ impl<O: Organizations> Pipeline<O> {
         })
     }
 
+    /// The outcome of a delivery that found another delivery of its account email in
+    /// progress: try again later, from where it stands.
+    pub fn busy(&self, order: &Resolved, progress: Progress) -> Outcome {
+        info!("another delivery for this account email is in progress: trying again later");
+        Outcome::Later(
+            Failure {
+            reason: "ORDER_BUSY".to_owned(),
+            message: format!(
+                "another delivery for the account email {} was being processed",
+                order.plan.email
+            ),
+            ids: order.ids.clone(),
+            progress,
+        },
+            self.busy_wait,
+        )
+    }
+
     /// Provisions a resolved order, resuming from `progress`.
     pub async fn provision(&self, order: &Resolved, progress: Progress) -> Outcome {
         self.provision_order(order, progress)
@@ -132,6 +157,18 @@ impl<O: Organizations> Pipeline<O> {
             Ok(done) => {
                 info!(account_id = %done.account_id, "order provisioned");
                 Outcome::Report(report::provisioned(ids, plan, &done))
+            }
+            Err(ProvisionError::NotYet) => {
+                info!(wait = ?self.in_flight_wait, "no account found after an unsettled delivery: looking again before creating one");
+                Outcome::Later(
+                    Failure {
+                        reason: "CREATE_MAYBE_IN_FLIGHT".to_owned(),
+                        message: "an earlier delivery ended unsettled; its CreateAccount may still be on its way".to_owned(),
+                        ids: ids.clone(),
+                        progress: Progress::default(),
+                    },
+                    self.in_flight_wait,
+                )
             }
             Err(ProvisionError::Rejected(rejection)) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order failed");
@@ -173,21 +210,6 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The outcome of a delivery that found another delivery of its account email in
-    /// progress: try again later, from where it stands.
-    pub fn busy(&self, progress: Progress) -> Outcome {
-        info!("another delivery for this account email is in progress: trying again later");
-        Outcome::Later(Failure {
-            reason: "ORDER_BUSY".to_owned(),
-            message: format!(
-                "another delivery for the account email {} was being processed",
-                self.plan.email
-            ),
-            ids: self.ids.clone(),
-            progress,
-        })
-    }
-
     /// What two deliveries that must not be provisioned at the same time share: the account
     /// email (the same order delivered twice, or two orders for one email).
     pub fn exclusive_key(&self) -> String {

@@ -28,6 +28,10 @@ pub struct Progress {
     pub account_id: Option<String>,
     /// Whether the account's SCPs are attached.
     pub policies_attached: bool,
+    /// An earlier delivery of this order ended unsettled (its worker died, was stopped past
+    /// its grace period, or lost the broker), so a `CreateAccount` it sent may still be on its
+    /// way: no new one before the wait for it is over. Known from the delivery, not a header.
+    pub maybe_in_flight: bool,
 }
 
 /// How long one attempt waits for a creation in progress.
@@ -71,6 +75,9 @@ pub enum Granted {
 pub enum ProvisionError {
     /// A business outcome: the order gets `aws.account.failed`.
     Rejected(Rejection),
+    /// The gate found nothing, but an earlier delivery may have a `CreateAccount` in flight
+    /// ([`Progress::maybe_in_flight`]): look again after a wait, before requesting an account.
+    NotYet,
     /// An AWS call failed; `progress` is what was achieved before it.
     Aws {
         /// The classified failure.
@@ -203,6 +210,7 @@ async fn find_or_create<O: Organizations>(
                 info!(create_request_id = %id, "the order's account is being created: following it");
                 Source::Adopted(aws.create_status(&id).await.map_err(|e| fail(e, progress))?)
             }
+            Gate::Nothing if progress.maybe_in_flight => return Err(ProvisionError::NotYet),
             Gate::Nothing => {
                 let account = NewAccount {
                     email: plan.email.to_string(),
@@ -636,7 +644,7 @@ mod tests {
         let progress = Progress {
             create_request_id: Some("car-test".into()),
             account_id: Some("111122223333".into()),
-            policies_attached: false,
+            ..Progress::default()
         };
         provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(aws.calls(), ["AttachPolicy p-abcd1234 111122223333"]);
@@ -776,8 +784,32 @@ mod tests {
             create_request_id: Some("car-test".into()),
             account_id: Some("111122223333".into()),
             policies_attached: true,
+            ..Progress::default()
         };
         provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(aws.calls(), Vec::<String>::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_an_unsettled_delivery_nothing_found_means_not_yet() {
+        let aws = ScriptedOrganizations::default();
+        let progress = Progress {
+            maybe_in_flight: true,
+            ..Progress::default()
+        };
+        let err = provision_root(&aws, progress).await;
+        assert!(matches!(err, Err(ProvisionError::NotYet)), "{err:?}");
+        assert_eq!(created(&aws), 0, "no CreateAccount while one may be in flight");
+
+        // What the gate finds is used at once, unsettled or not.
+        let aws = ScriptedOrganizations {
+            existing: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::default()
+        };
+        let progress = Progress {
+            maybe_in_flight: true,
+            ..Progress::default()
+        };
+        provision_root(&aws, progress).await.expect("provisioned");
     }
 }

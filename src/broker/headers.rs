@@ -73,6 +73,7 @@ impl History {
                 create_request_id: text(headers, CREATE_REQUEST_ID),
                 account_id: text(headers, ACCOUNT_ID),
                 policies_attached: text(headers, STEP).as_deref() == Some(POLICIES_ATTACHED),
+                maybe_in_flight: false,
             },
         }
     }
@@ -143,11 +144,13 @@ mod tests {
                 create_request_id: Some("car-1".into()),
                 account_id: Some("111122223333".into()),
                 policies_attached: false,
+                maybe_in_flight: false,
             },
             Progress {
                 create_request_id: Some("car-1".into()),
                 account_id: Some("111122223333".into()),
                 policies_attached: true,
+                maybe_in_flight: false,
             },
         ];
         for progress in cases {

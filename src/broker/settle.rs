@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::headers::{self, History};
 use super::publisher::{PublishError, Publisher};
-use super::topology::{retry_delay_ms, retry_queue};
+use super::topology::{retry_delay_ms, retry_queue, retry_queue_for};
 use crate::config::{AmqpSettings, RetrySettings};
 use crate::pipeline::{Failure, Outcome};
 use crate::report::{self, Event};
@@ -83,13 +83,16 @@ impl Settler {
                         .await?
                 } else {
                     let delay = retry_delay_ms(&self.retry, attempts);
-                    self.schedule_retry(delivery, history, &failure, attempts, delay)
+                    // Jitter: wait between half and all of the step's delay.
+                    let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);
+                    self.schedule_retry(delivery, history, &failure, attempts, delay, wait)
                         .await?
                 }
             }
-            Outcome::Later(failure) => {
-                let delay = retry_delay_ms(&self.retry, 1);
-                self.schedule_retry(delivery, history, &failure, history.attempts, delay)
+            Outcome::Later(failure, wait) => {
+                let wait = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                let queue = retry_queue_for(&self.retry, wait);
+                self.schedule_retry(delivery, history, &failure, history.attempts, queue, wait)
                     .await?
             }
             Outcome::DeadLetter(failure) => {
@@ -158,13 +161,13 @@ impl Settler {
         history: &History,
         failure: &Failure,
         attempts: u32,
-        delay: u64,
+        queue_delay: u64,
+        wait: u64,
     ) -> Result<Settled, SettleError> {
-        // Jitter: wait between half and all of the step's delay (the queue's TTL caps it).
-        let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);
+        // The message expires after `wait`; the queue's own TTL (`queue_delay`) caps it.
         let properties = Self::failed_properties(delivery, history, failure, attempts)
             .with_expiration(wait.to_string().into());
-        let queue = retry_queue(&self.amqp, delay);
+        let queue = retry_queue(&self.amqp, queue_delay);
         self.publisher
             .publish("", &queue, &delivery.data, properties)
             .await?;

@@ -24,13 +24,30 @@ pub fn retry_delay_ms(retry: &RetrySettings, failures: u32) -> u64 {
         .min(retry.max_delay_ms)
 }
 
-/// Every distinct delay a retry can wait (one queue each).
+/// Every distinct delay an order can wait (one queue each), shortest first: the retry delays
+/// (at least the initial one, which a busy order uses even when no retry is allowed) and the
+/// wait after an unsettled delivery.
 pub fn retry_delays(retry: &RetrySettings) -> Vec<u64> {
-    let mut delays: Vec<u64> = (1..retry.max_attempts)
+    let mut delays: Vec<u64> = (1..retry.max_attempts.max(2))
         .map(|n| retry_delay_ms(retry, n))
+        .chain([retry.redelivered_create_delay_ms.max(1)])
         .collect();
+    delays.sort_unstable();
     delays.dedup();
     delays
+}
+
+/// The delay of the retry queue that can hold a message for `wait_ms`: the shortest one at least
+/// that long (the longest one if none is; configuration validation prevents that for the waits
+/// the worker uses).
+pub fn retry_queue_for(retry: &RetrySettings, wait_ms: u64) -> u64 {
+    let delays = retry_delays(retry);
+    delays
+        .iter()
+        .copied()
+        .find(|&d| d >= wait_ms)
+        .or_else(|| delays.last().copied())
+        .unwrap_or(retry.initial_delay_ms)
 }
 
 /// The name of the queue where orders wait `delay_ms` before their next attempt.
@@ -196,6 +213,7 @@ mod tests {
             max_delay_ms: max,
             max_attempts: attempts,
             max_replays: 5,
+            redelivered_create_delay_ms: 30_000,
         }
     }
 
@@ -211,7 +229,8 @@ mod tests {
         );
         assert_eq!(
             retry_delays(&r),
-            [1000, 2000, 4000, 8000, 16000, 32000, 64000]
+            [1000, 2000, 4000, 8000, 16000, 30000, 32000, 64000],
+            "the retry delays and the wait after an unsettled delivery"
         );
         assert_eq!(retry_delay_ms(&r, 0), 1000);
         assert_eq!(retry_delay_ms(&r, u32::MAX), 300_000);
@@ -219,7 +238,24 @@ mod tests {
 
     #[test]
     fn capped_delays_share_a_queue() {
-        assert_eq!(retry_delays(&retry(100, 250, 6)), [100, 200, 250]);
-        assert!(retry_delays(&retry(100, 250, 1)).is_empty());
+        let short_wait = |r: RetrySettings| RetrySettings {
+            redelivered_create_delay_ms: 200,
+            ..r
+        };
+        assert_eq!(retry_delays(&short_wait(retry(100, 250, 6))), [100, 200, 250]);
+        assert_eq!(
+            retry_delays(&short_wait(retry(100, 250, 1))),
+            [100, 200],
+            "no retries, but a busy order still waits"
+        );
+    }
+
+    #[test]
+    fn a_wait_goes_to_the_shortest_queue_that_holds_it() {
+        let r = retry(1000, 300_000, 8);
+        assert_eq!(retry_queue_for(&r, 1000), 1000);
+        assert_eq!(retry_queue_for(&r, 1001), 2000);
+        assert_eq!(retry_queue_for(&r, 30_000), 30_000);
+        assert_eq!(retry_queue_for(&r, 1_000_000), 64_000);
     }
 }

@@ -35,7 +35,7 @@ async fn a_broker_restart_in_the_middle_of_fifty_orders_loses_and_duplicates_not
     let payer = Payer::new().await;
     let aws = moto_config(&proxy.endpoint, payer.credentials.clone());
     let mut env = TestEnv::with_aws(
-        "[retry]\ninitial_delay_ms = 100\nmax_delay_ms = 1000\nmax_attempts = 20",
+        "[retry]\ninitial_delay_ms = 100\nmax_delay_ms = 1000\nmax_attempts = 20\nredelivered_create_delay_ms = 5000",
         payer,
         aws,
     )

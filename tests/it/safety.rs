@@ -19,6 +19,7 @@ const QUICK_RETRIES: &str = r#"
 initial_delay_ms = 100
 max_delay_ms = 1000
 max_attempts = 20
+redelivered_create_delay_ms = 5000
 "#;
 
 /// A test environment whose worker reaches moto through a fault proxy.
