@@ -10,6 +10,9 @@ MOTO_VERSION=5.2.5
 MOTO_HOST=127.0.0.1
 MOTO_PORT="${MOTO_PORT:-5000}"
 MOTO_URL="http://${MOTO_HOST}:${MOTO_PORT}"
+# A second moto without AWS managed policies, for tests that create many accounts and never
+# attach a managed policy: loading them costs moto about 100 ms of CPU per new account.
+MOTO_FAST_PORT="${MOTO_FAST_PORT:-5001}"
 MOTO_WAIT_SECS=30
 VENV=.venv
 
@@ -41,9 +44,9 @@ socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
 PY
 }
 
-# Succeeds when moto's management API answers 200.
+# Succeeds when moto's management API answers 200 (at $1, default MOTO_URL).
 moto_up() {
-  python3 - "${MOTO_URL}/moto-api/" <<'PY' >/dev/null 2>&1
+  python3 - "${1:-$MOTO_URL}/moto-api/" <<'PY' >/dev/null 2>&1
 import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
     sys.exit(0 if r.status == 200 else 1)
@@ -116,28 +119,35 @@ if moto_up && ! managed_policies_loaded; then
   fi
 fi
 
-if ! moto_up; then
-  if tcp_up "$MOTO_HOST" "$MOTO_PORT"; then
-    die "port ${MOTO_PORT} is in use by something that is not moto (no 200 from ${MOTO_URL}/moto-api/); set MOTO_PORT"
+# start_moto PORT NAME MANAGED_POLICIES: starts moto_server on PORT unless one answers there;
+# pid and log in target/NAME.pid and target/NAME.log.
+start_moto() {
+  local port="$1" name="$2" managed="$3" url="http://${MOTO_HOST}:$1"
+  if moto_up "$url"; then return 0; fi
+  if tcp_up "$MOTO_HOST" "$port"; then
+    die "port ${port} is in use by something that is not moto (no 200 from ${url}/moto-api/)"
   fi
   mkdir -p target
-  log "starting moto_server on ${MOTO_URL} (log: target/moto.log)"
+  log "starting moto_server on ${url} (log: target/${name}.log)"
   # setsid + nohup so it outlives this script; all fds redirected so callers' pipes are not held open.
-  MOTO_IAM_LOAD_MANAGED_POLICIES=true nohup setsid "$VENV/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT" \
-    </dev/null >target/moto.log 2>&1 &
-  moto_pid=$!
-  echo "$moto_pid" >target/moto.pid
-  deadline=$((SECONDS + MOTO_WAIT_SECS))
-  until moto_up; do
-    if ! kill -0 "$moto_pid" 2>/dev/null; then
-      tail -n 20 target/moto.log >&2 || true
-      die "moto_server (pid ${moto_pid}) exited during startup; see target/moto.log"
+  MOTO_IAM_LOAD_MANAGED_POLICIES="$managed" nohup setsid "$VENV/bin/moto_server" -H "$MOTO_HOST" -p "$port" \
+    </dev/null >"target/${name}.log" 2>&1 &
+  local pid=$!
+  echo "$pid" >"target/${name}.pid"
+  local deadline=$((SECONDS + MOTO_WAIT_SECS))
+  until moto_up "$url"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "target/${name}.log" >&2 || true
+      die "moto_server (pid ${pid}) exited during startup; see target/${name}.log"
     fi
     if ((SECONDS >= deadline)); then
-      die "moto_server did not answer on ${MOTO_URL}/moto-api/ within ${MOTO_WAIT_SECS}s; see target/moto.log"
+      die "moto_server did not answer on ${url}/moto-api/ within ${MOTO_WAIT_SECS}s; see target/${name}.log"
     fi
     sleep 0.5
   done
-fi
+}
 
-echo "services: rabbitmq ${RABBIT_HOST}:${RABBIT_PORT} up, moto ${MOTO_URL} up (moto ${installed})"
+start_moto "$MOTO_PORT" moto true
+start_moto "$MOTO_FAST_PORT" moto-fast false
+
+echo "services: rabbitmq ${RABBIT_HOST}:${RABBIT_PORT} up, moto ${MOTO_URL} and http://${MOTO_HOST}:${MOTO_FAST_PORT} (no managed policies) up (moto ${installed})"

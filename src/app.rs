@@ -17,9 +17,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::aws::Organizations;
+use crate::broker::exclusive::Exclusive;
 use crate::broker::headers::History;
 use crate::broker::publisher::Publisher;
-use crate::broker::exclusive::Exclusive;
 use crate::broker::settle::{Settled, Settler};
 use crate::broker::{connect, topology};
 use crate::config::Settings;
@@ -182,7 +182,12 @@ impl<O: Organizations> Worker<O> {
 }
 
 /// Stops consuming, waits for the orders in flight within the grace period, then closes.
-async fn stop(session: Session, in_flight: &TaskTracker, lost: &CancellationToken, settings: &Settings) {
+async fn stop(
+    session: Session,
+    in_flight: &TaskTracker,
+    lost: &CancellationToken,
+    settings: &Settings,
+) {
     info!(
         in_flight = in_flight.len(),
         "stopping: no new orders are taken"
@@ -202,7 +207,11 @@ async fn stop(session: Session, in_flight: &TaskTracker, lost: &CancellationToke
         lost.cancel();
         in_flight.wait().await;
     }
-    if let Err(e) = session.connection.close(200, "worker stopping".into()).await {
+    if let Err(e) = session
+        .connection
+        .close(200, "worker stopping".into())
+        .await
+    {
         warn!(error = %e, "closing the broker connection failed");
     }
     info!("stopped");

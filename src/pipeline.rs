@@ -130,14 +130,14 @@ impl<O: Organizations> Pipeline<O> {
         info!("another delivery for this account email is in progress: trying again later");
         Outcome::Later(
             Failure {
-            reason: "ORDER_BUSY".to_owned(),
-            message: format!(
-                "another delivery for the account email {} was being processed",
-                order.plan.email
-            ),
-            ids: order.ids.clone(),
-            progress,
-        },
+                reason: "ORDER_BUSY".to_owned(),
+                message: format!(
+                    "another delivery for the account email {} was being processed",
+                    order.plan.email
+                ),
+                ids: order.ids.clone(),
+                progress,
+            },
             self.busy_wait,
         )
     }

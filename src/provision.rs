@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::aws::{
-    ASSET_TAG, AccountId, AwsError, CreateState, CreateStatus, ExistingAccount, MemberIam, NewAccount,
-    Organizations, Retry,
+    ASSET_TAG, AccountId, AwsError, CreateState, CreateStatus, ExistingAccount, MemberIam,
+    NewAccount, Organizations, Retry,
 };
 use crate::domain::ids::PolicyId;
 use crate::domain::model::{Access, Plan};
@@ -200,7 +200,11 @@ async fn find_or_create<O: Organizations>(
         progress: progress.clone(),
     };
     let source = match progress.create_request_id.clone() {
-        Some(id) => Source::Own(aws.create_status(&id).await.map_err(|e| fail(e, progress))?),
+        Some(id) => Source::Own(
+            aws.create_status(&id)
+                .await
+                .map_err(|e| fail(e, progress))?,
+        ),
         None => match gate(aws, order, plan).await? {
             Gate::Account(id) => {
                 info!(account_id = %id, "the order's account already exists: resuming");
@@ -208,7 +212,11 @@ async fn find_or_create<O: Organizations>(
             }
             Gate::Creation(id) => {
                 info!(create_request_id = %id, "the order's account is being created: following it");
-                Source::Adopted(aws.create_status(&id).await.map_err(|e| fail(e, progress))?)
+                Source::Adopted(
+                    aws.create_status(&id)
+                        .await
+                        .map_err(|e| fail(e, progress))?,
+                )
             }
             Gate::Nothing if progress.maybe_in_flight => return Err(ProvisionError::NotYet),
             Gate::Nothing => {
@@ -697,7 +705,10 @@ mod tests {
             .expect("provisioned");
         assert_eq!(done.account_id, "111122223333");
         assert_eq!(created(&aws), 0);
-        assert!(aws.calls().contains(&"AttachPolicy p-abcd1234 111122223333".to_owned()));
+        assert!(
+            aws.calls()
+                .contains(&"AttachPolicy p-abcd1234 111122223333".to_owned())
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -712,7 +723,11 @@ mod tests {
                 panic!("{other:?}: expected a rejection, got {err:?}");
             };
             assert_eq!(rejection.code, FailureCode::EmailAlreadyExists);
-            assert_eq!(rejection.model, Some(AccountModel::Ecam), "inquire under ECAM");
+            assert_eq!(
+                rejection.model,
+                Some(AccountModel::Ecam),
+                "inquire under ECAM"
+            );
             assert_eq!(created(&aws), 0);
         }
     }
@@ -799,7 +814,11 @@ mod tests {
         };
         let err = provision_root(&aws, progress).await;
         assert!(matches!(err, Err(ProvisionError::NotYet)), "{err:?}");
-        assert_eq!(created(&aws), 0, "no CreateAccount while one may be in flight");
+        assert_eq!(
+            created(&aws),
+            0,
+            "no CreateAccount while one may be in flight"
+        );
 
         // What the gate finds is used at once, unsettled or not.
         let aws = ScriptedOrganizations {

@@ -5,15 +5,15 @@ use aws_config::SdkConfig;
 use aws_sdk_iam::operation::create_login_profile::CreateLoginProfileError;
 use aws_sdk_iam::operation::create_user::CreateUserError;
 use aws_sdk_organizations::config::http::HttpResponse;
+use aws_sdk_organizations::config::retry::RetryConfig;
 use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
-use aws_sdk_organizations::config::retry::RetryConfig;
 use aws_sdk_organizations::types::{CreateAccountState, Tag};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
-    AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount, MemberIam,
-    NewAccount, Organizations, Retry, ASSET_TAG,
+    ASSET_TAG, AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount,
+    MemberIam, NewAccount, Organizations, Retry,
 };
 use crate::domain::ids::PolicyId;
 use crate::domain::names::IamUserName;
@@ -186,10 +186,10 @@ impl Organizations for SdkOrganizations {
         let mut pages = self.organizations.list_accounts().into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("ListAccounts", Target::Payer, e))?;
-            let found = page.accounts().iter().find(|a| {
-                a.email()
-                    .is_some_and(|e| e.eq_ignore_ascii_case(email))
-            });
+            let found = page
+                .accounts()
+                .iter()
+                .find(|a| a.email().is_some_and(|e| e.eq_ignore_ascii_case(email)));
             if let Some(account) = found {
                 let id = account.id().unwrap_or_default().to_owned();
                 return Ok(Some(ExistingAccount {

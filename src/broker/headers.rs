@@ -88,9 +88,19 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
         set_text(headers, ACCOUNT_ID, id);
     }
     let step = match progress {
-        Progress { account_id: Some(_), policies_attached: true, .. } => POLICIES_ATTACHED,
-        Progress { account_id: Some(_), .. } => "account-created",
-        Progress { create_request_id: Some(_), .. } => "create-requested",
+        Progress {
+            account_id: Some(_),
+            policies_attached: true,
+            ..
+        } => POLICIES_ATTACHED,
+        Progress {
+            account_id: Some(_),
+            ..
+        } => "account-created",
+        Progress {
+            create_request_id: Some(_),
+            ..
+        } => "create-requested",
         _ => return,
     };
     set_text(headers, STEP, step);

@@ -242,7 +242,10 @@ mod tests {
             redelivered_create_delay_ms: 200,
             ..r
         };
-        assert_eq!(retry_delays(&short_wait(retry(100, 250, 6))), [100, 200, 250]);
+        assert_eq!(
+            retry_delays(&short_wait(retry(100, 250, 6))),
+            [100, 200, 250]
+        );
         assert_eq!(
             retry_delays(&short_wait(retry(100, 250, 1))),
             [100, 200],

@@ -9,7 +9,6 @@ use aws_credential_types::provider::ProvideCredentials;
 
 use crate::support::{BIN, TestEnv, moto_endpoint, order, write_config};
 
-
 /// Runs the binary to completion with a deadline; returns (exit code, stderr).
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::faults::{FaultProxy, Faults};
 use crate::support::{
-    Payer, TestEnv, assert_one_account_per_order, collect, moto_config, moto_endpoint,
+    Payer, TestEnv, assert_one_account_per_order, collect, moto_config, moto_fast_endpoint,
     root_order,
 };
 
@@ -25,14 +25,14 @@ fn rabbitmqctl(args: &[&str]) {
 async fn a_broker_restart_in_the_middle_of_fifty_orders_loses_and_duplicates_nothing() {
     // Answers 150 ms late, so orders are in flight when the broker goes.
     let proxy = FaultProxy::start(
-        &moto_endpoint(),
+        &moto_fast_endpoint(),
         Faults {
             delay: Duration::from_millis(150),
             ..Faults::default()
         },
     )
     .await;
-    let payer = Payer::new().await;
+    let payer = Payer::on(&moto_fast_endpoint()).await;
     let aws = moto_config(&proxy.endpoint, payer.credentials.clone());
     let mut env = TestEnv::with_aws(
         "[retry]\ninitial_delay_ms = 100\nmax_delay_ms = 1000\nmax_attempts = 20\nredelivered_create_delay_ms = 5000",

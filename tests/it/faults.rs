@@ -130,10 +130,7 @@ impl FaultProxy {
     /// A proxy to `upstream` (moto) injecting `faults`.
     pub async fn start(upstream: &str, faults: Faults) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let endpoint = format!(
-            "http://{}",
-            listener.local_addr().expect("proxy address")
-        );
+        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -194,7 +191,11 @@ fn operation(request: &hyper::http::request::Parts, body: &[u8]) -> (String, boo
     (action.to_owned(), false)
 }
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
@@ -263,7 +264,11 @@ impl State {
             }
         }
         if throttle {
-            let code = if json { "TooManyRequestsException" } else { "Throttling" };
+            let code = if json {
+                "TooManyRequestsException"
+            } else {
+                "Throttling"
+            };
             return error(json, code, "Rate exceeded");
         }
         if conflict {
@@ -337,10 +342,15 @@ impl State {
         let (polls, ends_at, end) = match creation {
             Creation::Immediate => (0, None, End::Succeeded),
             Creation::InProgressFor { polls, then } => (*polls, None, then.clone()),
-            Creation::Takes { duration, then } => (0, Some(Instant::now() + *duration), then.clone()),
+            Creation::Takes { duration, then } => {
+                (0, Some(Instant::now() + *duration), then.clone())
+            }
         };
         let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-        let name = request["AccountName"].as_str().unwrap_or_default().to_owned();
+        let name = request["AccountName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let id = match &end {
             End::Succeeded => {
                 let answer = self.forward(parts, body).await;
@@ -370,7 +380,11 @@ impl State {
         );
         book.stats.creations += 1;
         let now = Instant::now();
-        let in_progress = book.scripted.values().filter(|s| s.in_progress(now)).count();
+        let in_progress = book
+            .scripted
+            .values()
+            .filter(|s| s.in_progress(now))
+            .count();
         book.stats.max_in_progress = book.stats.max_in_progress.max(in_progress);
         json_answer(
             StatusCode::OK,
@@ -385,7 +399,9 @@ impl State {
         body: Bytes,
     ) -> Response<Full<Bytes>> {
         let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-        let id = request["CreateAccountRequestId"].as_str().unwrap_or_default();
+        let id = request["CreateAccountRequestId"]
+            .as_str()
+            .unwrap_or_default();
         let seen = {
             let mut book = lock(&self.book);
             book.scripted.get_mut(id).map(|scripted| {
@@ -433,11 +449,10 @@ impl State {
             .scripted
             .iter()
             .filter(|(_, s)| s.in_progress(now))
-            .map(|(id, s)| status_body(id, &s.name, "IN_PROGRESS", json!({}))["CreateAccountStatus"].clone())
+            .map(|(id, s)| {
+                status_body(id, &s.name, "IN_PROGRESS", json!({}))["CreateAccountStatus"].clone()
+            })
             .collect();
-        json_answer(
-            StatusCode::OK,
-            &json!({"CreateAccountStatuses": statuses}),
-        )
+        json_answer(StatusCode::OK, &json!({"CreateAccountStatuses": statuses}))
     }
 }

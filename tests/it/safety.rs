@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::faults::{Creation, End, FaultProxy, Faults};
 use crate::support::{
     Payer, TestEnv, WorkerProcess, assert_one_account_per_order, collect, moto_config,
-    moto_endpoint, order, provisioned_events, root_order, write_config,
+    moto_fast_endpoint, order, provisioned_events, root_order, write_config,
 };
 
 /// Quick retries, so that tests do not wait for production delays.
@@ -24,8 +24,8 @@ redelivered_create_delay_ms = 5000
 
 /// A test environment whose worker reaches moto through a fault proxy.
 async fn behind_proxy(extra: &str, faults: Faults) -> (TestEnv, FaultProxy) {
-    let proxy = FaultProxy::start(&moto_endpoint(), faults).await;
-    let payer = Payer::new().await;
+    let proxy = FaultProxy::start(&moto_fast_endpoint(), faults).await;
+    let payer = Payer::on(&moto_fast_endpoint()).await;
     let aws = moto_config(&proxy.endpoint, payer.credentials.clone());
     let env = TestEnv::with_aws(&format!("{QUICK_RETRIES}\n{extra}"), payer, aws).await;
     (env, proxy)
@@ -37,7 +37,10 @@ fn request_id(order: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_order_three_times_at_once_makes_one_account() {
-    let mut env = TestEnv::new(&format!("{QUICK_RETRIES}\n[business_model]\nservice_control_policies = [\"{{scp}}\"]")).await;
+    let mut env = TestEnv::new(&format!(
+        "{QUICK_RETRIES}\n[business_model]\nservice_control_policies = [\"{{scp}}\"]"
+    ))
+    .await;
     // Two workers on two connections: the copies race inside one process and across two.
     let first = env.spawn_worker().await;
     let second = env.spawn_worker().await;
@@ -57,15 +60,27 @@ async fn the_same_order_three_times_at_once_makes_one_account() {
     assert_eq!(accounts.len(), 1, "one account for one order: {accounts:?}");
     for event in &events {
         assert_eq!(event["request_id"], order["id"]);
-        assert_eq!(event["account"]["id"].as_str(), Some(accounts[0].0.as_str()));
+        assert_eq!(
+            event["account"]["id"].as_str(),
+            Some(accounts[0].0.as_str())
+        );
     }
     // Each copy set a new password; the last event's is the one that works (moto keeps no
     // history to check, so the test checks they were all reported and differ).
     let passwords: std::collections::BTreeSet<_> = events
         .iter()
-        .map(|e| e["access"]["initial_password"].as_str().expect("password").to_owned())
+        .map(|e| {
+            e["access"]["initial_password"]
+                .as_str()
+                .expect("password")
+                .to_owned()
+        })
         .collect();
-    assert_eq!(passwords.len(), 3, "each delivery reports the password it set");
+    assert_eq!(
+        passwords.len(),
+        3,
+        "each delivery reports the password it set"
+    );
 
     first.stop().await;
     env.finish(second).await;
@@ -115,7 +130,10 @@ async fn a_long_creation_waits_in_the_broker_and_is_requested_once() {
     let event = env.next_event().await;
     assert_eq!(event["event"], "aws.account.provisioned", "{event}");
     let stats = proxy.stats();
-    assert_eq!(stats.creations, 1, "CreateAccount requested once: {stats:?}");
+    assert_eq!(
+        stats.creations, 1,
+        "CreateAccount requested once: {stats:?}"
+    );
     assert_eq!(env.payer.member_accounts().await.len(), 1);
     env.finish(worker).await;
 }
@@ -149,13 +167,16 @@ async fn a_creation_that_ends_failed_with_email_already_exists_asks_the_customer
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_email_taken_by_another_order_is_refused_before_any_creation() {
-    let mut env = TestEnv::new(QUICK_RETRIES).await;
+    let mut env = TestEnv::fast(QUICK_RETRIES).await;
     let worker = env.spawn_worker().await;
     let email = format!("shared-{}@customer.example", crate::support::digits(8));
     let ecam = |email: &str| {
         order(
             &[("aws_account_email", email)],
-            &[("awsAccountModel", "ECAM"), ("provideRootUserForECAM", "Yes")],
+            &[
+                ("awsAccountModel", "ECAM"),
+                ("provideRootUserForECAM", "Yes"),
+            ],
         )
     };
     let first = ecam(&email);
@@ -197,7 +218,10 @@ async fn thirty_percent_of_calls_throttled_over_fifty_orders() {
     assert_eq!(events.len(), 50);
     assert_one_account_per_order(&env, &events).await;
     let stats = proxy.stats();
-    assert!(stats.throttled > 0 && stats.concurrent_modifications > 0, "{stats:?}");
+    assert!(
+        stats.throttled > 0 && stats.concurrent_modifications > 0,
+        "{stats:?}"
+    );
     eprintln!("50 orders, 50 accounts, proxy: {stats:?}");
     env.finish(worker).await;
 }
