@@ -1,8 +1,10 @@
 //! Integration tests: the worker in-process (and as a process) against the real RabbitMQ and a
 //! real moto. Each test gets its own queue and exchange names and its own moto payer account
-//! with its own organization, so tests run in parallel without seeing each other.
+//! with its own organization, so tests run in parallel without seeing each other. `deploy`
+//! checks the deployment material against the code and needs neither.
 
 mod binary;
+mod deploy;
 mod disruptive;
 mod faults;
 mod fixtures;
