@@ -546,8 +546,8 @@ fn the_definitions_are_the_topology_the_worker_declares() {
     let settings = defaults();
     assert_eq!(
         retry_delays(&settings.retry),
-        [1000, 2000, 4000, 8000, 16000, 32000, 64000],
-        "the default retry steps"
+        [1000, 2000, 4000, 8000, 16000, 30000, 32000, 64000],
+        "the default retry steps and the wait after an unsettled delivery"
     );
     let definitions = json_file("deploy/rabbitmq/definitions.json");
     let (exchanges, queues, bindings) = declared_topology(&settings);
