@@ -298,7 +298,7 @@ async fn process<O: Organizations>(
     };
     let order = match pipeline.resolve(&delivery.data) {
         Ok(order) => order,
-        Err(outcome) => return settle(outcome).await,
+        Err(outcome) => return settle(*outcome).await,
     };
     let span = order.span.clone();
     async {

@@ -77,7 +77,7 @@ impl<O: Organizations> Pipeline<O> {
     pub async fn process_one(&self, body: &[u8], progress: Progress) -> Outcome {
         match self.resolve(body) {
             Ok(order) => self.provision(&order, progress).await,
-            Err(outcome) => outcome,
+            Err(outcome) => *outcome,
         }
     }
 
@@ -86,17 +86,17 @@ impl<O: Organizations> Pipeline<O> {
     ///
     /// # Errors
     /// The [`Outcome`] of an order that goes no further: dead-letter or `failed`.
-    pub fn resolve(&self, body: &[u8]) -> Result<Resolved, Outcome> {
+    pub fn resolve(&self, body: &[u8]) -> Result<Resolved, Box<Outcome>> {
         let request = match order::parse(body) {
             Ok(request) => request,
             Err(malformed) => {
                 warn!(reason = malformed.error.code(), error = %malformed.error, "malformed order");
-                return Err(Outcome::DeadLetter(Failure {
+                return Err(Box::new(Outcome::DeadLetter(Failure {
                     reason: malformed.error.code().to_owned(),
                     message: malformed.error.to_string(),
                     ids: malformed.ids,
                     progress: Progress::default(),
-                }));
+                })));
             }
         };
         let span = info_span!(
@@ -111,7 +111,9 @@ impl<O: Organizations> Pipeline<O> {
             Ok(plan) => plan,
             Err(rejection) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order rejected");
-                return Err(Outcome::Report(report::failed(&ids, None, &rejection)));
+                return Err(Box::new(Outcome::Report(report::failed(
+                    &ids, None, &rejection,
+                ))));
             }
         };
         info!(business_model = plan.model.as_str(), payer = %plan.payer, "business model resolved");
