@@ -23,6 +23,7 @@ use crate::broker::publisher::Publisher;
 use crate::broker::settle::{Settled, Settler};
 use crate::broker::{connect, topology};
 use crate::config::Settings;
+use crate::observability::{Metrics, Readiness};
 use crate::pipeline::Pipeline;
 use crate::provision::Progress;
 
@@ -39,6 +40,16 @@ pub struct Worker<O> {
     session: Session,
     pipeline: Arc<Pipeline<O>>,
     settings: Settings,
+    observed: Observed,
+}
+
+/// What the worker reports to the outside: metrics, and whether it is consuming.
+#[derive(Clone, Default)]
+pub struct Observed {
+    /// Counts of orders, outcomes and AWS calls.
+    pub metrics: Metrics,
+    /// Ready while consuming.
+    pub readiness: Readiness,
 }
 
 /// One broker connection and what hangs on it; a lost connection is replaced by a new session.
@@ -60,7 +71,7 @@ enum Ended {
 
 impl Session {
     /// Connects, declares the topology and starts consuming.
-    async fn open(settings: &Settings) -> lapin::Result<Self> {
+    async fn open(settings: &Settings, metrics: &Metrics) -> lapin::Result<Self> {
         let amqp = &settings.amqp;
         let connection = Arc::new(connect(&amqp.url).await?);
         let channel = connection.create_channel().await?;
@@ -76,7 +87,12 @@ impl Session {
                 FieldTable::default(),
             )
             .await?;
-        let settler = Settler::new(Publisher::open(&connection).await?, amqp, &settings.retry);
+        let settler = Settler::new(
+            Publisher::open(&connection).await?,
+            amqp,
+            &settings.retry,
+            metrics,
+        );
         let exclusive = Exclusive::new(&connection, &format!("{}.busy", amqp.orders_queue));
         info!(queue = %amqp.orders_queue, prefetch = amqp.prefetch, "consuming orders");
         Ok(Self {
@@ -96,6 +112,7 @@ impl Session {
         in_flight: &TaskTracker,
         lost: &CancellationToken,
         pipeline: &Arc<Pipeline<O>>,
+        metrics: &Metrics,
     ) -> Ended {
         loop {
             let next = tokio::select! {
@@ -104,6 +121,7 @@ impl Session {
             };
             match next {
                 Some(Ok(delivery)) => {
+                    let in_flight_now = metrics.received();
                     let task = handle(
                         delivery,
                         Arc::clone(pipeline),
@@ -116,6 +134,7 @@ impl Session {
                             () = lost.cancelled() => {}
                             () = task => {}
                         }
+                        drop(in_flight_now);
                     });
                 }
                 Some(Err(e)) => return Ended::Lost(e.to_string()),
@@ -130,11 +149,21 @@ impl<O: Organizations> Worker<O> {
     ///
     /// # Errors
     /// [`RunError::Broker`] when the broker cannot be reached or refuses the topology.
-    pub async fn start(settings: &Settings, pipeline: Arc<Pipeline<O>>) -> Result<Self, RunError> {
+    ///
+    /// The worker counts in `observed.metrics` and marks `observed.readiness` while it
+    /// consumes.
+    pub async fn start(
+        settings: &Settings,
+        pipeline: Arc<Pipeline<O>>,
+        observed: Observed,
+    ) -> Result<Self, RunError> {
+        let session = Session::open(settings, &observed.metrics).await?;
+        observed.readiness.set(true);
         Ok(Self {
-            session: Session::open(settings).await?,
+            session,
             pipeline,
             settings: settings.clone(),
+            observed,
         })
     }
 
@@ -150,14 +179,22 @@ impl<O: Organizations> Worker<O> {
             mut session,
             pipeline,
             settings,
+            observed,
         } = self;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let in_flight = TaskTracker::new();
             let lost = CancellationToken::new();
             let ended = session
-                .consume(&mut shutdown, &in_flight, &lost, &pipeline)
+                .consume(
+                    &mut shutdown,
+                    &in_flight,
+                    &lost,
+                    &pipeline,
+                    &observed.metrics,
+                )
                 .await;
+            observed.readiness.set(false);
             in_flight.close();
             match ended {
                 Ended::Shutdown => {
@@ -168,8 +205,11 @@ impl<O: Organizations> Worker<O> {
                     warn!(%reason, in_flight = in_flight.len(), "broker connection lost: orders in flight are abandoned and will be delivered again");
                     lost.cancel();
                     in_flight.wait().await;
-                    match reconnect(&settings, &mut shutdown).await {
-                        Some(new) => session = new,
+                    match reconnect(&settings, &observed.metrics, &mut shutdown).await {
+                        Some(new) => {
+                            session = new;
+                            observed.readiness.set(true);
+                        }
                         None => {
                             info!("stopped");
                             return;
@@ -221,12 +261,13 @@ async fn stop(
 /// first.
 async fn reconnect(
     settings: &Settings,
+    metrics: &Metrics,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,
 ) -> Option<Session> {
     loop {
         tokio::select! {
             () = shutdown.as_mut() => return None,
-            opened = Session::open(settings) => match opened {
+            opened = Session::open(settings, metrics) => match opened {
                 Ok(session) => {
                     info!("reconnected to the broker");
                     return Some(session);

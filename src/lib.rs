@@ -7,13 +7,15 @@
 //! - [`report`]: the result events;
 //! - [`broker`]: topology, consuming, publishing with confirms, and `settle`, the one place
 //!   that maps an outcome to ack, retry or dead-letter;
-//! - [`config`]: settings; [`app`]: wiring and the run loop.
+//! - [`config`]: settings; [`app`]: wiring and the run loop; [`observability`]: metrics and
+//!   health endpoints.
 
 pub mod app;
 pub mod aws;
 pub mod broker;
 pub mod config;
 pub mod domain;
+pub mod observability;
 pub mod pipeline;
 pub mod provision;
 pub mod report;

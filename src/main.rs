@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use aws_account_worker::app::Worker;
+use aws_account_worker::app::{Observed, Worker};
 use aws_account_worker::aws::sdk::SdkOrganizations;
 use aws_account_worker::config::Settings;
+use aws_account_worker::observability;
 use aws_account_worker::pipeline::Pipeline;
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
@@ -95,11 +96,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .timeout_config(aws_account_worker::aws::sdk::timeouts())
         .load()
         .await;
+    let observed = Observed::default();
+    let (_, serving) = observability::bind(
+        &settings.observability.listen,
+        observed.metrics.clone(),
+        observed.readiness.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot listen on observability.listen = {}",
+            settings.observability.listen
+        )
+    })?;
+    tokio::spawn(serving);
     let pipeline = Pipeline::new(
-        SdkOrganizations::new(&aws, &settings.aws.member_role_name),
+        SdkOrganizations::new(&aws, &settings.aws.member_role_name, &observed.metrics),
         &settings,
     );
-    let worker = Worker::start(&settings, pipeline)
+    let worker = Worker::start(&settings, pipeline, observed)
         .await
         .context("cannot start consuming (is the broker at amqp.url reachable?)")?;
     worker.run_until(shutdown_signal()).await;

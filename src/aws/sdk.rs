@@ -9,6 +9,12 @@ use aws_sdk_organizations::config::retry::RetryConfig;
 use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
 use aws_sdk_organizations::types::{CreateAccountState, Tag};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
@@ -17,6 +23,7 @@ use super::{
 };
 use crate::domain::ids::PolicyId;
 use crate::domain::names::IamUserName;
+use crate::observability::Metrics;
 
 /// Error codes that mean "try again later", whatever the operation.
 const TRANSIENT_CODES: &[&str] = &[
@@ -105,23 +112,58 @@ where
     }
 }
 
+/// Counts every AWS call in the metrics, by operation and outcome.
+#[derive(Debug)]
+struct CountCalls(Metrics);
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "CountCalls"
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
+        let outcome = match (context.output_or_error(), context.response()) {
+            (Some(Ok(_)), _) => "ok",
+            (_, Some(response)) if response.status().is_server_error() => "server_error",
+            (_, Some(_)) => "client_error",
+            (_, None) => "no_response",
+        };
+        self.0.aws_call(operation, outcome);
+        Ok(())
+    }
+}
+
 /// A payer's management account, reached with the SDK's own credentials chain.
 #[derive(Clone, Debug)]
 pub struct SdkOrganizations {
     config: SdkConfig,
+    metrics: Metrics,
     organizations: aws_sdk_organizations::Client,
     sts: aws_sdk_sts::Client,
     member_role_name: String,
 }
 
 impl SdkOrganizations {
-    /// Clients over `config` (credentials, region, endpoint); `member_role_name` is the access
-    /// role assumed in new accounts.
-    pub fn new(config: &SdkConfig, member_role_name: &str) -> Self {
+    /// Clients over `config` (credentials, region, endpoint) that count their calls in
+    /// `metrics`; `member_role_name` is the access role assumed in new accounts.
+    pub fn new(config: &SdkConfig, member_role_name: &str, metrics: &Metrics) -> Self {
+        let organizations = aws_sdk_organizations::config::Builder::from(config)
+            .interceptor(CountCalls(metrics.clone()))
+            .build();
+        let sts = aws_sdk_sts::config::Builder::from(config)
+            .interceptor(CountCalls(metrics.clone()))
+            .build();
         Self {
             config: config.clone(),
-            organizations: aws_sdk_organizations::Client::new(config),
-            sts: aws_sdk_sts::Client::new(config),
+            metrics: metrics.clone(),
+            organizations: aws_sdk_organizations::Client::from_conf(organizations),
+            sts: aws_sdk_sts::Client::from_conf(sts),
             member_role_name: member_role_name.to_owned(),
         }
     }
@@ -337,6 +379,7 @@ impl Organizations for SdkOrganizations {
         );
         let config = aws_sdk_iam::config::Builder::from(&self.config)
             .credentials_provider(credentials)
+            .interceptor(CountCalls(self.metrics.clone()))
             .build();
         Ok(SdkMemberIam {
             iam: aws_sdk_iam::Client::from_conf(config),

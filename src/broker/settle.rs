@@ -13,6 +13,7 @@ use super::headers::{self, History};
 use super::publisher::{PublishError, Publisher};
 use super::topology::{retry_delay_ms, retry_queue, retry_queue_for};
 use crate::config::{AmqpSettings, RetrySettings};
+use crate::observability::Metrics;
 use crate::pipeline::{Failure, Outcome};
 use crate::report::{self, Event};
 
@@ -25,6 +26,13 @@ pub enum Settled {
     Retrying,
     /// It is in the dead-letter queue.
     DeadLettered,
+}
+
+/// What a settled delivery adds to the metrics.
+enum Count {
+    Event(Event),
+    Retried(String),
+    DeadLettered(String),
 }
 
 /// Why a delivery could not be settled; the caller hands it back to the broker.
@@ -44,6 +52,7 @@ pub struct Settler {
     publisher: Publisher,
     amqp: AmqpSettings,
     retry: RetrySettings,
+    metrics: Metrics,
 }
 
 fn now() -> String {
@@ -52,11 +61,17 @@ fn now() -> String {
 
 impl Settler {
     /// A settler publishing on `publisher` with the names and retry policy of the settings.
-    pub fn new(publisher: Publisher, amqp: &AmqpSettings, retry: &RetrySettings) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        amqp: &AmqpSettings,
+        retry: &RetrySettings,
+        metrics: &Metrics,
+    ) -> Self {
         Self {
             publisher,
             amqp: amqp.clone(),
             retry: retry.clone(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -71,39 +86,58 @@ impl Settler {
         history: &History,
         outcome: Outcome,
     ) -> Result<Settled, SettleError> {
-        let settled = match outcome {
+        let (settled, count) = match outcome {
             Outcome::Report(event) => {
                 self.publish_event(&event).await?;
-                Settled::Reported
+                (Settled::Reported, Count::Event(event))
             }
             Outcome::Retry(failure) => {
                 let attempts = history.attempts + 1;
                 if attempts >= self.retry.max_attempts {
-                    self.dead_letter(delivery, history, &failure, attempts)
-                        .await?
+                    let settled = self
+                        .dead_letter(delivery, history, &failure, attempts)
+                        .await?;
+                    (settled, Count::DeadLettered(failure.reason))
                 } else {
                     let delay = retry_delay_ms(&self.retry, attempts);
                     // Jitter: wait between half and all of the step's delay.
                     let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);
-                    self.schedule_retry(delivery, history, &failure, attempts, delay, wait)
-                        .await?
+                    let settled = self
+                        .schedule_retry(delivery, history, &failure, attempts, delay, wait)
+                        .await?;
+                    (settled, Count::Retried(failure.reason))
                 }
             }
             Outcome::Later(failure, wait) => {
                 let wait = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 let queue = retry_queue_for(&self.retry, wait);
-                self.schedule_retry(delivery, history, &failure, history.attempts, queue, wait)
-                    .await?
+                let settled = self
+                    .schedule_retry(delivery, history, &failure, history.attempts, queue, wait)
+                    .await?;
+                (settled, Count::Retried(failure.reason))
             }
             Outcome::DeadLetter(failure) => {
-                self.dead_letter(delivery, history, &failure, history.attempts + 1)
-                    .await?
+                let settled = self
+                    .dead_letter(delivery, history, &failure, history.attempts + 1)
+                    .await?;
+                (settled, Count::DeadLettered(failure.reason))
             }
         };
         delivery
             .ack(BasicAckOptions::default())
             .await
             .map_err(SettleError::Ack)?;
+        match count {
+            Count::Event(event) if event.name == report::PROVISIONED => self.metrics.provisioned(),
+            Count::Event(event) => {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&event.body).unwrap_or_default();
+                self.metrics
+                    .failed(body["failure"]["code"].as_str().unwrap_or("UNKNOWN"));
+            }
+            Count::Retried(reason) => self.metrics.retried(&reason),
+            Count::DeadLettered(reason) => self.metrics.dead_lettered(&reason),
+        }
         Ok(settled)
     }
 

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::faults::{FaultProxy, Faults};
 use crate::support::{
-    Payer, TestEnv, assert_one_account_per_order, collect, moto_config, moto_fast_endpoint,
-    root_order,
+    DEADLINE, Payer, TestEnv, WorkerHandle, assert_one_account_per_order, collect, moto_config,
+    moto_fast_endpoint, root_order,
 };
 
 fn rabbitmqctl(args: &[&str]) {
@@ -19,6 +19,18 @@ fn rabbitmqctl(args: &[&str]) {
         .status()
         .expect("rabbitmqctl runs (RabbitMQ is installed here)");
     assert!(status.success(), "rabbitmqctl {args:?}");
+}
+
+/// Waits until `/readyz` answers `status`, with a deadline.
+async fn wait_for_readiness(worker: &WorkerHandle, status: u16) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while worker.get("/readyz").await.0 != status {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,10 +66,13 @@ async fn a_broker_restart_in_the_middle_of_fifty_orders_loses_and_duplicates_not
         collect(&mut events, env.next_event().await);
     }
 
+    assert_eq!(worker.get("/readyz").await.0, 200);
     rabbitmqctl(&["stop_app"]);
+    wait_for_readiness(&worker, 503).await;
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
     env.reconnect().await;
+    wait_for_readiness(&worker, 200).await;
 
     while ids.iter().any(|id| !events.contains_key(id)) {
         collect(&mut events, env.next_event().await);

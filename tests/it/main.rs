@@ -9,6 +9,7 @@ mod disruptive;
 mod faults;
 mod fixtures;
 mod malformed;
+mod observability;
 mod orders;
 mod retries;
 mod safety;

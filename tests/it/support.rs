@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use aws_account_worker::app::Worker;
+use aws_account_worker::app::{Observed, Worker};
 use aws_account_worker::aws::sdk::SdkOrganizations;
 use aws_account_worker::broker::topology;
 use aws_account_worker::config::Settings;
+use aws_account_worker::observability;
 use aws_account_worker::pipeline::Pipeline;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_organizations::types::{OrganizationFeatureSet, PolicyType};
@@ -312,16 +313,35 @@ impl TestEnv {
         self.events = events;
     }
 
-    /// Starts the worker in-process; returns once it consumes.
+    /// Starts the worker in-process, with its observability endpoints on a free port; returns
+    /// once it consumes.
     pub async fn spawn_worker(&self) -> WorkerHandle {
-        let aws = SdkOrganizations::new(&self.aws, &self.settings.aws.member_role_name);
-        let worker = Worker::start(&self.settings, Pipeline::new(aws, &self.settings))
+        let observed = Observed::default();
+        let (address, serving) = observability::bind(
+            "127.0.0.1:0",
+            observed.metrics.clone(),
+            observed.readiness.clone(),
+        )
+        .await
+        .expect("bind observability");
+        let serving = tokio::spawn(serving);
+        let aws = SdkOrganizations::new(
+            &self.aws,
+            &self.settings.aws.member_role_name,
+            &observed.metrics,
+        );
+        let worker = Worker::start(&self.settings, Pipeline::new(aws, &self.settings), observed)
             .await
             .expect("worker starts");
         let stop = CancellationToken::new();
         let token = stop.clone();
         let join = tokio::spawn(async move { worker.run_until(token.cancelled_owned()).await });
-        WorkerHandle { stop, join }
+        WorkerHandle {
+            stop,
+            join,
+            address,
+            serving,
+        }
     }
 
     /// Publishes an order body to the orders exchange, with confirm.
@@ -462,6 +482,9 @@ pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
 pub struct WorkerHandle {
     stop: CancellationToken,
     join: JoinHandle<()>,
+    /// Where its `/metrics`, `/healthz` and `/readyz` answer.
+    pub address: std::net::SocketAddr,
+    serving: JoinHandle<()>,
 }
 
 impl WorkerHandle {
@@ -472,6 +495,12 @@ impl WorkerHandle {
             .await
             .expect("worker stops in time")
             .expect("worker task");
+        self.serving.abort();
+    }
+
+    /// GETs `path` from its observability endpoints: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.address, path).await
     }
 }
 
@@ -727,4 +756,26 @@ pub async fn assert_one_account_per_order(
             );
         }
     }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the observability endpoint");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
