@@ -6,6 +6,7 @@
 mod binary;
 mod deploy;
 mod disruptive;
+mod docs;
 mod faults;
 mod fixtures;
 mod malformed;
