@@ -24,6 +24,13 @@ trap 'kill -TERM "$worker" 2>/dev/null || true' EXIT
 
 target/debug/examples/demo publish examples/orders/*.json
 
+# What an operator's Prometheus would scrape (observability.listen in examples/demo.toml).
+listen="$(sed -n 's/^listen = "\(.*\)"/\1/p' examples/demo.toml)"
+python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+  "http://${listen:-127.0.0.1:9898}/metrics" >target/demo/metrics.txt
+echo "demo: the worker's counts (all of /metrics is in target/demo/metrics.txt):" >&2
+grep -E '^aws_account_worker_(orders|aws_calls)' target/demo/metrics.txt >&2 || true
+
 kill -TERM "$worker"
 status=0
 wait "$worker" || status=$?
