@@ -126,6 +126,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_0() {
             "run",
         ])
         .env("RUST_LOG", "trace")
+        .env("WORKER__OBSERVABILITY__LISTEN", "127.0.0.1:0")
         .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
         .env("AWS_SECRET_ACCESS_KEY", &secret_key)
         .env("AWS_SESSION_TOKEN", &session_token)

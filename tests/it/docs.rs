@@ -68,8 +68,7 @@ fn the_configuration_reference_lists_every_key_with_its_default() {
     let file = std::fs::read_to_string(format!("{ROOT}/config/default.toml")).expect("file");
     for (key, default) in &reference {
         let name = key.rsplit('.').next().unwrap_or(key);
-        let documented_optional =
-            default == "(unset)" && file.contains(&format!("# {name} = "));
+        let documented_optional = default == "(unset)" && file.contains(&format!("# {name} = "));
         assert!(
             defaults.contains_key(key) || documented_optional,
             "README lists `{key}`, which config/default.toml neither sets nor documents"

@@ -83,12 +83,12 @@ async fn not_ready_before_consuming_but_alive() {
         .expect("free port")
         .port();
     // The broker is unreachable: the worker keeps trying to connect, and is not consuming.
-    let config = write_config(&format!(
-        "{}\n[observability]\nlisten = \"127.0.0.1:{port}\"\n",
-        env.toml
-            .replace("127.0.0.1:5672", &format!("127.0.0.1:{closed}"))
-    ));
-    let worker = WorkerProcess::spawn(&env, &config, &env.payer.endpoint).await;
+    let config = write_config(
+        &env.toml
+            .replace("127.0.0.1:5672", &format!("127.0.0.1:{closed}")),
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let worker = WorkerProcess::spawn_listening(&env, &config, &env.payer.endpoint, &listen).await;
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while tokio::net::TcpStream::connect(address).await.is_err() {

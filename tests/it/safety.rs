@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::faults::{Creation, End, FaultProxy, Faults};
 use crate::support::{
-    Payer, TestEnv, WorkerProcess, assert_one_account_per_order, collect, moto_config,
+    DEADLINE, Payer, TestEnv, WorkerProcess, assert_one_account_per_order, collect, moto_config,
     moto_fast_endpoint, order, provisioned_events, root_order, write_config,
 };
 
@@ -254,7 +254,12 @@ async fn a_worker_killed_at_random_moments_loses_nothing_and_duplicates_nothing(
             // Collect events for a random while, then kill the worker and start another.
             let pause = Duration::from_millis(rand::rng().random_range(300..1500));
             let until = tokio::time::Instant::now() + pause;
-            while let Ok(event) = tokio::time::timeout_at(until, env.next_event()).await {
+            // Only the wait for a delivery is cut short, never its acknowledgement: an event
+            // taken from the stream and then dropped would look lost.
+            while let Some(event) = env
+                .next_event_within(until.saturating_duration_since(tokio::time::Instant::now()))
+                .await
+            {
                 collect(&mut events, event);
             }
             worker.signal("KILL");
@@ -262,7 +267,13 @@ async fn a_worker_killed_at_random_moments_loses_nothing_and_duplicates_nothing(
             kills += 1;
             worker = WorkerProcess::spawn(&env, &config, &endpoint).await;
         } else {
-            let event = env.next_event().await;
+            let Some(event) = env.next_event_within(DEADLINE).await else {
+                panic!(
+                    "{} of 100 orders provisioned after {kills} kills; the last worker's log:\n{}",
+                    events.len(),
+                    worker.log_tail()
+                );
+            };
             collect(&mut events, event);
         }
     }
@@ -315,7 +326,14 @@ async fn sigterm_with_orders_in_flight_exits_0_within_the_grace_period_and_loses
 
     let worker = WorkerProcess::spawn(&env, &config, &proxy.endpoint).await;
     while ids.iter().any(|id| !events.contains_key(id)) {
-        collect(&mut events, env.next_event().await);
+        let Some(event) = env.next_event_within(DEADLINE).await else {
+            panic!(
+                "{} of 20 orders provisioned; the second worker's log:\n{}",
+                events.len(),
+                worker.log_tail()
+            );
+        };
+        collect(&mut events, event);
     }
     assert_one_account_per_order(&env, &events).await;
     eprintln!(

@@ -371,9 +371,17 @@ impl TestEnv {
 
     /// The next result event, or a panic at the deadline.
     pub async fn next_event(&mut self) -> Value {
-        let delivery = tokio::time::timeout(DEADLINE, self.events.next())
+        self.next_event_within(DEADLINE)
             .await
             .expect("an event within the deadline")
+    }
+
+    /// The next result event, or `None` after `limit` (only the wait for a delivery is timed,
+    /// so a cut-short wait loses no event).
+    pub async fn next_event_within(&mut self, limit: Duration) -> Option<Value> {
+        let delivery = tokio::time::timeout(limit, self.events.next())
+            .await
+            .ok()?
             .expect("event stream open")
             .expect("event delivery");
         delivery
@@ -400,7 +408,7 @@ impl TestEnv {
             Some(delivery.routing_key.as_str()),
             "routing key is the event name"
         );
-        event
+        Some(event)
     }
 
     /// Takes every message now in the dead-letter queue: (headers, body).
@@ -620,6 +628,17 @@ impl WorkerProcess {
     /// Starts `aws-account-worker --config <config> run` against the AWS `endpoint` with the
     /// payer's credentials. Returns at once: the worker connects in the background.
     pub async fn spawn(env: &TestEnv, config: &tempfile::NamedTempFile, endpoint: &str) -> Self {
+        // Tests run in parallel: each worker's endpoints on a port of their own.
+        Self::spawn_listening(env, config, endpoint, "127.0.0.1:0").await
+    }
+
+    /// Like `spawn`, with `/metrics`, `/healthz` and `/readyz` on `listen`.
+    pub async fn spawn_listening(
+        env: &TestEnv,
+        config: &tempfile::NamedTempFile,
+        endpoint: &str,
+        listen: &str,
+    ) -> Self {
         use aws_credential_types::provider::ProvideCredentials;
         let credentials = env
             .payer
@@ -631,6 +650,7 @@ impl WorkerProcess {
         let child = std::process::Command::new(BIN)
             .args(["--config", config.path().to_str().expect("path"), "run"])
             .env("RUST_LOG", "info")
+            .env("WORKER__OBSERVABILITY__LISTEN", listen)
             .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
             .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key())
             .env(
