@@ -36,6 +36,8 @@ struct Cli {
 enum Command {
     /// Consume and process orders until SIGTERM/SIGINT
     Run,
+    /// Check the configuration, the broker and AWS: one line per check, exit 1 on any failure
+    Check,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,8 +46,15 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs to standard error at `RUST_LOG`, by default `info`; for `check` without lapin's channel
+/// errors, since there a missing queue's `NOT_FOUND` is an answer, reported on standard output.
+fn init_logging(format: LogFormat, check: bool) {
+    let default = if check {
+        "info,lapin::channel=off"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -57,7 +66,7 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, matches!(cli.command, Command::Check));
     let file = cli
         .config
         .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| Path::new(p).is_file()));
@@ -77,6 +86,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run => runtime.block_on(run(settings)),
+        Command::Check => runtime.block_on(check(&settings, file.as_deref())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,6 +113,18 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("cannot start consuming (is the broker at amqp.url reachable?)")?;
     worker.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
+/// `check`: each check prints its line on standard output; any failure exits 1.
+async fn check(settings: &Settings, file: Option<&Path>) -> anyhow::Result<()> {
+    let summary = aws_account_worker::check::run_and_print(settings, file).await;
+    anyhow::ensure!(
+        summary.failed() == 0,
+        "{} of {} checks failed",
+        summary.failed(),
+        summary.lines.len()
+    );
     Ok(())
 }
 
