@@ -8,11 +8,13 @@
 //! - [`broker`]: topology, consuming, publishing with confirms, and `settle`, the one place
 //!   that maps an outcome to ack, retry or dead-letter;
 //! - [`config`]: settings; [`app`]: wiring and the run loop; [`observability`]: metrics and
-//!   health endpoints.
+//!   health endpoints;
+//! - [`check`]: the `check` command, which tries a deployment's configuration, broker and AWS.
 
 pub mod app;
 pub mod aws;
 pub mod broker;
+pub mod check;
 pub mod config;
 pub mod domain;
 pub mod observability;

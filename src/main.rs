@@ -10,8 +10,6 @@ use aws_account_worker::aws::sdk::SdkOrganizations;
 use aws_account_worker::config::Settings;
 use aws_account_worker::observability;
 use aws_account_worker::pipeline::Pipeline;
-use aws_config::BehaviorVersion;
-use aws_config::meta::region::RegionProviderChain;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -37,6 +35,8 @@ struct Cli {
 enum Command {
     /// Consume and process orders until SIGTERM/SIGINT
     Run,
+    /// Check the configuration, the broker and AWS: one line per check, exit 1 on any failure
+    Check,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -45,8 +45,15 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs to standard error at `RUST_LOG`, by default `info`; for `check` without lapin's channel
+/// errors, since there a missing queue's `NOT_FOUND` is an answer, reported on standard output.
+fn init_logging(format: LogFormat, check: bool) {
+    let default = if check {
+        "info,lapin::channel=off"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -58,7 +65,7 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, matches!(cli.command, Command::Check));
     let file = cli
         .config
         .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| Path::new(p).is_file()));
@@ -78,6 +85,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run => runtime.block_on(run(settings)),
+        Command::Check => runtime.block_on(check(&settings, file.as_deref())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,13 +97,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    // Organizations is a global service homed in us-east-1: use it when no region is configured.
-    let region = RegionProviderChain::default_provider().or_else("us-east-1");
-    let aws = aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .timeout_config(aws_account_worker::aws::sdk::timeouts())
-        .load()
-        .await;
+    let aws = aws_account_worker::aws::sdk::load_config().await;
     let observed = Observed::default();
     let (_, serving) = observability::bind(
         &settings.observability.listen,
@@ -118,6 +120,18 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("cannot start consuming (is the broker at amqp.url reachable?)")?;
     worker.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
+/// `check`: each check prints its line on standard output; any failure exits 1.
+async fn check(settings: &Settings, file: Option<&Path>) -> anyhow::Result<()> {
+    let summary = aws_account_worker::check::run_and_print(settings, file).await;
+    anyhow::ensure!(
+        summary.failed() == 0,
+        "{} of {} checks failed",
+        summary.failed(),
+        summary.lines.len()
+    );
     Ok(())
 }
 

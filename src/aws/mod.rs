@@ -1,6 +1,8 @@
 //! The AWS side, behind narrow traits that speak our types. The pipeline never sees an SDK
-//! type; [`sdk`] implements the traits over the AWS SDK clients.
+//! type; [`sdk`] implements the traits over the AWS SDK clients. [`probe`] holds the read-only
+//! queries of `check`.
 
+pub mod probe;
 pub mod sdk;
 
 use std::fmt;

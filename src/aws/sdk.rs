@@ -63,6 +63,19 @@ pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
         .build()
 }
 
+/// The SDK configuration of the worker's AWS calls: credentials, region and endpoint from the
+/// standard chain, `us-east-1` when no region is configured (Organizations is a global service
+/// homed there), and [`timeouts`].
+pub async fn load_config() -> SdkConfig {
+    let region =
+        aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(region)
+        .timeout_config(timeouts())
+        .load()
+        .await
+}
+
 /// Where a call went: the payer's organization, or a freshly created member account.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Target {

@@ -25,11 +25,7 @@ const CONNECT_ATTEMPTS: usize = 6;
 /// # Errors
 /// The broker cannot be reached or refuses the credentials after every attempt.
 pub async fn connect(url: &SecretString) -> lapin::Result<Connection> {
-    let attempt = || async {
-        let properties =
-            ConnectionProperties::default().with_connection_name("aws-account-worker".into());
-        Connection::connect(url.expose_secret(), properties).await
-    };
+    let attempt = || connect_attempt(url);
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
         .with_max_delay(Duration::from_secs(8))
@@ -40,4 +36,28 @@ pub async fn connect(url: &SecretString) -> lapin::Result<Connection> {
         .sleep(tokio::time::sleep)
         .notify(|error, wait| warn!(%error, ?wait, "broker not reachable yet; retrying"))
         .await
+}
+
+/// One connection attempt, named for the management UI.
+async fn connect_attempt(url: &SecretString) -> lapin::Result<Connection> {
+    let properties =
+        ConnectionProperties::default().with_connection_name("aws-account-worker".into());
+    Connection::connect(url.expose_secret(), properties).await
+}
+
+/// Opens a connection to the broker at `url` in one attempt that gives up after `limit`: for
+/// `check`, which reports an unreachable broker instead of waiting for it.
+///
+/// # Errors
+/// The broker cannot be reached or refuses the credentials; no answer within `limit` is an
+/// I/O error of kind `TimedOut`.
+pub async fn connect_once(url: &SecretString, limit: Duration) -> lapin::Result<Connection> {
+    match tokio::time::timeout(limit, connect_attempt(url)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {}s", limit.as_secs_f32()),
+        )
+        .into()),
+    }
 }

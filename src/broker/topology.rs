@@ -1,5 +1,5 @@
 //! The queues and exchanges the worker uses (CONTRACT §3, §5, §6), declared idempotently at
-//! start-up.
+//! start-up, and looked for (without declaring) by `check`.
 //!
 //! ```text
 //! connect.orders (topic) --aws.account.new--> aws-account-orders (quorum)
@@ -9,8 +9,9 @@
 //! ```
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
 use crate::config::{AmqpSettings, RetrySettings};
 
@@ -203,6 +204,114 @@ pub async fn declare(
     .await
 }
 
+/// The names of the exchanges and queues [`declare`] declares (bindings aside).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// Exchange names.
+    pub exchanges: Vec<String>,
+    /// Queue names.
+    pub queues: Vec<String>,
+}
+
+impl Names {
+    /// True when there is no name at all.
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty() && self.queues.is_empty()
+    }
+}
+
+/// Every exchange and queue the worker declares, in declaration order.
+pub fn names(amqp: &AmqpSettings, retry: &RetrySettings) -> Names {
+    let mut queues = vec![amqp.dead_letter_queue.clone(), amqp.orders_queue.clone()];
+    queues.extend(
+        retry_delays(retry)
+            .into_iter()
+            .map(|d| retry_queue(amqp, d)),
+    );
+    queues.push(amqp.unrouted_queue.clone());
+    Names {
+        exchanges: vec![
+            amqp.dead_letter_exchange.clone(),
+            amqp.orders_exchange.clone(),
+            amqp.unrouted_exchange.clone(),
+            amqp.results_exchange.clone(),
+        ],
+        queues,
+    }
+}
+
+const PASSIVE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
+    passive: true,
+    ..DURABLE_EXCHANGE
+};
+
+const PASSIVE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: true,
+    ..DURABLE_QUEUE
+};
+
+/// True for the broker's `NOT_FOUND` answer to a passive declare.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
+/// Whether an exchange (`kind` given) or a queue (`kind` `None`) named `name` exists: a
+/// passive declare on a channel of its own, since a failed one closes its channel. It declares
+/// nothing and does not compare types or arguments.
+async fn exists(
+    connection: &Connection,
+    name: &str,
+    kind: Option<ExchangeKind>,
+) -> lapin::Result<bool> {
+    let channel = connection.create_channel().await?;
+    let declared = match kind {
+        Some(kind) => {
+            channel
+                .exchange_declare(name.into(), kind, PASSIVE_EXCHANGE, FieldTable::default())
+                .await
+        }
+        None => channel
+            .queue_declare(name.into(), PASSIVE_QUEUE, FieldTable::default())
+            .await
+            .map(|_| ()),
+    };
+    match declared {
+        Ok(()) => {
+            // The answer is in; a channel that fails to close is the broker's business.
+            let _ = channel.close(200, "checked".into()).await;
+            Ok(true)
+        }
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The exchanges and queues of [`names`] that do not exist on the broker.
+///
+/// # Errors
+/// The broker refuses a look (e.g. `ACCESS_REFUSED`) or the connection fails.
+pub async fn missing(
+    connection: &Connection,
+    amqp: &AmqpSettings,
+    retry: &RetrySettings,
+) -> lapin::Result<Names> {
+    let expected = names(amqp, retry);
+    let mut missing = Names::default();
+    for name in expected.exchanges {
+        // A passive declare checks the name only; the kind is not compared.
+        if !exists(connection, &name, Some(ExchangeKind::Topic)).await? {
+            missing.exchanges.push(name);
+        }
+    }
+    for name in expected.queues {
+        if !exists(connection, &name, None).await? {
+            missing.queues.push(name);
+        }
+    }
+    Ok(missing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +369,35 @@ mod tests {
         assert_eq!(retry_queue_for(&r, 1001), 2000);
         assert_eq!(retry_queue_for(&r, 30_000), 30_000);
         assert_eq!(retry_queue_for(&r, 1_000_000), 64_000);
+    }
+
+    #[test]
+    fn names_cover_every_declared_queue_and_exchange() {
+        let amqp: AmqpSettings = crate::config::Settings::from_toml(
+            "[business_model]\nprovider_email_domain = \"provider.example\"",
+        )
+        .expect("valid")
+        .amqp;
+        let names = names(&amqp, &retry(1000, 300_000, 8));
+        assert_eq!(
+            names.exchanges,
+            [
+                "aws-account-orders.dlx",
+                "connect.orders",
+                "connect.order-results.unrouted",
+                "connect.order-results"
+            ]
+        );
+        assert_eq!(
+            names.queues.len(),
+            2 + 8 + 1,
+            "dlq, orders, 8 retry queues, unrouted"
+        );
+        assert!(
+            names
+                .queues
+                .contains(&"aws-account-orders.retry.30000ms".to_owned())
+        );
+        assert!(!names.is_empty());
     }
 }

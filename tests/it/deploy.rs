@@ -757,6 +757,18 @@ fn sdk_operations() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The operations `check` makes, from `src/aws/probe.rs`: `probe_error("ListRoots", &e)`.
+fn probe_operations() -> Vec<String> {
+    read("src/aws/probe.rs")
+        .split("probe_error(\"")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once('"')
+                .map(|(operation, _)| operation.to_owned())
+        })
+        .collect()
+}
+
 #[test]
 fn the_iam_policies_allow_every_call_the_worker_makes() {
     let settings = defaults();
@@ -782,6 +794,17 @@ fn the_iam_policies_allow_every_call_the_worker_makes() {
             (_, "Member") => needed_member.insert(format!("iam:{operation}")),
             (_, other) => panic!("unknown target {other} for {operation}"),
         };
+    }
+    let probed = probe_operations();
+    assert!(
+        probed.iter().any(|op| op == "ListRoots"),
+        "src/aws/probe.rs no longer names ListRoots through probe_error: update this test"
+    );
+    for operation in probed {
+        // STS GetCallerIdentity needs no permission.
+        if operation != "GetCallerIdentity" {
+            needed_payer.insert(format!("organizations:{operation}"));
+        }
     }
     for action in &needed_payer {
         assert!(payer.contains_key(action), "payer policy lacks {action}");

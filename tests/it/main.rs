@@ -4,6 +4,7 @@
 //! checks the deployment material against the code and needs neither.
 
 mod binary;
+mod check;
 mod deploy;
 mod disruptive;
 mod docs;

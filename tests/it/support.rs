@@ -236,7 +236,7 @@ pub struct TestEnv {
 }
 
 /// The `[amqp]` section with names unique to `id`.
-fn amqp_section(id: &str) -> String {
+pub fn amqp_section(id: &str) -> String {
     format!(
         r#"
         [amqp]

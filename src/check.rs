@@ -1,0 +1,852 @@
+//! `aws-account-worker check`: tries a deployment before it takes orders. Seven checks run in a
+//! fixed order and each reports one [`Line`]: `ok   <check>: <detail>`, `FAIL <check>: <reason>;
+//! <what to do>`, or `skip <check>: <why not>` when a check depends on one that failed (the
+//! topology needs the broker; the organization needs AWS credentials; the SCP ids need the
+//! organization). A skipped check is not a failure of its own: the check it depends on already
+//! failed. The configuration itself was loaded and validated before any of this runs: a
+//! configuration that does not load exits 2 naming the key, as `run` does.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use crate::aws::probe::{OrganizationInfo, Probe, ProbeError, ProbeFailure, SdkProbe};
+use crate::broker::{self, topology};
+use crate::config::{ENV_PREFIX, Settings};
+use crate::domain::model::ModelSettings;
+
+/// How long the broker check waits for the broker to answer, in its one attempt.
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The checks, in the order they run.
+pub const CHECKS: [&str; 7] = [
+    CONFIGURATION,
+    IAM_NAMES,
+    BROKER,
+    TOPOLOGY,
+    AWS_CREDENTIALS,
+    ORGANIZATION,
+    SCPS,
+];
+/// The configuration loads and is valid.
+pub const CONFIGURATION: &str = "configuration";
+/// The member role name and the IAM user policy ARNs are well-formed.
+pub const IAM_NAMES: &str = "iam names";
+/// The broker answers at `amqp.url`.
+pub const BROKER: &str = "broker";
+/// Every exchange and queue the worker uses exists.
+pub const TOPOLOGY: &str = "topology";
+/// The SDK's credentials work (STS `GetCallerIdentity`).
+pub const AWS_CREDENTIALS: &str = "aws credentials";
+/// The caller manages an organization with all features and SCPs enabled.
+pub const ORGANIZATION: &str = "organization";
+/// Every configured SCP id exists.
+pub const SCPS: &str = "service control policies";
+
+/// How a check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// It passed.
+    Ok,
+    /// It failed: `check` exits 1.
+    Fail,
+    /// It did not run because a check it depends on failed.
+    Skip,
+}
+
+/// One check's result, printed as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// How it ended.
+    pub status: Status,
+    /// Which check, one of [`CHECKS`].
+    pub check: &'static str,
+    /// The detail (ok), the reason and what to do (FAIL), or why it did not run (skip).
+    pub text: String,
+}
+
+impl Line {
+    fn new(status: Status, check: &'static str, text: &str) -> Self {
+        // One line per check, whatever a broker or AWS message holds.
+        let text = text.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+        Self {
+            status,
+            check,
+            text,
+        }
+    }
+
+    fn ok(check: &'static str, text: impl AsRef<str>) -> Self {
+        Self::new(Status::Ok, check, text.as_ref())
+    }
+
+    fn fail(check: &'static str, reason: impl fmt::Display, action: impl fmt::Display) -> Self {
+        Self::new(Status::Fail, check, &format!("{reason}; {action}"))
+    }
+
+    fn skip(check: &'static str, text: impl AsRef<str>) -> Self {
+        Self::new(Status::Skip, check, text.as_ref())
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.status {
+            Status::Ok => "ok  ",
+            Status::Fail => "FAIL",
+            Status::Skip => "skip",
+        };
+        write!(f, "{tag} {}: {}", self.check, self.text)
+    }
+}
+
+/// Every line of a run, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// One per check.
+    pub lines: Vec<Line>,
+}
+
+impl Summary {
+    /// How many checks failed.
+    pub fn failed(&self) -> usize {
+        self.count(Status::Fail)
+    }
+
+    /// How many checks did not run.
+    pub fn skipped(&self) -> usize {
+        self.count(Status::Skip)
+    }
+
+    fn count(&self, status: Status) -> usize {
+        self.lines.iter().filter(|l| l.status == status).count()
+    }
+}
+
+/// Runs every check with the AWS SDK configuration `run` uses and [`BROKER_TIMEOUT`], writing
+/// each line to standard output as soon as it is known. `file` is the configuration file the
+/// settings were loaded from, if any (it is named in the first line).
+pub async fn run_and_print(settings: &Settings, file: Option<&Path>) -> Summary {
+    let aws = crate::aws::sdk::load_config().await;
+    let probe = SdkProbe::new(&aws);
+    run(settings, file, &probe, BROKER_TIMEOUT, |line| {
+        // A closed standard output (`check | head -1`) must not stop the checks.
+        let _ = writeln!(std::io::stdout(), "{line}");
+    })
+    .await
+}
+
+/// Runs the checks in order against the broker of `settings` and AWS through `probe`, handing
+/// each line to `emit` as soon as it is known.
+pub async fn run<P: Probe>(
+    settings: &Settings,
+    file: Option<&Path>,
+    probe: &P,
+    broker_timeout: Duration,
+    mut emit: impl FnMut(&Line),
+) -> Summary {
+    let mut summary = Summary::default();
+    let mut report = |line: Line| {
+        emit(&line);
+        summary.lines.push(line);
+    };
+
+    report(configuration(file, &environment_keys()));
+    report(iam_names(settings));
+
+    let connection = match broker::connect_once(&settings.amqp.url, broker_timeout).await {
+        Ok(connection) => {
+            report(Line::ok(
+                BROKER,
+                format!("connected to {}", broker_address(settings)),
+            ));
+            Some(connection)
+        }
+        Err(e) => {
+            report(Line::fail(
+                BROKER,
+                format!("cannot connect to {}: {e}", broker_address(settings)),
+                "check amqp.url (WORKER__AMQP__URL): host, port, user, password and vhost, and that RabbitMQ runs and this host can reach it",
+            ));
+            None
+        }
+    };
+    match &connection {
+        Some(connection) => {
+            report(topology_line(connection, settings).await);
+            // The answers are in; a close that fails changes nothing.
+            let _ = connection.close(200, "check done".into()).await;
+        }
+        None => report(Line::skip(
+            TOPOLOGY,
+            "not checked: the broker is not reachable",
+        )),
+    }
+
+    let identity = match probe.caller_identity().await {
+        Ok(identity) => {
+            report(Line::ok(
+                AWS_CREDENTIALS,
+                format!("account {}, {}", identity.account, identity.arn),
+            ));
+            Some(identity)
+        }
+        Err(e) => {
+            report(Line::fail(AWS_CREDENTIALS, &e, credentials_hint(&e)));
+            None
+        }
+    };
+
+    let organization = match &identity {
+        Some(identity) => {
+            let (line, organization) = organization(probe, &identity.account).await;
+            report(line);
+            organization
+        }
+        None => {
+            report(Line::skip(
+                ORGANIZATION,
+                "not checked: the AWS credentials do not work",
+            ));
+            None
+        }
+    };
+
+    let configured = configured_scps(settings);
+    let line = match (&organization, configured.is_empty()) {
+        (_, true) => Line::ok(SCPS, "none configured"),
+        (Some(organization), false) => scps(probe, organization, &configured).await,
+        (None, false) if identity.is_none() => {
+            Line::skip(SCPS, "not checked: the AWS credentials do not work")
+        }
+        (None, false) => Line::skip(SCPS, "not checked: no organization to look in"),
+    };
+    report(line);
+    summary
+}
+
+/// The `WORKER__…` variables set in the environment (names only: values may be secret).
+fn environment_keys() -> Vec<String> {
+    let mut keys: Vec<String> = std::env::vars_os()
+        .filter_map(|(key, _)| key.into_string().ok())
+        .filter(|key| {
+            key.get(..ENV_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Check 1: the settings loaded, so they are valid; says where they came from.
+fn configuration(file: Option<&Path>, environment: &[String]) -> Line {
+    let mut sources = vec!["built-in defaults".to_owned()];
+    if let Some(file) = file {
+        sources.push(file.display().to_string());
+    }
+    if !environment.is_empty() {
+        sources.push(format!("environment {}", environment.join(", ")));
+    }
+    Line::ok(CONFIGURATION, format!("valid ({})", sources.join(" + ")))
+}
+
+/// Every business-model layer of the configuration with its key path: `business_model`,
+/// `marketplaces."MP-…"`, `marketplaces."MP-…".opcos."TA-…"`.
+fn layers(settings: &Settings) -> Vec<(String, &ModelSettings)> {
+    let mut layers = vec![("business_model".to_owned(), &settings.business_model)];
+    for (marketplace, section) in &settings.marketplaces {
+        let path = format!("marketplaces.\"{marketplace}\"");
+        for (opco, layer) in &section.opcos {
+            layers.push((format!("{path}.opcos.\"{opco}\""), layer));
+        }
+        layers.push((path, &section.settings));
+    }
+    layers.sort_by(|a, b| a.0.cmp(&b.0));
+    layers
+}
+
+/// Check 2: the member role name (validated with the configuration) and every IAM user policy
+/// ARN of every layer.
+fn iam_names(settings: &Settings) -> Line {
+    let mut arns = 0;
+    let mut bad = Vec::new();
+    for (path, layer) in layers(settings) {
+        for arn in layer.iam_user_policy_arns.iter().flatten() {
+            arns += 1;
+            if let Err(why) = policy_arn_problem(arn) {
+                bad.push(format!("`{arn}` in {path}.iam_user_policy_arns: {why}"));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        return Line::fail(
+            IAM_NAMES,
+            bad.join(", "),
+            "write each as arn:aws:iam::aws:policy/NAME (AWS managed) or arn:aws:iam::<12-digit account id>:policy/[PATH/]NAME",
+        );
+    }
+    let plural = if arns == 1 { "" } else { "s" };
+    Line::ok(
+        IAM_NAMES,
+        format!(
+            "member role `{}`, {arns} IAM user policy ARN{plural} well-formed",
+            settings.aws.member_role_name
+        ),
+    )
+}
+
+/// The partitions an IAM policy ARN may name.
+const PARTITIONS: [&str; 3] = ["aws", "aws-cn", "aws-us-gov"];
+
+/// What makes `arn` not an IAM managed-policy ARN
+/// (`arn:<partition>:iam::<aws|12 digits>:policy/[path/]name`), if anything. Path segments and
+/// the name are 1 to 128 of IAM's characters (letters, digits, `+=,.@_-`).
+fn policy_arn_problem(arn: &str) -> Result<(), String> {
+    let fields: Vec<&str> = arn.splitn(6, ':').collect();
+    let ["arn", partition, service, region, owner, resource] = fields.as_slice() else {
+        return Err("not of the form arn:aws:iam::<owner>:policy/<name>".to_owned());
+    };
+    if !PARTITIONS.contains(partition) {
+        return Err(format!(
+            "partition `{partition}` is not one of {}",
+            PARTITIONS.join(", ")
+        ));
+    }
+    if *service != "iam" {
+        return Err(format!("service `{service}` is not `iam`"));
+    }
+    if !region.is_empty() {
+        return Err(format!("IAM ARNs have no region, found `{region}`"));
+    }
+    if *owner != "aws" && !(owner.len() == 12 && owner.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(format!(
+            "owner `{owner}` is neither `aws` nor a 12-digit account id"
+        ));
+    }
+    let Some(path) = resource.strip_prefix("policy/") else {
+        return Err(format!(
+            "resource `{resource}` does not start with `policy/`"
+        ));
+    };
+    if path.len() > 512 + 128 {
+        return Err("path and name are longer than IAM allows".to_owned());
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() {
+            return Err(format!("empty path segment or name in `{resource}`"));
+        }
+        if segment.len() > 128 {
+            return Err(format!("`{segment}` is longer than 128 characters"));
+        }
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !c.is_ascii_alphanumeric() && !"+=,.@_-".contains(*c))
+        {
+            return Err(format!(
+                "`{segment}` holds `{c}`, which IAM names do not allow (letters, digits and +=,.@_- only)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where the broker is, without the password: `host:port, vhost V, user U`.
+fn broker_address(settings: &Settings) -> String {
+    match lapin::uri::AMQPUri::from_str(settings.amqp.url.expose_secret()) {
+        Ok(uri) => format!(
+            "{}:{}, vhost {}, user {}",
+            uri.authority.host, uri.authority.port, uri.vhost, uri.authority.userinfo.username
+        ),
+        // Configuration validation refuses such a URL; never print it, it may hold a password.
+        Err(_) => "amqp.url".to_owned(),
+    }
+}
+
+/// Check 4: passive declares of every exchange and queue the worker uses.
+async fn topology_line(connection: &lapin::Connection, settings: &Settings) -> Line {
+    let expected = topology::names(&settings.amqp, &settings.retry);
+    match topology::missing(connection, &settings.amqp, &settings.retry).await {
+        Ok(missing) if missing.is_empty() => Line::ok(
+            TOPOLOGY,
+            format!(
+                "all {} exchanges and {} queues present",
+                expected.exchanges.len(),
+                expected.queues.len()
+            ),
+        ),
+        Ok(missing) => {
+            let mut parts = Vec::new();
+            if !missing.exchanges.is_empty() {
+                parts.push(format!("exchanges {}", missing.exchanges.join(", ")));
+            }
+            if !missing.queues.is_empty() {
+                parts.push(format!("queues {}", missing.queues.join(", ")));
+            }
+            Line::fail(
+                TOPOLOGY,
+                format!("missing {}", parts.join(" and ")),
+                "start the worker once (it declares its topology at start-up), or import deploy/rabbitmq/definitions.json (it holds the default names)",
+            )
+        }
+        Err(e) => Line::fail(
+            TOPOLOGY,
+            format!("cannot look for the exchanges and queues: {e}"),
+            "check the broker user's permissions on the vhost",
+        ),
+    }
+}
+
+/// True for an answer without an error code and with a 5xx status.
+fn is_server_error(error: &ProbeError) -> bool {
+    matches!(&error.failure, ProbeFailure::Service(code) if code.starts_with("HTTP 5"))
+}
+
+/// What to do when AWS gave no answer.
+const UNREACHABLE_HINT: &str =
+    "check the network path to AWS, the region, and AWS_ENDPOINT_URL if it is set";
+
+/// What to do when AWS answered with a server error and no error code.
+const SERVER_ERROR_HINT: &str =
+    "AWS (or AWS_ENDPOINT_URL, if it is set) failed on its side: try again later";
+
+/// What to do about failed credentials.
+fn credentials_hint(error: &ProbeError) -> &'static str {
+    if is_server_error(error) {
+        return SERVER_ERROR_HINT;
+    }
+    match error.failure {
+        ProbeFailure::Unreachable => UNREACHABLE_HINT,
+        ProbeFailure::Service(_) => {
+            "check the credentials the SDK finds (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, AWS_PROFILE, web identity, instance role)"
+        }
+        ProbeFailure::NotSent => {
+            "give the SDK credentials and a region (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity, instance role)"
+        }
+    }
+}
+
+/// What to do about a failed Organizations call.
+fn organizations_hint(error: &ProbeError) -> &'static str {
+    match error.failure {
+        ProbeFailure::Unreachable => UNREACHABLE_HINT,
+        _ if is_server_error(error) => SERVER_ERROR_HINT,
+        _ => {
+            "allow the calls of deploy/iam/payer-policy.json (statement CheckTheOrganization) to the worker's credentials"
+        }
+    }
+}
+
+/// Check 6: the caller's organization has all features, the caller is its management account,
+/// and SCPs are enabled on its root. Returns the organization when it exists, for check 7.
+async fn organization<P: Probe>(probe: &P, caller: &str) -> (Line, Option<OrganizationInfo>) {
+    let organization = match probe.organization().await {
+        Ok(organization) => organization,
+        Err(e) if e.is_code("AWSOrganizationsNotInUseException") => {
+            return (
+                Line::fail(
+                    ORGANIZATION,
+                    format!("account {caller} is not in an organization ({e})"),
+                    "use the credentials of the payer's management account, or create its organization with all features",
+                ),
+                None,
+            );
+        }
+        Err(e) => return (Line::fail(ORGANIZATION, &e, organizations_hint(&e)), None),
+    };
+    let mut problems: Vec<(String, String)> = Vec::new();
+    if organization.feature_set != "ALL" {
+        problems.push((
+            format!("feature set is {}, not ALL", organization.feature_set),
+            "enable all features in the organization (SCPs need them)".to_owned(),
+        ));
+    }
+    if organization.management_account != caller {
+        problems.push((
+            format!(
+                "account {caller} is a member, not the management account {}",
+                organization.management_account
+            ),
+            "use the management account's credentials (only it can call CreateAccount)".to_owned(),
+        ));
+    }
+    let mut root_id = None;
+    match probe.roots().await {
+        Ok(roots) => match roots.first() {
+            Some(root) if root.scps_enabled() => root_id = Some(root.id.clone()),
+            Some(root) => problems.push((
+                format!(
+                    "the SERVICE_CONTROL_POLICY type is {} on root {}",
+                    root.scp_status.as_deref().unwrap_or("not enabled"),
+                    root.id
+                ),
+                format!(
+                    "enable it: aws organizations enable-policy-type --root-id {} --policy-type SERVICE_CONTROL_POLICY",
+                    root.id
+                ),
+            )),
+            None => problems.push((
+                "ListRoots lists no root".to_owned(),
+                "check the organization in the AWS console".to_owned(),
+            )),
+        },
+        Err(e) => problems.push((e.to_string(), organizations_hint(&e).to_owned())),
+    }
+    let line = match root_id {
+        Some(root) if problems.is_empty() => Line::ok(
+            ORGANIZATION,
+            format!(
+                "{}, management account {}, all features, SCPs enabled on root {root}",
+                organization.id, organization.management_account
+            ),
+        ),
+        _ => {
+            let (reasons, actions): (Vec<String>, Vec<String>) = problems.into_iter().unzip();
+            Line::fail(
+                ORGANIZATION,
+                format!("{}: {}", organization.id, reasons.join(" and ")),
+                actions.join(", then "),
+            )
+        }
+    };
+    (line, Some(organization))
+}
+
+/// Every distinct SCP id of every layer, with the keys that name it.
+fn configured_scps(settings: &Settings) -> BTreeMap<String, Vec<String>> {
+    let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (path, layer) in layers(settings) {
+        for id in layer.service_control_policies.iter().flatten() {
+            let key = format!("{path}.service_control_policies");
+            let keys = ids.entry(id.clone()).or_default();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    ids
+}
+
+/// Check 7: `DescribePolicy` of every configured SCP id.
+async fn scps<P: Probe>(
+    probe: &P,
+    organization: &OrganizationInfo,
+    configured: &BTreeMap<String, Vec<String>>,
+) -> Line {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    let mut wrong_type = Vec::new();
+    let mut errors = Vec::new();
+    for (id, keys) in configured {
+        let keys = keys.join(", ");
+        match probe.policy(id).await {
+            Ok(Some(policy)) if policy.is_scp() => found.push(format!("{id} ({})", policy.name)),
+            Ok(Some(policy)) => wrong_type.push(format!(
+                "{id} is a {}, not a service control policy (in {keys})",
+                policy.kind
+            )),
+            Ok(None) => missing.push(format!("{id} (in {keys})")),
+            Err(e) => errors.push((format!("{id}: {e}"), organizations_hint(&e))),
+        }
+    }
+    if missing.is_empty() && wrong_type.is_empty() && errors.is_empty() {
+        let plural = if found.len() == 1 { "" } else { "s" };
+        return Line::ok(
+            SCPS,
+            format!("{} SCP{plural} found: {}", found.len(), found.join(", ")),
+        );
+    }
+    let mut reasons = Vec::new();
+    let mut actions = Vec::new();
+    if !missing.is_empty() {
+        reasons.push(format!(
+            "not found in {}: {}",
+            organization.id,
+            missing.join(", ")
+        ));
+        actions.push(
+            "create them in the payer's organization or fix the ids where they are configured",
+        );
+    }
+    if !wrong_type.is_empty() {
+        reasons.push(wrong_type.join(", "));
+        actions.push("configure service control policy ids only");
+    }
+    if !errors.is_empty() {
+        let (messages, hints): (Vec<String>, Vec<&str>) = errors.into_iter().unzip();
+        reasons.push(format!("cannot describe {}", messages.join(", ")));
+        if let Some(hint) = hints.first() {
+            actions.push(hint);
+        }
+    }
+    Line::fail(SCPS, reasons.join(" and "), actions.join(", and "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::probe::{CallerIdentity, PolicyInfo, RootInfo};
+
+    #[test]
+    fn lines_start_with_a_five_character_status() {
+        let lines = [
+            Line::ok(BROKER, "connected"),
+            Line::fail(BROKER, "down\n  and out", "start it"),
+            Line::skip(TOPOLOGY, "not checked"),
+        ];
+        let printed: Vec<String> = lines.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            printed,
+            [
+                "ok   broker: connected",
+                "FAIL broker: down and out; start it",
+                "skip topology: not checked"
+            ]
+        );
+    }
+
+    #[test]
+    fn policy_arns_follow_iam_rules() {
+        let good = [
+            "arn:aws:iam::aws:policy/AdministratorAccess",
+            "arn:aws:iam::aws:policy/job-function/Billing",
+            "arn:aws:iam::123456789012:policy/team/customer-admin+x=y,z.w@q_1",
+            "arn:aws-us-gov:iam::aws:policy/ReadOnlyAccess",
+        ];
+        for arn in good {
+            assert_eq!(policy_arn_problem(arn), Ok(()), "{arn}");
+        }
+        let bad = [
+            ("AdministratorAccess", "not of the form"),
+            ("arn:aws:iam::aws:policy/Admin Access", "holds ` `"),
+            ("arn:aws:iam::aws:policy/", "empty"),
+            ("arn:aws:iam::aws:policy//Admin", "empty"),
+            ("arn:aws:iam::aws:policy/team/", "empty"),
+            (
+                "arn:aws:iam::aws:role/Admin",
+                "does not start with `policy/`",
+            ),
+            ("arn:aws:s3::aws:policy/Admin", "service `s3`"),
+            ("arn:aws:iam:us-east-1:aws:policy/Admin", "no region"),
+            ("arn:aws:iam::12345:policy/Admin", "owner `12345`"),
+            ("arn:awz:iam::aws:policy/Admin", "partition `awz`"),
+            ("arn:aws:iam::aws:policy/Ädmin", "holds `Ä`"),
+        ];
+        for (arn, why) in bad {
+            let problem = policy_arn_problem(arn).expect_err(arn);
+            assert!(problem.contains(why), "{arn}: {problem}");
+        }
+        let long = format!("arn:aws:iam::aws:policy/{}", "a".repeat(129));
+        assert!(policy_arn_problem(&long).is_err());
+    }
+
+    fn settings(extra: &str) -> Settings {
+        Settings::from_toml(&format!(
+            "[business_model]\nprovider_email_domain = \"provider.example\"\n{extra}"
+        ))
+        .expect("valid settings")
+    }
+
+    #[test]
+    fn scps_are_gathered_from_every_layer_with_their_keys() {
+        let settings = settings(
+            "service_control_policies = [\"p-aaaaaaaa\"]\n\
+             [marketplaces.\"MP-1\"]\nservice_control_policies = [\"p-aaaaaaaa\", \"p-bbbbbbbb\"]\n\
+             [marketplaces.\"MP-1\".opcos.\"TA-1\"]\nservice_control_policies = [\"p-cccccccc\"]\n",
+        );
+        let ids = configured_scps(&settings);
+        assert_eq!(
+            ids["p-aaaaaaaa"],
+            [
+                "business_model.service_control_policies",
+                "marketplaces.\"MP-1\".service_control_policies"
+            ]
+        );
+        assert_eq!(
+            ids["p-cccccccc"],
+            ["marketplaces.\"MP-1\".opcos.\"TA-1\".service_control_policies"]
+        );
+        assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn a_bad_arn_in_a_marketplace_is_named_with_its_key() {
+        let settings = settings(
+            "[marketplaces.\"MP-1\"]\niam_user_policy_arns = [\"arn:aws:iam::aws:policy/Admin Access\"]\n",
+        );
+        let line = iam_names(&settings);
+        assert_eq!(line.status, Status::Fail);
+        assert!(
+            line.text
+                .contains("marketplaces.\"MP-1\".iam_user_policy_arns"),
+            "{line}"
+        );
+        let ok = iam_names(&self::settings(""));
+        assert_eq!(
+            ok.to_string(),
+            "ok   iam names: member role `OrganizationAccountAccessRole`, 1 IAM user policy ARN well-formed"
+        );
+    }
+
+    #[test]
+    fn the_configuration_line_names_its_sources_not_values() {
+        let line = configuration(
+            Some(Path::new("/etc/worker.toml")),
+            &["WORKER__AMQP__URL".to_owned()],
+        );
+        assert_eq!(
+            line.to_string(),
+            "ok   configuration: valid (built-in defaults + /etc/worker.toml + environment WORKER__AMQP__URL)"
+        );
+    }
+
+    /// A scripted AWS for the organization and SCP checks.
+    struct Fake {
+        organization: Result<OrganizationInfo, ProbeError>,
+        roots: Vec<RootInfo>,
+        policies: BTreeMap<String, PolicyInfo>,
+    }
+
+    impl Fake {
+        fn healthy() -> Self {
+            Self {
+                organization: Ok(OrganizationInfo {
+                    id: "o-abcdefghij".to_owned(),
+                    feature_set: "ALL".to_owned(),
+                    management_account: "111122223333".to_owned(),
+                }),
+                roots: vec![RootInfo {
+                    id: "r-ab12".to_owned(),
+                    scp_status: Some("ENABLED".to_owned()),
+                }],
+                policies: BTreeMap::from([(
+                    "p-aaaaaaaa".to_owned(),
+                    PolicyInfo {
+                        name: "deny-leave".to_owned(),
+                        kind: "SERVICE_CONTROL_POLICY".to_owned(),
+                    },
+                )]),
+            }
+        }
+    }
+
+    impl Probe for Fake {
+        async fn caller_identity(&self) -> Result<CallerIdentity, ProbeError> {
+            Ok(CallerIdentity {
+                account: "111122223333".to_owned(),
+                arn: "arn:aws:iam::111122223333:user/worker".to_owned(),
+            })
+        }
+
+        async fn organization(&self) -> Result<OrganizationInfo, ProbeError> {
+            self.organization.clone()
+        }
+
+        async fn roots(&self) -> Result<Vec<RootInfo>, ProbeError> {
+            Ok(self.roots.clone())
+        }
+
+        async fn policy(&self, id: &str) -> Result<Option<PolicyInfo>, ProbeError> {
+            Ok(self.policies.get(id).cloned())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_healthy_organization_passes() {
+        let (line, organization) = organization(&Fake::healthy(), "111122223333").await;
+        assert_eq!(
+            line.to_string(),
+            "ok   organization: o-abcdefghij, management account 111122223333, all features, SCPs enabled on root r-ab12"
+        );
+        assert!(organization.is_some());
+    }
+
+    #[tokio::test]
+    async fn every_organization_problem_is_named_on_one_line() {
+        let mut fake = Fake::healthy();
+        if let Ok(organization) = &mut fake.organization {
+            organization.feature_set = "CONSOLIDATED_BILLING".to_owned();
+        }
+        fake.roots[0].scp_status = None;
+        let (line, organization) = organization(&fake, "999988887777").await;
+        assert_eq!(line.status, Status::Fail);
+        for part in [
+            "feature set is CONSOLIDATED_BILLING, not ALL",
+            "account 999988887777 is a member, not the management account 111122223333",
+            "the SERVICE_CONTROL_POLICY type is not enabled on root r-ab12",
+            "enable-policy-type --root-id r-ab12",
+        ] {
+            assert!(line.text.contains(part), "{part}: {line}");
+        }
+        assert!(organization.is_some(), "the SCP ids can still be looked up");
+    }
+
+    #[tokio::test]
+    async fn no_organization_fails_and_gives_none() {
+        let mut fake = Fake::healthy();
+        fake.organization = Err(ProbeError {
+            operation: "DescribeOrganization",
+            failure: ProbeFailure::Service("AWSOrganizationsNotInUseException".to_owned()),
+            message: "Your account is not a member of an organization.".to_owned(),
+        });
+        let (line, organization) = organization(&fake, "111122223333").await;
+        assert!(
+            line.to_string()
+                .starts_with("FAIL organization: account 111122223333 is not in an organization"),
+            "{line}"
+        );
+        assert!(organization.is_none());
+    }
+
+    #[tokio::test]
+    async fn scps_name_the_missing_and_the_wrong_type_with_their_keys() {
+        let mut fake = Fake::healthy();
+        fake.policies.insert(
+            "p-tagtagtag".to_owned(),
+            PolicyInfo {
+                name: "tags".to_owned(),
+                kind: "TAG_POLICY".to_owned(),
+            },
+        );
+        let organization = fake.organization.clone().expect("organization");
+        let configured = BTreeMap::from([
+            (
+                "p-aaaaaaaa".to_owned(),
+                vec!["business_model.service_control_policies".to_owned()],
+            ),
+            (
+                "p-doesnotexist".to_owned(),
+                vec!["marketplaces.\"MP-1\".service_control_policies".to_owned()],
+            ),
+            (
+                "p-tagtagtag".to_owned(),
+                vec!["business_model.service_control_policies".to_owned()],
+            ),
+        ]);
+        let line = scps(&fake, &organization, &configured).await;
+        assert_eq!(line.status, Status::Fail);
+        assert!(
+            line.text.contains(
+                "not found in o-abcdefghij: p-doesnotexist (in marketplaces.\"MP-1\".service_control_policies)"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.text
+                .contains("p-tagtagtag is a TAG_POLICY, not a service control policy"),
+            "{line}"
+        );
+        let only_good = BTreeMap::from([(
+            "p-aaaaaaaa".to_owned(),
+            vec!["business_model.service_control_policies".to_owned()],
+        )]);
+        assert_eq!(
+            scps(&fake, &organization, &only_good).await.to_string(),
+            "ok   service control policies: 1 SCP found: p-aaaaaaaa (deny-leave)"
+        );
+    }
+}
