@@ -273,7 +273,9 @@ async fn find_or_create<O: Organizations>(
             info!(account_id, "account created");
             Ok(account_id)
         }
-        Err(Waited::Failed(reason)) if reason == "EMAIL_ALREADY_EXISTS" => {
+        Err(Waited::Failed(reason))
+            if reason == "EMAIL_ALREADY_EXISTS" || reason == CONCURRENT_ACCOUNT_MODIFICATION =>
+        {
             // The email's account may be this order's own (a request sent twice whose first
             // copy won): look again before telling the customer.
             match aws
@@ -285,11 +287,38 @@ async fn find_or_create<O: Organizations>(
                     info!(account_id = %account.id, "the email's account is this order's: resuming");
                     Ok(account.id.0)
                 }
+                // "You already submitted a request with the same information": the other
+                // request is still under way; the next attempt's gate follows it.
+                _ if reason == CONCURRENT_ACCOUNT_MODIFICATION => {
+                    Err(try_again(&reason, &request_id))
+                }
                 _ => Err(rejected_by_aws(&reason, plan)),
             }
         }
+        Err(Waited::Failed(reason)) if reason == INTERNAL_FAILURE => {
+            Err(try_again(&reason, &request_id))
+        }
         Err(Waited::Failed(reason)) => Err(rejected_by_aws(&reason, plan)),
         Err(Waited::Error(error)) => Err(fail(error, progress)),
+    }
+}
+
+/// A `FailureReason` after which nothing was created and a new request may succeed.
+const INTERNAL_FAILURE: &str = "INTERNAL_FAILURE";
+/// A `FailureReason` meaning another request with the same information is under way.
+const CONCURRENT_ACCOUNT_MODIFICATION: &str = "CONCURRENT_ACCOUNT_MODIFICATION";
+
+/// A creation that ended FAILED for a reason that is not the order's: nothing was created, so
+/// the next attempt starts again from the gate (its progress forgets the failed request).
+fn try_again(reason: &str, request_id: &str) -> ProvisionError {
+    ProvisionError::Aws {
+        error: AwsError {
+            retry: Retry::Transient,
+            operation: "CreateAccount",
+            code: Some(reason.to_owned()),
+            message: format!("account creation {request_id} failed with {reason}; trying again"),
+        },
+        progress: Progress::default(),
     }
 }
 
@@ -830,5 +859,38 @@ mod tests {
             ..Progress::default()
         };
         provision_root(&aws, progress).await.expect("provisioned");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_that_are_not_the_orders_are_tried_again_from_the_gate() {
+        for reason in ["INTERNAL_FAILURE", "CONCURRENT_ACCOUNT_MODIFICATION"] {
+            let aws = ScriptedOrganizations::with_states([CreateState::Failed {
+                reason: reason.into(),
+            }]);
+            let err = provision_root(&aws, Progress::default()).await;
+            let Err(ProvisionError::Aws { error, progress }) = err else {
+                panic!("{reason}: expected a transient error, got {err:?}");
+            };
+            assert_eq!(error.retry, Retry::Transient, "{reason}");
+            assert_eq!(error.code.as_deref(), Some(reason));
+            assert_eq!(
+                progress,
+                Progress::default(),
+                "{reason}: the failed request is forgotten"
+            );
+        }
+        // CONCURRENT_ACCOUNT_MODIFICATION whose account turns out to be the order's: resumed.
+        let aws = ScriptedOrganizations {
+            existing: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::with_states([CreateState::Failed {
+                reason: "CONCURRENT_ACCOUNT_MODIFICATION".into(),
+            }])
+        };
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            ..Progress::default()
+        };
+        let done = provision_root(&aws, progress).await.expect("provisioned");
+        assert_eq!(done.account_id, "111122223333");
     }
 }

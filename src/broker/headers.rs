@@ -79,8 +79,17 @@ impl History {
     }
 }
 
-/// Writes what provisioning achieved, for the next attempt or a replay to resume from.
+/// Writes what provisioning achieved, for the next attempt or a replay to resume from; the
+/// progress headers of an earlier attempt are replaced, not kept (a failed creation request
+/// that was given up must not be followed again).
 pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
+    let mut kept = FieldTable::default();
+    for (key, value) in headers.inner() {
+        if ![CREATE_REQUEST_ID, ACCOUNT_ID, STEP].contains(&key.as_str()) {
+            kept.insert(key.clone(), value.clone());
+        }
+    }
+    *headers = kept;
     if let Some(id) = &progress.create_request_id {
         set_text(headers, CREATE_REQUEST_ID, id);
     }
@@ -165,8 +174,23 @@ mod tests {
         ];
         for progress in cases {
             let mut headers = FieldTable::default();
+            set_text(&mut headers, "x-other", "kept");
             set_progress(&mut headers, &progress);
             assert_eq!(History::read(Some(&headers)).progress, progress);
+            // Written over an earlier attempt's progress, it replaces it.
+            let mut earlier = FieldTable::default();
+            set_progress(
+                &mut earlier,
+                &Progress {
+                    create_request_id: Some("car-old".into()),
+                    account_id: Some("999999999999".into()),
+                    policies_attached: true,
+                    maybe_in_flight: false,
+                },
+            );
+            set_progress(&mut earlier, &progress);
+            assert_eq!(History::read(Some(&earlier)).progress, progress);
+            assert!(headers.contains_key("x-other"));
         }
     }
 
