@@ -99,6 +99,14 @@ fn tags(order: &PurchaseRequest) -> Vec<(String, String)> {
     ]
 }
 
+/// An AWS call failed; `progress` is what to resume from.
+fn failed(error: AwsError, progress: &Progress) -> ProvisionError {
+    ProvisionError::Aws {
+        error,
+        progress: progress.clone(),
+    }
+}
+
 /// Provisions `plan` for `order`, resuming from `progress`. Every step is safe to run again:
 /// the account is looked for before it is requested, and the later steps accept what is
 /// already there.
@@ -114,11 +122,6 @@ pub async fn provision<O: Organizations>(
     mut progress: Progress,
     polling: Polling,
 ) -> Result<Provisioned, ProvisionError> {
-    let fail = |error, progress: &Progress| ProvisionError::Aws {
-        error,
-        progress: progress.clone(),
-    };
-
     let account_id = match progress.account_id.clone() {
         Some(id) => id,
         None => {
@@ -133,7 +136,7 @@ pub async fn provision<O: Organizations>(
         for policy in &plan.service_control_policies {
             aws.attach_policy(policy, &account)
                 .await
-                .map_err(|e| fail(e, &progress))?;
+                .map_err(|e| failed(e, &progress))?;
             debug!(policy = %policy, "service control policy attached");
         }
         progress.policies_attached = true;
@@ -145,21 +148,24 @@ pub async fn provision<O: Organizations>(
             user_name,
             policy_arns,
         } => {
-            let member = aws.member(&account).await.map_err(|e| fail(e, &progress))?;
+            let member = aws
+                .member(&account)
+                .await
+                .map_err(|e| failed(e, &progress))?;
             let password = password::generate();
             member
                 .create_user(user_name)
                 .await
-                .map_err(|e| fail(e, &progress))?;
+                .map_err(|e| failed(e, &progress))?;
             member
                 .set_login_profile(user_name, &password)
                 .await
-                .map_err(|e| fail(e, &progress))?;
+                .map_err(|e| failed(e, &progress))?;
             for arn in policy_arns {
                 member
                     .attach_user_policy(user_name, arn)
                     .await
-                    .map_err(|e| fail(e, &progress))?;
+                    .map_err(|e| failed(e, &progress))?;
             }
             info!(iam_user_name = %user_name, "IAM user ready");
             Granted::IamUser {
@@ -195,15 +201,11 @@ async fn find_or_create<O: Organizations>(
     progress: &mut Progress,
     polling: Polling,
 ) -> Result<String, ProvisionError> {
-    let fail = |error, progress: &Progress| ProvisionError::Aws {
-        error,
-        progress: progress.clone(),
-    };
     let source = match progress.create_request_id.clone() {
         Some(id) => Source::Own(
             aws.create_status(&id)
                 .await
-                .map_err(|e| fail(e, progress))?,
+                .map_err(|e| failed(e, progress))?,
         ),
         None => match gate(aws, order, plan).await? {
             Gate::Account(id) => {
@@ -215,7 +217,7 @@ async fn find_or_create<O: Organizations>(
                 Source::Adopted(
                     aws.create_status(&id)
                         .await
-                        .map_err(|e| fail(e, progress))?,
+                        .map_err(|e| failed(e, progress))?,
                 )
             }
             Gate::Nothing if progress.maybe_in_flight => return Err(ProvisionError::NotYet),
@@ -228,7 +230,7 @@ async fn find_or_create<O: Organizations>(
                 let status = aws
                     .create_account(&account)
                     .await
-                    .map_err(|e| fail(e, progress))?;
+                    .map_err(|e| failed(e, progress))?;
                 info!(create_request_id = %status.request_id, "account creation requested");
                 Source::Own(status)
             }
@@ -249,13 +251,13 @@ async fn find_or_create<O: Organizations>(
             let account = aws
                 .describe_account(&AccountId(account_id.clone()))
                 .await
-                .map_err(|e| fail(e, progress))?;
+                .map_err(|e| failed(e, progress))?;
             if is_ours(&account, order, plan) {
                 progress.create_request_id = Some(request_id);
                 info!(account_id, "account created");
                 Ok(account_id)
             } else {
-                Err(fail(
+                Err(failed(
                     AwsError {
                         retry: Retry::Transient,
                         operation: "CreateAccount",
@@ -281,7 +283,7 @@ async fn find_or_create<O: Organizations>(
             match aws
                 .find_account(plan.email.as_str())
                 .await
-                .map_err(|e| fail(e, progress))?
+                .map_err(|e| failed(e, progress))?
             {
                 Some(account) if is_ours(&account, order, plan) => {
                     info!(account_id = %account.id, "the email's account is this order's: resuming");
@@ -299,7 +301,7 @@ async fn find_or_create<O: Organizations>(
             Err(try_again(&reason, &request_id))
         }
         Err(Waited::Failed(reason)) => Err(rejected_by_aws(&reason, plan)),
-        Err(Waited::Error(error)) => Err(fail(error, progress)),
+        Err(Waited::Error(error)) => Err(failed(error, progress)),
     }
 }
 
@@ -357,10 +359,7 @@ async fn gate<O: Organizations>(
     order: &PurchaseRequest,
     plan: &Plan,
 ) -> Result<Gate, ProvisionError> {
-    let fail = |error| ProvisionError::Aws {
-        error,
-        progress: Progress::default(),
-    };
+    let fail = |error| failed(error, &Progress::default());
     if let Some(id) = aws
         .find_creation(plan.account_name.as_str())
         .await
