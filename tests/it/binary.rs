@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_credential_types::provider::ProvideCredentials;
 
-use crate::support::{BIN, TestEnv, moto_endpoint, order, write_config};
+use crate::support::{BIN, TestEnv, WorkerProcess, moto_endpoint, order, write_config};
 
 /// Runs the binary to completion with a deadline; returns (exit code, stderr).
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
@@ -116,27 +116,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_0() {
         .expect("session token")
         .to_owned();
     let secret_key = credentials.secret_access_key().to_owned();
-    let log_file = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = Command::new(BIN)
-        .args([
-            "--config",
-            config.path().to_str().expect("path"),
-            "--log-format",
-            "json",
-            "run",
-        ])
-        .env("RUST_LOG", "trace")
-        .env("WORKER__OBSERVABILITY__LISTEN", "127.0.0.1:0")
-        .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", &secret_key)
-        .env("AWS_SESSION_TOKEN", &session_token)
-        .env("AWS_ENDPOINT_URL", moto_endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(log_file.reopen().expect("log file"))
-        .stderr(log_file.reopen().expect("log file"))
-        .spawn()
-        .expect("spawn worker");
+    let mut worker = WorkerProcess::spawn_traced(&env, &config, &moto_endpoint()).await;
 
     let iam_order = order(&[], &[]);
     env.publish_json(&iam_order).await;
@@ -147,27 +127,12 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_0() {
         .expect("password")
         .to_owned();
 
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let deadline =
-        Instant::now() + Duration::from_secs(env.settings.worker.shutdown_grace_seconds + 10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not stop after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    worker.signal("TERM");
+    let grace = Duration::from_secs(env.settings.worker.shutdown_grace_seconds + 10);
+    let code = worker.exit(grace).await;
+    assert_eq!(code, Some(0), "SIGTERM exits 0");
 
-    let logs = std::fs::read_to_string(log_file.path()).expect("read logs");
+    let logs = std::fs::read_to_string(worker.logs.path()).expect("read logs");
     assert!(
         logs.contains("order provisioned"),
         "the logs are captured: {}",

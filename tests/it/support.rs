@@ -639,6 +639,25 @@ impl WorkerProcess {
         endpoint: &str,
         listen: &str,
     ) -> Self {
+        Self::launch(env, config, endpoint, listen, false).await
+    }
+
+    /// Like `spawn`, logging everything (`RUST_LOG=trace`) as JSON (`--log-format json`).
+    pub async fn spawn_traced(
+        env: &TestEnv,
+        config: &tempfile::NamedTempFile,
+        endpoint: &str,
+    ) -> Self {
+        Self::launch(env, config, endpoint, "127.0.0.1:0", true).await
+    }
+
+    async fn launch(
+        env: &TestEnv,
+        config: &tempfile::NamedTempFile,
+        endpoint: &str,
+        listen: &str,
+        traced: bool,
+    ) -> Self {
         use aws_credential_types::provider::ProvideCredentials;
         let credentials = env
             .payer
@@ -647,9 +666,14 @@ impl WorkerProcess {
             .await
             .expect("payer credentials");
         let logs = tempfile::NamedTempFile::new().expect("log file");
+        let mut args = vec!["--config", config.path().to_str().expect("path")];
+        if traced {
+            args.extend(["--log-format", "json"]);
+        }
+        args.push("run");
         let child = std::process::Command::new(BIN)
-            .args(["--config", config.path().to_str().expect("path"), "run"])
-            .env("RUST_LOG", "info")
+            .args(args)
+            .env("RUST_LOG", if traced { "trace" } else { "info" })
             .env("WORKER__OBSERVABILITY__LISTEN", listen)
             .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
             .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key())
@@ -660,7 +684,7 @@ impl WorkerProcess {
             .env("AWS_ENDPOINT_URL", endpoint)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(std::process::Stdio::null())
+            .stdout(logs.reopen().expect("log file"))
             .stderr(logs.reopen().expect("log file"))
             .spawn()
             .expect("spawn worker");
