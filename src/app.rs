@@ -21,6 +21,7 @@ use crate::broker::exclusive::Exclusive;
 use crate::broker::headers::History;
 use crate::broker::publisher::Publisher;
 use crate::broker::settle::{Settled, Settler};
+use crate::broker::slots::BrokerSlots;
 use crate::broker::{connect, topology};
 use crate::config::Settings;
 use crate::observability::{Metrics, Readiness};
@@ -59,6 +60,7 @@ struct Session {
     consumer: Consumer,
     settler: Settler,
     exclusive: Exclusive,
+    slots: BrokerSlots,
 }
 
 /// Why a session stopped consuming.
@@ -94,6 +96,11 @@ impl Session {
             metrics,
         );
         let exclusive = Exclusive::new(&connection, &format!("{}.busy", amqp.orders_queue));
+        let slots = BrokerSlots::new(
+            &connection,
+            &format!("{}.slot", amqp.orders_queue),
+            settings.slot_limits(),
+        );
         info!(queue = %amqp.orders_queue, prefetch = amqp.prefetch, "consuming orders");
         Ok(Self {
             connection,
@@ -101,6 +108,7 @@ impl Session {
             consumer,
             settler,
             exclusive,
+            slots,
         })
     }
 
@@ -127,6 +135,7 @@ impl Session {
                         Arc::clone(pipeline),
                         self.settler.clone(),
                         self.exclusive.clone(),
+                        self.slots.clone(),
                     );
                     let lost = lost.clone();
                     in_flight.spawn(async move {
@@ -294,6 +303,7 @@ async fn handle<O: Organizations>(
     pipeline: Arc<Pipeline<O>>,
     settler: Settler,
     exclusive: Exclusive,
+    slots: BrokerSlots,
 ) {
     let history = History::read(delivery.properties.headers().as_ref());
     let span = info_span!(
@@ -302,7 +312,7 @@ async fn handle<O: Organizations>(
         redelivered = delivery.redelivered
     );
     async {
-        let settled = AssertUnwindSafe(process(&delivery, &history, &pipeline, &settler, &exclusive))
+        let settled = AssertUnwindSafe(process(&delivery, &history, &pipeline, &settler, &exclusive, &slots))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Err("the pipeline panicked".to_owned()));
@@ -322,14 +332,16 @@ async fn handle<O: Organizations>(
 }
 
 /// Resolves the order, takes its exclusive key (one delivery at a time per account email,
-/// whichever worker holds it), provisions, settles, and gives the key back after settling, so
-/// that the next delivery of the same order finds the account and the event already out.
+/// whichever worker holds it), provisions (a `CreateAccount` in one of the shared `slots`),
+/// settles, and gives the key back after settling, so that the next delivery of the same order
+/// finds the account and the event already out.
 async fn process<O: Organizations>(
     delivery: &Delivery,
     history: &History,
     pipeline: &Pipeline<O>,
     settler: &Settler,
     exclusive: &Exclusive,
+    slots: &BrokerSlots,
 ) -> Result<Settled, String> {
     let settle = |outcome| async {
         settler
@@ -354,7 +366,7 @@ async fn process<O: Organizations>(
             maybe_in_flight: delivery.redelivered,
             ..history.progress.clone()
         };
-        let outcome = pipeline.provision(&order, progress).await;
+        let outcome = pipeline.provision(&order, progress, slots).await;
         let settled = settle(outcome).await;
         held.release().await;
         settled

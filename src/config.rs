@@ -132,8 +132,14 @@ pub struct RetrySettings {
 pub struct AwsSettings {
     /// The access role in new member accounts.
     pub member_role_name: String,
-    /// CreateAccount requests in progress per payer organization.
+    /// CreateAccount requests in progress per payer organization, across all replicas.
     pub max_concurrent_creations: u32,
+    /// How often orders waiting for a creation slot look for one another replica gave back.
+    pub creation_slot_poll_ms: u64,
+    /// Orders of one worker that may wait for a creation slot of one payer at once.
+    pub max_waiting_for_slot: u32,
+    /// The longest one delivery waits for a creation slot before going back to the broker.
+    pub creation_slot_wait_seconds: u64,
     /// Poll interval of DescribeCreateAccountStatus.
     pub create_status_poll_ms: u64,
     /// How long one attempt waits for a creation in progress.
@@ -154,6 +160,21 @@ pub struct PayerSettings {
 pub struct ObservabilitySettings {
     /// Address of the metrics and health endpoints.
     pub listen: String,
+}
+
+impl Settings {
+    /// How the creation slots are shared: `aws.max_waiting_for_slot` counts at most
+    /// `amqp.prefetch - 1` (at least 1), so that waiting orders never hold every delivery.
+    pub fn slot_limits(&self) -> crate::broker::slots::Limits {
+        let aws = &self.aws;
+        let room = usize::from(self.amqp.prefetch.saturating_sub(1)).max(1);
+        crate::broker::slots::Limits {
+            slots: aws.max_concurrent_creations as usize,
+            poll: std::time::Duration::from_millis(aws.creation_slot_poll_ms),
+            max_waiting: (aws.max_waiting_for_slot as usize).min(room),
+            max_wait: std::time::Duration::from_secs(aws.creation_slot_wait_seconds),
+        }
+    }
 }
 
 fn redacted<S: Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
@@ -260,6 +281,18 @@ impl Settings {
         if aws.max_concurrent_creations == 0 {
             return Err(invalid(
                 "aws.max_concurrent_creations",
+                "must be at least 1",
+            ));
+        }
+        if aws.creation_slot_poll_ms == 0 {
+            return Err(invalid("aws.creation_slot_poll_ms", "must be at least 1"));
+        }
+        if aws.max_waiting_for_slot == 0 {
+            return Err(invalid("aws.max_waiting_for_slot", "must be at least 1"));
+        }
+        if aws.creation_slot_wait_seconds == 0 {
+            return Err(invalid(
+                "aws.creation_slot_wait_seconds",
                 "must be at least 1",
             ));
         }

@@ -3,7 +3,7 @@
 //!
 //! - [`domain`]: the pure part (Connect request, business model, naming rules, outcomes);
 //! - [`pipeline`]: parse → resolve → provision → report, ending in an `Outcome`;
-//! - [`provision`] over the [`aws`] traits;
+//! - [`provision`] over the [`aws`] traits, with a [`slots`] limit on creations in progress;
 //! - [`report`]: the result events;
 //! - [`broker`]: topology, consuming, publishing with confirms, and `settle`, the one place
 //!   that maps an outcome to ack, retry or dead-letter;
@@ -21,3 +21,4 @@ pub mod observability;
 pub mod pipeline;
 pub mod provision;
 pub mod report;
+pub mod slots;

@@ -13,6 +13,7 @@ use crate::domain::model::{self, MarketplaceSettings, ModelSettings, Plan};
 use crate::domain::order::{self, PartialIds, PurchaseRequest};
 use crate::provision::{Polling, Progress, ProvisionError, provision};
 use crate::report::{self, Event};
+use crate::slots::{CreationSlots, Unlimited};
 
 /// What to do with a delivery once the pipeline is done with it.
 #[derive(Debug)]
@@ -22,8 +23,8 @@ pub enum Outcome {
     /// A transient failure: try again later, resuming from the failure's progress.
     Retry(Failure),
     /// Nothing failed, but the order cannot go on yet (another delivery of its account email
-    /// is being processed, or an earlier delivery's `CreateAccount` may be in flight): try
-    /// again after the wait, without counting an attempt.
+    /// is being processed, an earlier delivery's `CreateAccount` may be in flight, or no
+    /// creation slot came free): try again after the wait, without counting an attempt.
     Later(Failure, Duration),
     /// Not processable: dead-letter at once (a malformed message, or a permanent AWS error).
     DeadLetter(Failure),
@@ -45,7 +46,7 @@ pub struct Failure {
 
 /// The pipeline: AWS plus the settings that resolution and provisioning need.
 pub struct Pipeline<O> {
-    aws: O,
+    aws: Arc<O>,
     business_model: ModelSettings,
     marketplaces: BTreeMap<String, MarketplaceSettings>,
     polling: Polling,
@@ -60,7 +61,7 @@ impl<O: Organizations> Pipeline<O> {
     /// A pipeline over `aws` with the business-model and polling settings of `settings`.
     pub fn new(aws: O, settings: &Settings) -> Arc<Self> {
         Arc::new(Self {
-            aws,
+            aws: Arc::new(aws),
             business_model: settings.business_model.clone(),
             marketplaces: settings.marketplaces.clone(),
             polling: Polling {
@@ -73,10 +74,10 @@ impl<O: Organizations> Pipeline<O> {
     }
 
     /// Takes one order body through the pipeline, resuming from `progress`: [`Self::resolve`],
-    /// then [`Self::provision`].
+    /// then [`Self::provision`], without a limit on creations in progress.
     pub async fn process_one(&self, body: &[u8], progress: Progress) -> Outcome {
         match self.resolve(body) {
-            Ok(order) => self.provision(&order, progress).await,
+            Ok(order) => self.provision(&order, progress, &Unlimited).await,
             Err(outcome) => *outcome,
         }
     }
@@ -144,18 +145,29 @@ impl<O: Organizations> Pipeline<O> {
         )
     }
 
-    /// Provisions a resolved order, resuming from `progress`.
-    pub async fn provision(&self, order: &Resolved, progress: Progress) -> Outcome {
-        self.provision_order(order, progress)
+    /// Provisions a resolved order, resuming from `progress`; a `CreateAccount` waits for one
+    /// of `slots`.
+    pub async fn provision(
+        &self,
+        order: &Resolved,
+        progress: Progress,
+        slots: &impl CreationSlots,
+    ) -> Outcome {
+        self.provision_order(order, progress, slots)
             .instrument(order.span.clone())
             .await
     }
 
-    async fn provision_order(&self, order: &Resolved, progress: Progress) -> Outcome {
+    async fn provision_order(
+        &self,
+        order: &Resolved,
+        progress: Progress,
+        slots: &impl CreationSlots,
+    ) -> Outcome {
         let Resolved {
             request, plan, ids, ..
         } = order;
-        match provision(&self.aws, request, plan, progress, self.polling).await {
+        match provision(&self.aws, slots, request, plan, progress, self.polling).await {
             Ok(done) => {
                 info!(account_id = %done.account_id, "order provisioned");
                 Outcome::Report(report::provisioned(ids, plan, &done))
@@ -170,6 +182,18 @@ impl<O: Organizations> Pipeline<O> {
                         progress: Progress::default(),
                     },
                     self.in_flight_wait,
+                )
+            }
+            Err(ProvisionError::NoSlot(why)) => {
+                info!(reason = %why, wait = ?self.busy_wait, "no creation slot for this delivery: trying again later");
+                Outcome::Later(
+                    Failure {
+                        reason: "CREATION_SLOT_BUSY".to_owned(),
+                        message: format!("no CreateAccount slot of payer {}: {why}", plan.payer),
+                        ids: ids.clone(),
+                        progress: Progress::default(),
+                    },
+                    self.busy_wait,
                 )
             }
             Err(ProvisionError::Rejected(rejection)) => {

@@ -2,11 +2,12 @@
 //! safe to run again. What is known so far ([`Progress`]) travels with the order when it goes
 //! back to the broker, so a retry never asks AWS for a second account.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::aws::{
     ASSET_TAG, AccountId, AwsError, CreateState, CreateStatus, ExistingAccount, MemberIam,
@@ -18,6 +19,7 @@ use crate::domain::names::IamUserName;
 use crate::domain::order::PurchaseRequest;
 use crate::domain::outcome::{FailureCode, Rejection};
 use crate::domain::password;
+use crate::slots::{CreationSlots, NoSlot, Slot};
 
 /// What an earlier attempt of this order already achieved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +80,9 @@ pub enum ProvisionError {
     /// The gate found nothing, but an earlier delivery may have a `CreateAccount` in flight
     /// ([`Progress::maybe_in_flight`]): look again after a wait, before requesting an account.
     NotYet,
+    /// The gate found nothing, but no creation slot of the payer came free for this delivery:
+    /// nothing was requested, the order tries again later.
+    NoSlot(NoSlot),
     /// An AWS call failed; `progress` is what was achieved before it.
     Aws {
         /// The classified failure.
@@ -109,14 +114,17 @@ fn failed(error: AwsError, progress: &Progress) -> ProvisionError {
 
 /// Provisions `plan` for `order`, resuming from `progress`. Every step is safe to run again:
 /// the account is looked for before it is requested, and the later steps accept what is
-/// already there.
+/// already there. `CreateAccount` waits for a slot of the payer's organization from `slots`
+/// and holds it until the creation ends (see [`keep_until_done`] for a creation that outlasts
+/// the attempt).
 ///
 /// # Errors
 /// [`ProvisionError::Rejected`] for a business outcome (AWS ended the creation FAILED, the
 /// email belongs to another account); [`ProvisionError::Aws`] when a call fails, with the
-/// progress to resume from.
+/// progress to resume from; [`ProvisionError::NoSlot`] when no creation slot came.
 pub async fn provision<O: Organizations>(
-    aws: &O,
+    aws: &Arc<O>,
+    slots: &impl CreationSlots,
     order: &PurchaseRequest,
     plan: &Plan,
     mut progress: Progress,
@@ -125,7 +133,7 @@ pub async fn provision<O: Organizations>(
     let account_id = match progress.account_id.clone() {
         Some(id) => id,
         None => {
-            let id = find_or_create(aws, order, plan, &mut progress, polling).await?;
+            let id = find_or_create(aws, slots, order, plan, &mut progress, polling).await?;
             progress.account_id = Some(id.clone());
             id
         }
@@ -192,22 +200,26 @@ enum Source {
     Adopted(CreateStatus),
 }
 
-/// The idempotency gate, then `CreateAccount` only if the gate found nothing; then waits for
-/// the creation. Returns the account id; records the create request id in `progress`.
+/// The idempotency gate, then `CreateAccount` only if the gate found nothing, in a creation
+/// slot; then waits for the creation. Returns the account id; records the create request id in
+/// `progress`.
 async fn find_or_create<O: Organizations>(
-    aws: &O,
+    aws: &Arc<O>,
+    slots: &impl CreationSlots,
     order: &PurchaseRequest,
     plan: &Plan,
     progress: &mut Progress,
     polling: Polling,
 ) -> Result<String, ProvisionError> {
+    // Held from right before `CreateAccount` until the creation ends; dropping it gives it back.
+    let mut slot: Option<Slot> = None;
     let source = match progress.create_request_id.clone() {
         Some(id) => Source::Own(
             aws.create_status(&id)
                 .await
                 .map_err(|e| failed(e, progress))?,
         ),
-        None => match gate(aws, order, plan).await? {
+        None => match gate(aws.as_ref(), order, plan).await? {
             Gate::Account(id) => {
                 info!(account_id = %id, "the order's account already exists: resuming");
                 return Ok(id);
@@ -222,6 +234,10 @@ async fn find_or_create<O: Organizations>(
             }
             Gate::Nothing if progress.maybe_in_flight => return Err(ProvisionError::NotYet),
             Gate::Nothing => {
+                let taken = slots
+                    .acquire(&plan.payer)
+                    .await
+                    .map_err(ProvisionError::NoSlot)?;
                 let account = NewAccount {
                     email: plan.email.to_string(),
                     name: plan.account_name.to_string(),
@@ -232,6 +248,7 @@ async fn find_or_create<O: Organizations>(
                     .await
                     .map_err(|e| failed(e, progress))?;
                 info!(create_request_id = %status.request_id, "account creation requested");
+                slot = Some(taken);
                 Source::Own(status)
             }
         },
@@ -246,7 +263,7 @@ async fn find_or_create<O: Organizations>(
         Source::Adopted(status) => (status, true),
     };
     let request_id = status.request_id.clone();
-    match wait_for_account(aws, request_id.clone(), status.state, polling).await {
+    match wait_for_account(aws.as_ref(), request_id.clone(), status.state, polling).await {
         Ok(account_id) if adopted => {
             let account = aws
                 .describe_account(&AccountId(account_id.clone()))
@@ -301,8 +318,49 @@ async fn find_or_create<O: Organizations>(
             Err(try_again(&reason, &request_id))
         }
         Err(Waited::Failed(reason)) => Err(rejected_by_aws(&reason, plan)),
-        Err(Waited::Error(error)) => Err(failed(error, progress)),
+        Err(Waited::Error(error)) => {
+            // Still in progress (or unknown) at AWS: the slot stays taken until it ends.
+            if let Some(slot) = slot {
+                keep_until_done(Arc::clone(aws), request_id, slot, polling.interval);
+            }
+            Err(failed(error, progress))
+        }
     }
+}
+
+/// Status polls that may fail in a row before a watched slot is given back anyway.
+const WATCH_ERRORS: u32 = 30;
+
+/// Keeps `slot` taken while the creation `request_id` is in progress at AWS, after its order
+/// went back to the broker to wait: a small task polls the status every `interval` and gives
+/// the slot back once the creation ends (or the status cannot be read `WATCH_ERRORS` times in
+/// a row). Should the process die first, the slot comes back with its broker connection while
+/// the creation may still run: the limit then briefly undercounts, and AWS's own refusal is
+/// a transient error.
+pub fn keep_until_done<O: Organizations>(
+    aws: Arc<O>,
+    request_id: String,
+    slot: Slot,
+    interval: Duration,
+) {
+    tokio::spawn(async move {
+        let mut errors = 0;
+        while errors < WATCH_ERRORS {
+            tokio::time::sleep(interval).await;
+            match aws.create_status(&request_id).await {
+                Ok(status) if status.state == CreateState::InProgress => errors = 0,
+                Ok(_) => break,
+                Err(e) => {
+                    errors += 1;
+                    debug!(create_request_id = %request_id, error = %e, "polling a watched creation failed");
+                }
+            }
+        }
+        if errors >= WATCH_ERRORS {
+            warn!(create_request_id = %request_id, "a creation's status could not be read: its slot is given back");
+        }
+        drop(slot);
+    });
 }
 
 /// A `FailureReason` after which nothing was created and a new request may succeed.
@@ -433,6 +491,7 @@ mod tests {
     use crate::domain::email::AccountEmail;
     use crate::domain::model::AccountModel;
     use crate::domain::names::AccountName;
+    use crate::slots::{Local, Unlimited};
 
     /// Scripted Organizations: `CreateAccount` answers the first state, each status poll the
     /// next; every call is recorded by name.
@@ -573,7 +632,15 @@ mod tests {
         aws: &ScriptedOrganizations,
         progress: Progress,
     ) -> Result<Provisioned, ProvisionError> {
-        provision(aws, &order(), &plan(Access::RootUser), progress, POLLING).await
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan(Access::RootUser),
+            progress,
+            POLLING,
+        )
+        .await
     }
 
     fn succeeded() -> CreateState {
@@ -590,7 +657,8 @@ mod tests {
             succeeded(),
         ]);
         let done = provision(
-            &aws,
+            &Arc::new(aws.clone()),
+            &Unlimited,
             &order(),
             &plan(iam_user()),
             Progress::default(),
@@ -891,5 +959,125 @@ mod tests {
         };
         let done = provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(done.account_id, "111122223333");
+    }
+
+    /// Slots that never hand one out.
+    struct Refusing;
+
+    impl CreationSlots for Refusing {
+        async fn acquire(&self, _: &str) -> Result<Slot, NoSlot> {
+            Err(NoSlot::TooManyWaiting(32))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_account_waits_for_a_slot_of_the_payer() {
+        let slots = Local::new(1);
+        let taken = slots.acquire("default").await.expect("slot");
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        let shared = Arc::new(aws.clone());
+        let (order, plan) = (order(), plan(Access::RootUser));
+        let provisioning = provision(&shared, &slots, &order, &plan, Progress::default(), POLLING);
+        let mut provisioning = std::pin::pin!(provisioning);
+        let waited = tokio::time::timeout(Duration::from_secs(60), provisioning.as_mut()).await;
+        assert!(waited.is_err(), "no slot, no creation");
+        assert_eq!(created(&aws), 0, "the gate ran, CreateAccount did not");
+        drop(taken);
+        provisioning
+            .await
+            .expect("provisioned once the slot came back");
+        assert_eq!(created(&aws), 1);
+        assert_eq!(
+            slots.available("default"),
+            1,
+            "given back when the creation ended"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_the_gate_finds_needs_no_slot() {
+        let slots = Local::new(1);
+        let _taken = slots.acquire("default").await.expect("slot");
+        let aws = ScriptedOrganizations {
+            existing: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::default()
+        };
+        let (order, plan) = (order(), plan(Access::RootUser));
+        provision(
+            &Arc::new(aws),
+            &slots,
+            &order,
+            &plan,
+            Progress::default(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned without a slot");
+
+        // Nor does following a create request id of an earlier attempt.
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            ..Progress::default()
+        };
+        provision(&Arc::new(aws), &slots, &order, &plan, progress, POLLING)
+            .await
+            .expect("provisioned without a slot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_slot_means_later_and_nothing_requested() {
+        let aws = ScriptedOrganizations::default();
+        let (order, plan) = (order(), plan(Access::RootUser));
+        let shared = Arc::new(aws.clone());
+        let err = provision(
+            &shared,
+            &Refusing,
+            &order,
+            &plan,
+            Progress::default(),
+            POLLING,
+        )
+        .await;
+        assert!(
+            matches!(err, Err(ProvisionError::NoSlot(NoSlot::TooManyWaiting(32)))),
+            "{err:?}"
+        );
+        assert_eq!(created(&aws), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_creation_that_outlasts_the_attempt_keeps_its_slot_until_aws_ends_it() {
+        let slots = Local::new(1);
+        // CreateAccount and the attempt's 5 polls see IN_PROGRESS; so do the watcher's first
+        // 3 polls; the 4th sees it succeeded.
+        let aws = ScriptedOrganizations::with_states(
+            std::iter::repeat_n(CreateState::InProgress, 9).chain([succeeded()]),
+        );
+        let (order, plan) = (order(), plan(Access::RootUser));
+        let err = provision(
+            &Arc::new(aws.clone()),
+            &slots,
+            &order,
+            &plan,
+            Progress::default(),
+            POLLING,
+        )
+        .await;
+        assert!(matches!(err, Err(ProvisionError::Aws { .. })), "{err:?}");
+        assert_eq!(
+            slots.available("default"),
+            0,
+            "still held while AWS creates"
+        );
+        tokio::time::sleep(POLLING.interval * 3 + Duration::from_millis(1)).await;
+        assert_eq!(
+            slots.available("default"),
+            0,
+            "3 polls later, still in progress"
+        );
+        tokio::time::sleep(POLLING.interval).await;
+        tokio::task::yield_now().await;
+        assert_eq!(slots.available("default"), 1, "given back once it ended");
     }
 }

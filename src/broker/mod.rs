@@ -6,6 +6,7 @@ pub mod exclusive;
 pub mod headers;
 pub mod publisher;
 pub mod settle;
+pub mod slots;
 pub mod topology;
 
 use std::time::Duration;

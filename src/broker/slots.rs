@@ -1,0 +1,302 @@
+//! Creation slots shared by every replica on every machine, built on RabbitMQ itself: slot `i`
+//! of payer `p` is the exclusive queue `<prefix>.<p>.<i>`, and holding the slot means owning
+//! that queue. RabbitMQ lets one connection at a time own an exclusive queue and deletes it when
+//! that connection closes, so a crashed replica's slots come back by themselves, and there is
+//! nothing to seed or count. Each process runs one small task per payer that serves its local
+//! waiters first come first served: it hands a slot given back straight to the next local
+//! waiter, and while orders wait it looks for a free slot every `poll` (a refused exclusive
+//! declare closes its channel, so looking costs a channel per busy slot and round).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ErrorKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, info, warn};
+
+use crate::slots::{CreationSlots, NoSlot, Slot};
+
+/// AMQP reply code RESOURCE_LOCKED: another connection owns the exclusive queue.
+const RESOURCE_LOCKED: u16 = 405;
+
+/// How the slots are shared.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Slots per payer organization (`aws.max_concurrent_creations`).
+    pub slots: usize,
+    /// How often waiting orders look for a slot another replica gave back.
+    pub poll: Duration,
+    /// Orders of this process that may wait for one payer's slot at once.
+    pub max_waiting: usize,
+    /// The longest one order waits before it goes back to the broker.
+    pub max_wait: Duration,
+}
+
+/// The slots of every payer, on one broker connection. Cheap to clone.
+#[derive(Clone)]
+pub struct BrokerSlots {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Arc<Connection>,
+    prefix: String,
+    limits: Limits,
+    payers: Mutex<HashMap<String, Payer>>,
+}
+
+/// One payer's task, and how many local orders wait for it.
+#[derive(Clone)]
+struct Payer {
+    requests: mpsc::UnboundedSender<Request>,
+    waiting: Arc<AtomicUsize>,
+}
+
+enum Request {
+    /// A local order wants a slot.
+    Acquire(oneshot::Sender<Held>),
+    /// Slot `i` is given back.
+    Release(usize),
+}
+
+/// Slot `index`, owned by this process; dropped, it goes back to the payer's task.
+struct Held {
+    index: usize,
+    requests: Option<mpsc::UnboundedSender<Request>>,
+}
+
+impl Held {
+    /// Takes the slot back into the task without a release message.
+    fn disarm(mut self) -> usize {
+        self.requests = None;
+        self.index
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(requests) = self.requests.take() {
+            // A task that is gone had its connection closed: the queue is gone with it.
+            let _ = requests.send(Request::Release(self.index));
+        }
+    }
+}
+
+impl BrokerSlots {
+    /// Slots on `connection`, as exclusive queues named `<prefix>.<payer>.<i>`.
+    pub fn new(connection: &Arc<Connection>, prefix: &str, limits: Limits) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                connection: Arc::clone(connection),
+                prefix: prefix.to_owned(),
+                limits,
+                payers: Mutex::default(),
+            }),
+        }
+    }
+
+    fn payer(&self, payer: &str) -> Payer {
+        let mut payers = self
+            .inner
+            .payers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        payers
+            .entry(payer.to_owned())
+            .or_insert_with(|| {
+                let (requests, receiver) = mpsc::unbounded_channel();
+                let names = (0..self.inner.limits.slots)
+                    .map(|i| format!("{}.{payer}.{i}", self.inner.prefix))
+                    .collect();
+                let task = PayerTask {
+                    connection: Arc::clone(&self.inner.connection),
+                    names,
+                    owned: vec![None; self.inner.limits.slots],
+                    waiters: VecDeque::new(),
+                    requests: requests.clone(),
+                };
+                tokio::spawn(task.run(receiver, self.inner.limits.poll));
+                Payer {
+                    requests,
+                    waiting: Arc::default(),
+                }
+            })
+            .clone()
+    }
+}
+
+/// Counts one local waiter while it lives.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl CreationSlots for BrokerSlots {
+    async fn acquire(&self, payer: &str) -> Result<Slot, NoSlot> {
+        let limits = &self.inner.limits;
+        let task = self.payer(payer);
+        let before = task.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(Arc::clone(&task.waiting));
+        if before >= limits.max_waiting {
+            return Err(NoSlot::TooManyWaiting(before));
+        }
+        let (give, take) = oneshot::channel();
+        task.requests
+            .send(Request::Acquire(give))
+            .map_err(|_| NoSlot::Unavailable("the slot task ended".to_owned()))?;
+        match tokio::time::timeout(limits.max_wait, take).await {
+            Ok(Ok(held)) => Ok(Slot::new(held)),
+            Ok(Err(_)) => Err(NoSlot::Unavailable(
+                "the broker connection is gone".to_owned(),
+            )),
+            // Dropping the receiver tells the task; a slot already sent comes back with it.
+            Err(_) => Err(NoSlot::TimedOut(limits.max_wait)),
+        }
+    }
+}
+
+/// One payer's slots in this process.
+struct PayerTask {
+    connection: Arc<Connection>,
+    /// The queue of each slot.
+    names: Vec<String>,
+    /// The channel that declared slot `i`'s queue, while this process owns it.
+    owned: Vec<Option<Channel>>,
+    /// Local orders waiting, oldest first.
+    waiters: VecDeque<oneshot::Sender<Held>>,
+    /// For the slots handed out, to come back.
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl PayerTask {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Request>, poll: Duration) {
+        let mut ticker = tokio::time::interval(poll);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            self.waiters.retain(|w| !w.is_closed());
+            let waiting = !self.waiters.is_empty();
+            tokio::select! {
+                request = receiver.recv() => match request {
+                    Some(Request::Acquire(waiter)) => {
+                        self.waiters.push_back(waiter);
+                        if !waiting {
+                            self.take_free().await;
+                            ticker.reset();
+                        }
+                    }
+                    Some(Request::Release(index)) => self.give_back(index).await,
+                    // Never: the task holds a sender itself. Kept for clarity.
+                    None => return,
+                },
+                _ = ticker.tick(), if waiting => self.take_free().await,
+            }
+            if self.connection.status().closed() && self.owned.iter().all(Option::is_none) {
+                debug!("the slots' connection is closed: the slot task ends");
+                return;
+            }
+        }
+    }
+
+    /// Hands slot `index` to the oldest local waiter; `false` if none is left.
+    fn hand_over(&mut self, index: usize) -> bool {
+        let mut held = Held {
+            index,
+            requests: Some(self.requests.clone()),
+        };
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(held) {
+                Ok(()) => return true,
+                Err(refused) => {
+                    held = Held {
+                        index: refused.disarm(),
+                        requests: Some(self.requests.clone()),
+                    };
+                }
+            }
+        }
+        held.disarm();
+        false
+    }
+
+    /// A slot came back: to the next local waiter, or else to every replica.
+    async fn give_back(&mut self, index: usize) {
+        if self.hand_over(index) {
+            return;
+        }
+        let Some(channel) = self.owned.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        let name = &self.names[index];
+        if let Err(e) = channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await
+        {
+            warn!(queue = %name, error = %e, "could not delete a creation slot's queue; it goes when the connection closes");
+        }
+        if let Err(e) = channel.close(200, "slot released".into()).await {
+            debug!(error = %e, "closing a slot's channel failed");
+        }
+    }
+
+    /// Takes every slot no replica holds, while local orders wait for one.
+    async fn take_free(&mut self) {
+        for index in 0..self.names.len() {
+            self.waiters.retain(|w| !w.is_closed());
+            if self.waiters.is_empty() {
+                return;
+            }
+            if self.owned[index].is_some() {
+                continue;
+            }
+            match self.try_own(index).await {
+                Ok(true) => {
+                    debug!(queue = %self.names[index], "creation slot taken");
+                    if !self.hand_over(index) {
+                        self.give_back(index).await;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    info!(error = %e, "could not look for a free creation slot; trying again");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Declares slot `index`'s exclusive queue: `true` if this process owns it now.
+    async fn try_own(&mut self, index: usize) -> lapin::Result<bool> {
+        let channel = self.connection.create_channel().await?;
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(
+                self.names[index].as_str().into(),
+                options,
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                self.owned[index] = Some(channel);
+                Ok(true)
+            }
+            Err(e) if is_locked(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn is_locked(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == RESOURCE_LOCKED)
+}

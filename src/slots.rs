@@ -1,0 +1,126 @@
+//! Creation slots: how many `CreateAccount` requests may be in progress at once in one payer's
+//! organization (AWS allows 5). A [`Slot`] is taken right before `CreateAccount` and held until
+//! the creation ends; dropping it gives it back. [`CreationSlots`] is the narrow interface
+//! provisioning sees; `broker::slots` shares the limit between every replica through RabbitMQ,
+//! [`Unlimited`] and [`Local`] serve tests and one-off runs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A creation slot held; dropping it gives it back.
+pub struct Slot {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl Slot {
+    /// A slot that gives itself back when `held` is dropped.
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Self {
+            _held: Box::new(held),
+        }
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+/// Why no slot was handed out. Nothing was requested from AWS: the order tries again later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoSlot {
+    /// Too many orders of this worker already wait for a slot of this payer.
+    #[error("{0} orders of this worker already wait for a creation slot")]
+    TooManyWaiting(usize),
+    /// The order waited this long without getting one.
+    #[error("no creation slot came free within {}s", .0.as_secs())]
+    TimedOut(Duration),
+    /// The broker connection that holds the slots is gone.
+    #[error("the creation slots are unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Hands out creation slots per payer organization.
+pub trait CreationSlots: Send + Sync {
+    /// Waits for a slot of `payer`'s organization, first come first served.
+    ///
+    /// # Errors
+    /// [`NoSlot`] when the order should rather go back to the broker than wait here.
+    fn acquire(&self, payer: &str) -> impl Future<Output = Result<Slot, NoSlot>> + Send;
+}
+
+/// No limit: every request gets a slot at once (`process_one`, unit tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unlimited;
+
+impl CreationSlots for Unlimited {
+    async fn acquire(&self, _: &str) -> Result<Slot, NoSlot> {
+        Ok(Slot::new(()))
+    }
+}
+
+/// An in-process limit of `limit` slots per payer, for one process alone (tests).
+#[derive(Debug, Clone)]
+pub struct Local {
+    limit: usize,
+    payers: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl Local {
+    /// `limit` slots per payer.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            payers: Arc::default(),
+        }
+    }
+
+    /// Slots of `payer` free now.
+    pub fn available(&self, payer: &str) -> usize {
+        self.semaphore(payer).available_permits()
+    }
+
+    fn semaphore(&self, payer: &str) -> Arc<Semaphore> {
+        let mut payers = self.payers.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            payers
+                .entry(payer.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit))),
+        )
+    }
+}
+
+impl CreationSlots for Local {
+    async fn acquire(&self, payer: &str) -> Result<Slot, NoSlot> {
+        let permit: OwnedSemaphorePermit = self
+            .semaphore(payer)
+            .acquire_owned()
+            .await
+            .map_err(|e| NoSlot::Unavailable(e.to_string()))?;
+        Ok(Slot::new(permit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_slots_are_counted_per_payer_and_come_back_when_dropped() {
+        let slots = Local::new(2);
+        let a = slots.acquire("default").await.expect("slot");
+        let _b = slots.acquire("default").await.expect("slot");
+        assert_eq!(slots.available("default"), 0);
+        assert_eq!(slots.available("other"), 2, "another payer has its own");
+        let waiting = tokio::time::timeout(Duration::from_millis(50), slots.acquire("default"));
+        assert!(waiting.await.is_err(), "a third waits");
+        drop(a);
+        assert_eq!(slots.available("default"), 1);
+        slots.acquire("default").await.expect("the slot came back");
+    }
+}
