@@ -88,9 +88,39 @@ pub struct Stats {
 struct Scripted {
     name: String,
     polls_left: u32,
+    started: Instant,
     ends_at: Option<Instant>,
     end: End,
     finished: bool,
+}
+
+/// One scripted creation's time in progress, as the proxy (AWS) sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// When `CreateAccount` was accepted.
+    pub start: Instant,
+    /// When it stopped being IN_PROGRESS (`None`: still in progress, or ended by polls and
+    /// not polled since).
+    pub end: Option<Instant>,
+}
+
+/// The most spans that overlap at one instant.
+pub fn max_overlap(spans: &[Span]) -> usize {
+    let mut edges: Vec<(Instant, i64)> = Vec::new();
+    for span in spans {
+        edges.push((span.start, 1));
+        if let Some(end) = span.end {
+            edges.push((end, -1));
+        }
+    }
+    // Ends sort before starts at the same instant: a slot given back is free at once.
+    edges.sort();
+    let (mut now, mut max) = (0_i64, 0_i64);
+    for (_, step) in edges {
+        now += step;
+        max = max.max(now);
+    }
+    usize::try_from(max).unwrap_or(0)
 }
 
 impl Scripted {
@@ -165,6 +195,28 @@ impl FaultProxy {
     /// What the proxy saw so far.
     pub fn stats(&self) -> Stats {
         lock(&self.state.book).stats.clone()
+    }
+
+    /// Scripted creations in progress now.
+    pub fn in_progress(&self) -> usize {
+        let now = Instant::now();
+        lock(&self.state.book)
+            .scripted
+            .values()
+            .filter(|s| s.in_progress(now))
+            .count()
+    }
+
+    /// Every scripted creation's time in progress, in no particular order.
+    pub fn spans(&self) -> Vec<Span> {
+        lock(&self.state.book)
+            .scripted
+            .values()
+            .map(|s| Span {
+                start: s.started,
+                end: s.ends_at,
+            })
+            .collect()
     }
 }
 
@@ -373,6 +425,7 @@ impl State {
             Scripted {
                 name: name.clone(),
                 polls_left: polls,
+                started: Instant::now(),
                 ends_at,
                 end,
                 finished: false,
@@ -411,8 +464,9 @@ impl State {
                 };
                 if waiting {
                     scripted.polls_left = scripted.polls_left.saturating_sub(1);
-                } else {
+                } else if !scripted.finished {
                     scripted.finished = true;
+                    scripted.ends_at.get_or_insert_with(Instant::now);
                 }
                 (waiting, scripted.end.clone(), scripted.name.clone())
             })

@@ -15,4 +15,5 @@ mod observability;
 mod orders;
 mod retries;
 mod safety;
+mod scale;
 mod support;

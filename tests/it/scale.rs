@@ -1,0 +1,159 @@
+//! Many orders, many workers: three worker processes share AWS's limit of five creations in
+//! progress per organization through the broker, and a killed worker's slots come back. The
+//! fault proxy keeps each creation IN_PROGRESS for a while and reports what overlapped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::faults::{Creation, End, FaultProxy, Faults, max_overlap};
+use crate::support::{
+    DEADLINE, Payer, TestEnv, WorkerProcess, assert_one_account_per_order, collect, moto_config,
+    moto_fast_endpoint, root_order, write_config,
+};
+
+/// Quick retries and polls, so that the tests do not wait for production delays.
+const QUICK: &str = r#"
+[retry]
+initial_delay_ms = 100
+max_delay_ms = 1000
+max_attempts = 20
+redelivered_create_delay_ms = 5000
+
+[aws]
+create_status_poll_ms = 100
+creation_slot_poll_ms = 50
+"#;
+
+/// A test environment in the fast moto, reached through a proxy whose creations take
+/// `creation` each.
+async fn with_creations_taking(creation: Duration) -> (TestEnv, FaultProxy) {
+    let faults = Faults {
+        creation: Creation::Takes {
+            duration: creation,
+            then: End::Succeeded,
+        },
+        ..Faults::default()
+    };
+    let proxy = FaultProxy::start(&moto_fast_endpoint(), faults).await;
+    let payer = Payer::on(&moto_fast_endpoint()).await;
+    let aws = moto_config(&proxy.endpoint, payer.credentials.clone());
+    let env = TestEnv::with_aws(QUICK, payer, aws).await;
+    (env, proxy)
+}
+
+fn request_id(order: &Value) -> String {
+    order["id"].as_str().expect("request id").to_owned()
+}
+
+/// Collects provisioned events until every one of `ids` has one.
+async fn events_for(
+    env: &mut TestEnv,
+    ids: &[String],
+    workers: &[&WorkerProcess],
+) -> BTreeMap<String, Vec<Value>> {
+    let mut events = BTreeMap::new();
+    while ids.iter().any(|id| !events.contains_key(id)) {
+        let Some(event) = env.next_event_within(DEADLINE).await else {
+            let logs: Vec<String> = workers.iter().map(|w| w.log_tail()).collect();
+            panic!(
+                "{} of {} orders provisioned; the workers' logs:\n{}",
+                events.len(),
+                ids.len(),
+                logs.join("\n-----\n")
+            );
+        };
+        collect(&mut events, event);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_workers_on_150_orders_never_have_more_than_five_creations_in_progress() {
+    let (mut env, proxy) = with_creations_taking(Duration::from_millis(300)).await;
+    let config = write_config(&env.toml);
+    let orders: Vec<Value> = (0..150).map(|_| root_order()).collect();
+    for order in &orders {
+        env.publish_json(order).await;
+    }
+    let ids: Vec<String> = orders.iter().map(request_id).collect();
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(WorkerProcess::spawn(&env, &config, &proxy.endpoint).await);
+    }
+
+    let events = events_for(&mut env, &ids, &workers.iter().collect::<Vec<_>>()).await;
+
+    let stats = proxy.stats();
+    eprintln!("150 orders, 3 workers, proxy: {stats:?}");
+    assert_eq!(events.len(), 150);
+    let duplicated: Vec<_> = events.iter().filter(|(_, e)| e.len() > 1).collect();
+    assert!(duplicated.is_empty(), "one event per order: {duplicated:?}");
+    assert_one_account_per_order(&env, &events).await;
+    assert_eq!(stats.creations, 150, "one CreateAccount per order");
+    assert_eq!(
+        stats.max_in_progress, 5,
+        "the five slots were used, and never more"
+    );
+    assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered");
+    for worker in &workers {
+        worker.signal("TERM");
+    }
+    for worker in &mut workers {
+        assert_eq!(worker.exit(Duration::from_secs(40)).await, Some(0));
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_slots_come_back_to_the_others() {
+    let (mut env, proxy) = with_creations_taking(Duration::from_secs(2)).await;
+    let config = write_config(&env.toml);
+    let first: Vec<Value> = (0..5).map(|_| root_order()).collect();
+    for order in &first {
+        env.publish_json(order).await;
+    }
+    let mut holder = WorkerProcess::spawn(&env, &config, &proxy.endpoint).await;
+    let deadline = Instant::now() + DEADLINE;
+    while proxy.stats().creations < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never took the five slots: {}",
+            holder.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It holds all five slots while AWS creates: kill it.
+    holder.signal("KILL");
+    holder.exit(Duration::from_secs(10)).await;
+    let killed = Instant::now();
+    while proxy.in_progress() > 0 {
+        assert!(Instant::now() < deadline, "the creations never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another worker gets the five slots for new orders (and finishes the killed one's).
+    let second: Vec<Value> = (0..5).map(|_| root_order()).collect();
+    for order in &second {
+        env.publish_json(order).await;
+    }
+    let other = WorkerProcess::spawn(&env, &config, &proxy.endpoint).await;
+    let ids: Vec<String> = first.iter().chain(&second).map(request_id).collect();
+    let events = events_for(&mut env, &ids, &[&other]).await;
+
+    assert_one_account_per_order(&env, &events).await;
+    let after: Vec<_> = proxy
+        .spans()
+        .into_iter()
+        .filter(|s| s.start > killed)
+        .collect();
+    assert_eq!(after.len(), 5, "the new orders' creations, no other");
+    assert_eq!(
+        max_overlap(&after),
+        5,
+        "the other worker had all five slots at once"
+    );
+    env.cleanup().await;
+}
