@@ -8,6 +8,8 @@ use aws_sdk_organizations::config::http::HttpResponse;
 use aws_sdk_organizations::config::retry::RetryConfig;
 use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
+use aws_sdk_organizations::operation::create_account::CreateAccountError;
+use aws_sdk_organizations::types::ConstraintViolationExceptionReason;
 use aws_sdk_organizations::types::{CreateAccountState, Tag};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -123,6 +125,23 @@ where
         code,
         message,
     }
+}
+
+/// Classifies a `CreateAccount` failure: as [`classify`], except that a
+/// `ConstraintViolationException` for the account creation rate (too many creations at once or
+/// in a day) is transient: nothing was requested, and the order tries again later.
+fn create_account_error(err: SdkError<CreateAccountError, HttpResponse>) -> AwsError {
+    let rate_limited = matches!(
+        err.as_service_error(),
+        Some(CreateAccountError::ConstraintViolationException(violation))
+            if violation.reason() == Some(&ConstraintViolationExceptionReason::AccountCreationRateLimitExceeded)
+    );
+    let mut error = classify("CreateAccount", Target::Payer, err);
+    if rate_limited {
+        error.retry = Retry::Transient;
+        error.code = Some("ACCOUNT_CREATION_RATE_LIMIT_EXCEEDED".to_owned());
+    }
+    error
 }
 
 /// Counts every AWS call in the metrics, by operation and outcome.
@@ -327,7 +346,7 @@ impl Organizations for SdkOrganizations {
             )
             .send()
             .await
-            .map_err(|e| classify("CreateAccount", Target::Payer, e))?;
+            .map_err(create_account_error)?;
         status_of(output.create_account_status(), "CreateAccount")
     }
 
@@ -466,5 +485,51 @@ impl MemberIam for SdkMemberIam {
             .await
             .map(|_| ())
             .map_err(|e| classify("AttachUserPolicy", Target::Member, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The classification of `CreateAccount` failures that concern the creation limit.
+
+    use aws_sdk_organizations::types::error::{
+        ConstraintViolationException, TooManyRequestsException,
+    };
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn answer(error: CreateAccountError) -> AwsError {
+        let raw = HttpResponse::new(400.try_into().expect("status"), SdkBody::from("{}"));
+        create_account_error(SdkError::service_error(error, raw))
+    }
+
+    #[test]
+    fn too_many_creations_are_tried_again_other_constraints_are_not() {
+        let rate = ConstraintViolationException::builder()
+            .reason(ConstraintViolationExceptionReason::AccountCreationRateLimitExceeded)
+            .build();
+        let error = answer(CreateAccountError::ConstraintViolationException(rate));
+        assert_eq!(error.retry, Retry::Transient);
+        assert_eq!(
+            error.code.as_deref(),
+            Some("ACCOUNT_CREATION_RATE_LIMIT_EXCEEDED")
+        );
+
+        let throttled = TooManyRequestsException::builder()
+            .meta(
+                aws_smithy_types::error::ErrorMetadata::builder()
+                    .code("TooManyRequestsException")
+                    .build(),
+            )
+            .build();
+        let error = answer(CreateAccountError::TooManyRequestsException(throttled));
+        assert_eq!(error.retry, Retry::Transient, "{error:?}");
+
+        let full = ConstraintViolationException::builder()
+            .reason(ConstraintViolationExceptionReason::AccountNumberLimitExceeded)
+            .build();
+        let error = answer(CreateAccountError::ConstraintViolationException(full));
+        assert_eq!(error.retry, Retry::Permanent);
     }
 }
