@@ -1,0 +1,728 @@
+//! The benchmark behind `scripts/bench.sh`: release builds of the worker as separate processes
+//! against RabbitMQ and the fast moto, the test fault proxy for simulated creation times, and
+//! one `name value` line per figure on standard output. It measures; it asserts no timing.
+//!
+//! `bench` runs every phase; `bench raw-lapin COUNT SIZE` is the bare lapin loop it compares
+//! the worker with (consume → publish with confirm → ack), run as a process of its own.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aws_account_worker::broker::topology;
+use aws_account_worker::config::Settings;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_organizations::types::OrganizationFeatureSet;
+use aws_sdk_sts::config::{Credentials, Region, SharedCredentialsProvider};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+#[path = "../tests/it/faults.rs"]
+#[allow(dead_code)]
+mod faults;
+
+use faults::{Creation, End, FaultProxy, Faults, Span};
+
+/// What the fault proxy needs from the tests' support module.
+mod support {
+    use rand::Rng;
+
+    /// Random decimal digits, the first not zero.
+    pub fn digits(n: usize) -> String {
+        let mut rng = rand::rng();
+        (0..n)
+            .map(|i| char::from(b'0' + rng.random_range(u8::from(i == 0)..10)))
+            .collect()
+    }
+}
+
+use support::digits;
+
+/// The worker binary (release), next to this example's directory.
+fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = exe
+        .parent()
+        .and_then(|examples| examples.parent())
+        .expect("target/release");
+    dir.join("aws-account-worker")
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn moto_endpoint() -> String {
+    std::env::var("MOTO_FAST_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5001".into())
+}
+
+fn moto(endpoint: &str, credentials: Credentials) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .build()
+}
+
+/// A fresh payer account in moto with an organization: its credentials.
+async fn payer() -> anyhow::Result<Credentials> {
+    let base = moto(
+        &moto_endpoint(),
+        Credentials::new("testing", "testing", None, None, "bench"),
+    );
+    let account = digits(12);
+    let assumed = aws_sdk_sts::Client::new(&base)
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{account}:role/bench-payer"))
+        .role_session_name("bench")
+        .send()
+        .await
+        .context("moto does not answer AssumeRole")?;
+    let c = assumed.credentials().context("no credentials")?;
+    let credentials = Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_owned()),
+        None,
+        "bench-payer",
+    );
+    aws_sdk_organizations::Client::new(&moto(&moto_endpoint(), credentials.clone()))
+        .create_organization()
+        .feature_set(OrganizationFeatureSet::All)
+        .send()
+        .await?;
+    Ok(credentials)
+}
+
+/// An ECAM order whose customer signs in as root (no IAM user), with fresh ids.
+fn root_order() -> Value {
+    let email = format!("root-{}@customer.example", digits(10));
+    let param = |id: &str, value: &str| json!({"id": id, "name": id, "value": value});
+    json!({
+        "id": format!("PR-{}-{}-000", digits(4), digits(4)),
+        "type": "purchase",
+        "status": "pending",
+        "assignee": "",
+        "asset": {
+            "id": format!("AS-{}-{}-{}", digits(4), digits(4), digits(4)),
+            "marketplace": {"id": "MP-91673"},
+            "product": {"id": "PRD-561-716-033"},
+            "tiers": {
+                "customer": {"id": "TA-0-7304-8514-7852", "name": "Hospitaller", "external_id": "1234567"},
+                "tier1": {"id": "TA-0-9046-4815-5226", "name": "Reseller"},
+                "tier2": {}
+            },
+            "params": [param("aws_account_email", &email)],
+            "configuration": {"params": [
+                param("awsAccountModel", "ECAM"),
+                param("provideRootUserForECAM", "Yes")
+            ]}
+        }
+    })
+}
+
+/// One phase's broker names, configuration, payer and event consumer.
+struct Run {
+    settings: Settings,
+    config: tempfile::NamedTempFile,
+    credentials: Credentials,
+    connection: Connection,
+    channel: Channel,
+    events: Consumer,
+    events_queue: String,
+}
+
+impl Run {
+    /// Unique names, `prefetch`, and `extra` TOML over the defaults.
+    async fn prepare(prefetch: u32, extra: &str) -> anyhow::Result<Self> {
+        let id = digits(10);
+        let toml = format!(
+            r#"
+[amqp]
+url = "{url}"
+orders_exchange = "bench.orders.{id}"
+orders_queue = "bench-orders.{id}"
+dead_letter_exchange = "bench-orders.{id}.dlx"
+dead_letter_queue = "bench-orders.{id}.dlq"
+retry_queue_prefix = "bench-orders.{id}.retry"
+results_exchange = "bench.results.{id}"
+unrouted_exchange = "bench.results.{id}.unrouted"
+unrouted_queue = "bench.results.{id}.unrouted"
+prefetch = {prefetch}
+
+[retry]
+initial_delay_ms = 200
+max_delay_ms = 2000
+max_attempts = 20
+
+[business_model]
+provider_email_domain = "provider.example"
+{extra}
+"#,
+            url = amqp_url()
+        );
+        let settings = Settings::from_toml(&toml)?;
+        let mut config = tempfile::NamedTempFile::new()?;
+        std::io::Write::write_all(&mut config, toml.as_bytes())?;
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology::declare(&channel, &settings.amqp, &settings.retry).await?;
+        let events_queue = format!("bench.events.{id}");
+        channel
+            .queue_declare(
+                events_queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                events_queue.as_str().into(),
+                settings.amqp.results_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let events = channel
+            .basic_consume(
+                events_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            settings,
+            config,
+            credentials: payer().await?,
+            connection,
+            channel,
+            events,
+            events_queue,
+        })
+    }
+
+    /// Publishes `count` root-user orders with confirms; the size of the last body.
+    async fn publish(&self, count: usize) -> anyhow::Result<usize> {
+        let amqp = &self.settings.amqp;
+        let mut size = 0;
+        for _ in 0..count {
+            let body = root_order().to_string();
+            size = body.len();
+            let confirm = self
+                .channel
+                .basic_publish(
+                    amqp.orders_exchange.as_str().into(),
+                    amqp.orders_routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await?
+                .await?;
+            if !confirm.is_ack() {
+                bail!("an order was not confirmed");
+            }
+        }
+        Ok(size)
+    }
+
+    /// Waits for `count` provisioned events; any other event is an error.
+    async fn provisioned(&mut self, count: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        for seen in 0..count {
+            let next = tokio::time::timeout_at(deadline, self.events.next()).await;
+            let Ok(Some(Ok(delivery))) = next else {
+                bail!("{seen} of {count} orders provisioned within {limit:?}");
+            };
+            let event: Value = serde_json::from_slice(&delivery.data)?;
+            if event["event"] != "aws.account.provisioned" {
+                bail!("not provisioned: {event}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a worker process against `endpoint`, with its endpoints on `port`.
+    fn spawn(&self, endpoint: &str, port: u16, name: &str) -> anyhow::Result<Child> {
+        std::fs::create_dir_all("target/bench")?;
+        let log = std::fs::File::create(format!("target/bench/{name}.log"))?;
+        let child = Command::new(worker_binary())
+            .args([
+                "--config",
+                self.config.path().to_str().context("path")?,
+                "run",
+            ])
+            .env("WORKER__OBSERVABILITY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("AWS_ACCESS_KEY_ID", self.credentials.access_key_id())
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                self.credentials.secret_access_key(),
+            )
+            .env(
+                "AWS_SESSION_TOKEN",
+                self.credentials.session_token().unwrap_or_default(),
+            )
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the worker (built with --release?)")?;
+        Ok(child)
+    }
+
+    /// Deletes the phase's queues and exchanges.
+    async fn cleanup(self) {
+        let amqp = &self.settings.amqp;
+        let mut queues = vec![
+            self.events_queue.clone(),
+            amqp.orders_queue.clone(),
+            amqp.dead_letter_queue.clone(),
+            amqp.unrouted_queue.clone(),
+        ];
+        queues.extend(
+            topology::retry_delays(&self.settings.retry)
+                .into_iter()
+                .map(|d| topology::retry_queue(amqp, d)),
+        );
+        for queue in queues {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &amqp.orders_exchange,
+            &amqp.dead_letter_exchange,
+            &amqp.results_exchange,
+            &amqp.unrouted_exchange,
+        ] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "bench done".into()).await;
+    }
+}
+
+/// A free local port.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body); `None` when nothing listens yet.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Waits until the worker on `port` is ready (consuming).
+async fn ready(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((200, _)) = http_get(port, "/readyz").await {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the worker exited with {status}; see target/bench/*.log");
+        }
+        if Instant::now() > deadline {
+            bail!("the worker was not ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The sum of the worker's metric lines starting with `name` (any labels).
+async fn metric(port: u16, name: &str) -> f64 {
+    let Some((200, body)) = http_get(port, "/metrics").await else {
+        return f64::NAN;
+    };
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The metric lines starting with `name`, as (labels, value).
+async fn metric_lines(port: u16, name: &str) -> Vec<(String, f64)> {
+    let Some((200, body)) = http_get(port, "/metrics").await else {
+        return Vec::new();
+    };
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU time (user + system) of process `pid`, in milliseconds.
+fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command: state is field 3 of stat(5); utime and stime are fields 14 and 15.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks * 1000.0 / clock_ticks())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn figure(name: &str, value: f64) {
+    println!("{name} {value:.3}");
+}
+
+/// `ready_ms`: from process start to consuming, the median of three starts.
+async fn ready_ms() -> anyhow::Result<()> {
+    let run = Run::prepare(64, "").await?;
+    let mut samples = Vec::new();
+    for i in 0..3 {
+        let port = free_port()?;
+        let started = Instant::now();
+        let mut child = run.spawn(&moto_endpoint(), port, &format!("ready-{i}"))?;
+        ready(port, &mut child).await?;
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        stop(child);
+    }
+    samples.sort_by(f64::total_cmp);
+    figure("ready_ms", samples[1]);
+    run.cleanup().await;
+    Ok(())
+}
+
+/// End to end against plain moto with `workers` workers: orders per second, and for one
+/// worker its CPU per order and where its AWS calls went.
+async fn throughput(workers: usize, orders: usize) -> anyhow::Result<Option<(f64, usize)>> {
+    let mut run = Run::prepare(64, "").await?;
+    let size = run.publish(orders).await?;
+    let mut children = Vec::new();
+    for i in 0..workers {
+        let port = free_port()?;
+        let child = run.spawn(&moto_endpoint(), port, &format!("moto{workers}-{i}"))?;
+        children.push((port, child));
+    }
+    let started = Instant::now();
+    let mut cpu_before = 0.0;
+    for (port, child) in &mut children {
+        ready(*port, child).await?;
+        cpu_before += cpu_ms(child.id())?;
+    }
+    run.provisioned(orders, Duration::from_secs(600)).await?;
+    let took = started.elapsed().as_secs_f64();
+    let mut cpu_after = 0.0;
+    for (_, child) in &children {
+        cpu_after += cpu_ms(child.id())?;
+    }
+    figure(
+        &format!("orders_per_s_moto_{workers}"),
+        orders as f64 / took,
+    );
+    let per_order = if workers == 1 {
+        let port = children[0].0;
+        let mut calls = BTreeMap::new();
+        for (labels, value) in metric_lines(port, "aws_account_worker_aws_calls_total").await {
+            calls.insert(labels, value);
+        }
+        for (labels, value) in calls {
+            let operation = labels
+                .split("operation=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("?");
+            let outcome = labels
+                .split("outcome=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("?");
+            figure(
+                &format!("aws_calls_per_order_{operation}_{outcome}"),
+                value / orders as f64,
+            );
+        }
+        Some(((cpu_after - cpu_before) / orders as f64, size))
+    } else {
+        None
+    };
+    for (_, child) in children {
+        stop(child);
+    }
+    run.cleanup().await;
+    Ok(per_order)
+}
+
+/// `raw-lapin COUNT SIZE`: the bare loop, in this process; prints its CPU per message.
+async fn raw_lapin(count: usize, size: usize) -> anyhow::Result<()> {
+    let id = digits(10);
+    let (input, output) = (format!("bench.raw.{id}.in"), format!("bench.raw.{id}.out"));
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    for queue in [&input, &output] {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+            .await?;
+    }
+    let body = vec![b'x'; size];
+    let persistent = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    for _ in 0..count {
+        channel
+            .basic_publish(
+                "".into(),
+                input.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                persistent.clone(),
+            )
+            .await?
+            .await?;
+    }
+    let consuming = connection.create_channel().await?;
+    consuming.basic_qos(64, BasicQosOptions::default()).await?;
+    let mut consumer = consuming
+        .basic_consume(
+            input.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let pid = std::process::id();
+    let before = cpu_ms(pid)?;
+    for _ in 0..count {
+        let delivery = consumer.next().await.context("consumer ended")??;
+        channel
+            .basic_publish(
+                "".into(),
+                output.as_str().into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                persistent.clone(),
+            )
+            .await?
+            .await?;
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    let after = cpu_ms(pid)?;
+    for queue in [&input, &output] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    println!("{}", (after - before) / count as f64);
+    Ok(())
+}
+
+/// Runs `raw-lapin` as a process of its own: its CPU per message.
+fn raw_lapin_process(count: usize, size: usize) -> anyhow::Result<f64> {
+    let output = Command::new(std::env::current_exe()?)
+        .args(["raw-lapin", &count.to_string(), &size.to_string()])
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "raw-lapin failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}
+
+/// `rss_mib_1000_in_flight`: one worker holding 1,000 orders, 5 creating (for 10 minutes) and
+/// 995 waiting for a creation slot.
+async fn rss_1000() -> anyhow::Result<()> {
+    let faults = Faults {
+        creation: Creation::Takes {
+            duration: Duration::from_secs(600),
+            then: End::Succeeded,
+        },
+        ..Faults::default()
+    };
+    let proxy = FaultProxy::start(&moto_endpoint(), faults).await;
+    let run = Run::prepare(
+        1000,
+        "[aws]\nmax_waiting_for_slot = 1000\ncreation_slot_wait_seconds = 900",
+    )
+    .await?;
+    run.publish(1000).await?;
+    let port = free_port()?;
+    let mut child = run.spawn(&proxy.endpoint, port, "rss")?;
+    ready(port, &mut child).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let in_flight = metric(port, "aws_account_worker_orders_in_flight").await;
+        if in_flight >= 1000.0 && proxy.stats().creations >= 5 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {in_flight} orders in flight after 180 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the 995 reach their wait for a slot.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    figure("rss_mib_1000_in_flight", rss_mib(child.id())?);
+    let _ = child.kill();
+    let _ = child.wait();
+    run.cleanup().await;
+    Ok(())
+}
+
+/// `slot_utilization`: 3 workers, `orders` orders, each creation 20 s: the share of the 5
+/// slots busy between the first creation and the last one's start (the backlog).
+async fn utilization(orders: usize) -> anyhow::Result<()> {
+    let faults = Faults {
+        creation: Creation::Takes {
+            duration: Duration::from_secs(20),
+            then: End::Succeeded,
+        },
+        ..Faults::default()
+    };
+    let proxy = FaultProxy::start(&moto_endpoint(), faults).await;
+    let mut run = Run::prepare(64, "[aws]\ncreate_status_poll_ms = 750").await?;
+    run.publish(orders).await?;
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let port = free_port()?;
+        children.push(run.spawn(&proxy.endpoint, port, &format!("slots-{i}"))?);
+    }
+    run.provisioned(orders, Duration::from_secs(900)).await?;
+    let spans = proxy.spans();
+    figure("slot_utilization", busy_share(&spans, 5));
+    figure("slot_max_in_progress", proxy.stats().max_in_progress as f64);
+    for child in children {
+        stop(child);
+    }
+    run.cleanup().await;
+    Ok(())
+}
+
+/// The share of `slots` busy from the first creation's start to the last one's.
+fn busy_share(spans: &[Span], slots: usize) -> f64 {
+    let (Some(first), Some(last)) = (
+        spans.iter().map(|s| s.start).min(),
+        spans.iter().map(|s| s.start).max(),
+    ) else {
+        return 0.0;
+    };
+    let period = (last - first).as_secs_f64();
+    let busy: f64 = spans
+        .iter()
+        .map(|s| {
+            let end = s.end.unwrap_or(last).min(last);
+            end.saturating_duration_since(s.start).as_secs_f64()
+        })
+        .sum();
+    busy / (slots as f64 * period)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("raw-lapin") {
+        let count = args.get(1).context("COUNT")?.parse()?;
+        let size = args.get(2).context("SIZE")?.parse()?;
+        return raw_lapin(count, size).await;
+    }
+    let orders: usize = std::env::var("BENCH_ORDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    ready_ms().await?;
+    let Some((worker_cpu, size)) = throughput(1, orders).await? else {
+        bail!("no CPU figure");
+    };
+    let raw = raw_lapin_process(orders.max(1000), size)?;
+    figure("worker_cpu_ms_per_order", worker_cpu);
+    figure("raw_lapin_cpu_ms_per_message", raw);
+    figure("cpu_ratio", worker_cpu / raw);
+    throughput(3, orders).await?;
+    rss_1000().await?;
+    let slot_orders = std::env::var("BENCH_SLOT_ORDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(60);
+    utilization(slot_orders).await?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The benchmark (README "The benchmark"): brings up RabbitMQ and moto (scripts/services.sh),
+# builds the worker and examples/bench.rs in release, and prints one `name value` line per
+# figure on standard output. It measures; it asserts no timing. About 7 minutes.
+# BENCH_ORDERS (300) and BENCH_SLOT_ORDERS (60) change the order counts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null 2>&1 || { echo "bench: cargo not found on PATH (install Rust with rustup)" >&2; exit 1; }
+scripts/services.sh
+echo "bench: building in release (the first build takes several minutes)" >&2
+cargo build --quiet --release --bin aws-account-worker --example bench
+export MOTO_FAST_ENDPOINT="http://127.0.0.1:${MOTO_FAST_PORT:-5001}"
+echo "bench: running; the workers' logs go to target/bench/" >&2
+exec target/release/examples/bench
