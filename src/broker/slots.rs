@@ -17,7 +17,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ErrorKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::slots::{CreationSlots, NoSlot, Slot};
 
@@ -118,7 +118,7 @@ impl BrokerSlots {
                     names,
                     owned: vec![None; self.inner.limits.slots],
                     waiters: VecDeque::new(),
-                    requests: requests.clone(),
+                    requests: requests.downgrade(),
                 };
                 tokio::spawn(task.run(receiver, self.inner.limits.poll));
                 Payer {
@@ -172,8 +172,9 @@ struct PayerTask {
     owned: Vec<Option<Channel>>,
     /// Local orders waiting, oldest first.
     waiters: VecDeque<oneshot::Sender<Held>>,
-    /// For the slots handed out, to come back.
-    requests: mpsc::UnboundedSender<Request>,
+    /// For the slots handed out, to come back; weak, so that the task ends once the slots'
+    /// owner and every slot handed out are gone.
+    requests: mpsc::WeakUnboundedSender<Request>,
 }
 
 impl PayerTask {
@@ -193,7 +194,6 @@ impl PayerTask {
                         }
                     }
                     Some(Request::Release(index)) => self.give_back(index).await,
-                    // Never: the task holds a sender itself. Kept for clarity.
                     None => return,
                 },
                 _ = ticker.tick(), if waiting => self.take_free().await,
@@ -207,22 +207,22 @@ impl PayerTask {
 
     /// Hands slot `index` to the oldest local waiter; `false` if none is left.
     fn hand_over(&mut self, index: usize) -> bool {
-        let mut held = Held {
-            index,
-            requests: Some(self.requests.clone()),
-        };
         while let Some(waiter) = self.waiters.pop_front() {
+            // A waiter exists, so its `acquire` holds a strong sender: upgrading succeeds.
+            let Some(requests) = self.requests.upgrade() else {
+                return false;
+            };
+            let held = Held {
+                index,
+                requests: Some(requests),
+            };
             match waiter.send(held) {
                 Ok(()) => return true,
                 Err(refused) => {
-                    held = Held {
-                        index: refused.disarm(),
-                        requests: Some(self.requests.clone()),
-                    };
+                    refused.disarm();
                 }
             }
         }
-        held.disarm();
         false
     }
 
@@ -265,8 +265,10 @@ impl PayerTask {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    info!(error = %e, "could not look for a free creation slot; trying again");
-                    return;
+                    warn!(queue = %self.names[index], error = %e, "could not take a free creation slot");
+                    if self.connection.status().closed() {
+                        return;
+                    }
                 }
             }
         }

@@ -1,10 +1,13 @@
 //! Many orders, many workers: three worker processes share AWS's limit of five creations in
 //! progress per organization through the broker, and a killed worker's slots come back. The
-//! fault proxy keeps each creation IN_PROGRESS for a while and reports what overlapped.
+//! fault proxy keeps each creation IN_PROGRESS for a while and reports what overlapped. The
+//! slots themselves are tried on the broker between two connections.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use aws_account_worker::broker::slots::{BrokerSlots, Limits};
+use aws_account_worker::slots::{CreationSlots, NoSlot};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -156,4 +159,108 @@ async fn a_killed_workers_slots_come_back_to_the_others() {
         "the other worker had all five slots at once"
     );
     env.cleanup().await;
+}
+
+/// A connection to the test broker.
+async fn connect() -> std::sync::Arc<lapin::Connection> {
+    std::sync::Arc::new(
+        lapin::Connection::connect(
+            &crate::support::amqp_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("broker"),
+    )
+}
+
+fn limits(slots: usize, max_waiting: usize, max_wait: Duration) -> Limits {
+    Limits {
+        slots,
+        poll: Duration::from_millis(20),
+        max_waiting,
+        max_wait,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slots_are_shared_between_connections_and_come_back_when_one_closes() {
+    let prefix = format!("test-slots.{}", crate::support::digits(10));
+    let (one, two) = (connect().await, connect().await);
+    let first = BrokerSlots::new(&one, &prefix, limits(2, 8, DEADLINE));
+    let second = BrokerSlots::new(&two, &prefix, limits(2, 8, DEADLINE));
+
+    let a = first.acquire("p").await.expect("first slot");
+    let _b = first.acquire("p").await.expect("second slot");
+    let waiting = tokio::spawn({
+        let second = second.clone();
+        async move { second.acquire("p").await }
+    });
+    // Another payer has slots of its own.
+    let _other = second.acquire("q").await.expect("another payer's slot");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "both slots of p are held");
+
+    drop(a);
+    let c = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("a slot given back reaches the other connection")
+        .expect("task")
+        .expect("slot");
+
+    // The first connection closes (as when its process dies): its slot comes back.
+    let again = tokio::spawn({
+        let second = second.clone();
+        async move { second.acquire("p").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!again.is_finished(), "one slot each");
+    one.close(200, "gone".into()).await.expect("close");
+    tokio::time::timeout(DEADLINE, again)
+        .await
+        .expect("the closed connection's slot comes back")
+        .expect("task")
+        .expect("slot");
+    drop(c);
+    let _ = two.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
+    let prefix = format!("test-slots.{}", crate::support::digits(10));
+    let connection = connect().await;
+    let slots = BrokerSlots::new(
+        &connection,
+        &prefix,
+        limits(1, 1, Duration::from_millis(300)),
+    );
+    let held = slots.acquire("p").await.expect("the slot");
+    let waiting = tokio::spawn({
+        let slots = slots.clone();
+        async move { slots.acquire("p").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        slots.acquire("p").await.err(),
+        Some(NoSlot::TooManyWaiting(1)),
+        "one waiter at most"
+    );
+    let timed_out = waiting.await.expect("task");
+    assert_eq!(
+        timed_out.err(),
+        Some(NoSlot::TimedOut(Duration::from_millis(300)))
+    );
+
+    // Given back inside the process, it goes to the next waiter at once.
+    let next = tokio::spawn({
+        let slots = slots.clone();
+        async move { slots.acquire("p").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("handed over")
+        .expect("task")
+        .expect("slot");
+    let _ = connection.close(200, "done".into()).await;
 }
