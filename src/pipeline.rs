@@ -15,6 +15,11 @@ use crate::provision::{Polling, Progress, ProvisionError, provision};
 use crate::report::{self, Event};
 use crate::slots::{CreationSlots, Unlimited};
 
+/// How long an order that found no creation slot (nor room to wait for one) waits in a retry
+/// queue: a slot frees when a creation ends, which takes minutes at AWS, so looking again
+/// sooner would only cycle the order through the broker.
+pub const SLOT_BUSY_WAIT: Duration = Duration::from_secs(10);
+
 /// What to do with a delivery once the pipeline is done with it.
 #[derive(Debug)]
 pub enum Outcome {
@@ -185,7 +190,7 @@ impl<O: Organizations> Pipeline<O> {
                 )
             }
             Err(ProvisionError::NoSlot(why)) => {
-                info!(reason = %why, wait = ?self.busy_wait, "no creation slot for this delivery: trying again later");
+                info!(reason = %why, wait = ?SLOT_BUSY_WAIT, "no creation slot for this delivery: trying again later");
                 Outcome::Later(
                     Failure {
                         reason: "CREATION_SLOT_BUSY".to_owned(),
@@ -193,7 +198,7 @@ impl<O: Organizations> Pipeline<O> {
                         ids: ids.clone(),
                         progress: Progress::default(),
                     },
-                    self.busy_wait,
+                    SLOT_BUSY_WAIT,
                 )
             }
             Err(ProvisionError::Rejected(rejection)) => {

@@ -219,6 +219,16 @@ async fn find_or_create<O: Organizations>(
                 .await
                 .map_err(|e| failed(e, progress))?,
         ),
+        // A new order that could not wait for a slot anyway goes back before calling AWS (not
+        // one whose earlier delivery may have a `CreateAccount` in flight: it waits in NotYet).
+        None if !progress.maybe_in_flight && slots.room_to_wait(&plan.payer).is_err() => {
+            return Err(ProvisionError::NoSlot(
+                slots
+                    .room_to_wait(&plan.payer)
+                    .err()
+                    .unwrap_or(NoSlot::TooManyWaiting(0)),
+            ));
+        }
         None => match gate(aws.as_ref(), order, plan).await? {
             Gate::Account(id) => {
                 info!(account_id = %id, "the order's account already exists: resuming");
@@ -961,12 +971,22 @@ mod tests {
         assert_eq!(done.account_id, "111122223333");
     }
 
-    /// Slots that never hand one out.
-    struct Refusing;
+    /// Slots that never hand one out; `full` also says so before the gate.
+    struct Refusing {
+        full: bool,
+    }
 
     impl CreationSlots for Refusing {
         async fn acquire(&self, _: &str) -> Result<Slot, NoSlot> {
             Err(NoSlot::TooManyWaiting(32))
+        }
+
+        fn room_to_wait(&self, _: &str) -> Result<(), NoSlot> {
+            if self.full {
+                Err(NoSlot::TooManyWaiting(32))
+            } else {
+                Ok(())
+            }
         }
     }
 
@@ -1029,13 +1049,14 @@ mod tests {
     async fn no_slot_means_later_and_nothing_requested() {
         let aws = ScriptedOrganizations::default();
         let (order, plan) = (order(), plan(Access::RootUser));
-        let shared = Arc::new(aws.clone());
+        let refusing = Refusing { full: false };
+        let fresh = Progress::default;
         let err = provision(
-            &shared,
-            &Refusing,
+            &Arc::new(aws.clone()),
+            &refusing,
             &order,
             &plan,
-            Progress::default(),
+            fresh(),
             POLLING,
         )
         .await;
@@ -1044,6 +1065,38 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(created(&aws), 0);
+
+        // With no room to wait, a new order goes back before it calls AWS at all ...
+        let aws = ScriptedOrganizations::default();
+        let full = Refusing { full: true };
+        let err = provision(
+            &Arc::new(aws.clone()),
+            &full,
+            &order,
+            &plan,
+            fresh(),
+            POLLING,
+        )
+        .await;
+        assert!(matches!(err, Err(ProvisionError::NoSlot(_))), "{err:?}");
+        assert_eq!(aws.calls(), Vec::<String>::new());
+
+        // ... but one whose earlier delivery may have a CreateAccount in flight goes through
+        // the gate (and waits in NotYet), and a known request id needs no slot.
+        let maybe = Progress {
+            maybe_in_flight: true,
+            ..Progress::default()
+        };
+        let err = provision(&Arc::new(aws.clone()), &full, &order, &plan, maybe, POLLING).await;
+        assert!(matches!(err, Err(ProvisionError::NotYet)), "{err:?}");
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        let known = Progress {
+            create_request_id: Some("car-test".into()),
+            ..Progress::default()
+        };
+        provision(&Arc::new(aws), &full, &order, &plan, known, POLLING)
+            .await
+            .expect("provisioned without a slot");
     }
 
     #[tokio::test(start_paused = true)]

@@ -52,6 +52,15 @@ pub trait CreationSlots: Send + Sync {
     /// # Errors
     /// [`NoSlot`] when the order should rather go back to the broker than wait here.
     fn acquire(&self, payer: &str) -> impl Future<Output = Result<Slot, NoSlot>> + Send;
+
+    /// Whether an order of `payer` may wait for a slot now; asked before the idempotency gate,
+    /// so that an order with no room to wait goes back without calling AWS.
+    ///
+    /// # Errors
+    /// [`NoSlot::TooManyWaiting`] when the waiting room is full.
+    fn room_to_wait(&self, _payer: &str) -> Result<(), NoSlot> {
+        Ok(())
+    }
 }
 
 /// No limit: every request gets a slot at once (`process_one`, unit tests).

@@ -140,6 +140,14 @@ impl Drop for Waiting {
 }
 
 impl CreationSlots for BrokerSlots {
+    fn room_to_wait(&self, payer: &str) -> Result<(), NoSlot> {
+        let waiting = self.payer(payer).waiting.load(Ordering::SeqCst);
+        if waiting >= self.inner.limits.max_waiting {
+            return Err(NoSlot::TooManyWaiting(waiting));
+        }
+        Ok(())
+    }
+
     async fn acquire(&self, payer: &str) -> Result<Slot, NoSlot> {
         let limits = &self.inner.limits;
         let task = self.payer(payer);
