@@ -4,6 +4,7 @@
 //!
 //! `bench` runs every phase; `bench raw-lapin COUNT SIZE` is the bare lapin loop it compares
 //! the worker with (consume → publish with confirm → ack), run as a process of its own.
+//! With `BENCH_PERF=1` it runs only the one-worker phase under `perf record`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -268,12 +269,20 @@ provider_email_domain = "provider.example"
     fn spawn(&self, endpoint: &str, port: u16, name: &str) -> anyhow::Result<Child> {
         std::fs::create_dir_all("target/bench")?;
         let log = std::fs::File::create(format!("target/bench/{name}.log"))?;
-        let child = Command::new(worker_binary())
-            .args([
-                "--config",
-                self.config.path().to_str().context("path")?,
-                "run",
-            ])
+        let config = self.config.path().to_str().context("path")?;
+        // BENCH_PERF=1 records a CPU profile of each worker (target/bench/<name>.perf).
+        let mut command = if std::env::var_os("BENCH_PERF").is_some() {
+            let mut perf = Command::new("perf");
+            perf.args(["record", "-F", "999", "-g", "-o"])
+                .arg(format!("target/bench/{name}.perf"))
+                .arg("--")
+                .arg(worker_binary());
+            perf
+        } else {
+            Command::new(worker_binary())
+        };
+        let child = command
+            .args(["--config", config, "run"])
             .env("WORKER__OBSERVABILITY__LISTEN", format!("127.0.0.1:{port}"))
             .env("AWS_ACCESS_KEY_ID", self.credentials.access_key_id())
             .env(
@@ -709,6 +718,11 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(300);
+    if std::env::var_os("BENCH_PERF").is_some() {
+        // Only the one-worker run, for its profile (the figures include perf's own cost).
+        throughput(1, orders).await?;
+        return Ok(());
+    }
     ready_ms().await?;
     let Some((worker_cpu, size)) = throughput(1, orders).await? else {
         bail!("no CPU figure");
