@@ -717,26 +717,39 @@ async fn main() -> anyhow::Result<()> {
     let orders: usize = std::env::var("BENCH_ORDERS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(150);
     if std::env::var_os("BENCH_PERF").is_some() {
         // Only the one-worker run, for its profile (the figures include perf's own cost).
         throughput(1, orders).await?;
         return Ok(());
     }
-    ready_ms().await?;
-    let Some((worker_cpu, size)) = throughput(1, orders).await? else {
-        bail!("no CPU figure");
-    };
-    let raw = raw_lapin_process(orders.max(1000), size)?;
-    figure("worker_cpu_ms_per_order", worker_cpu);
-    figure("raw_lapin_cpu_ms_per_message", raw);
-    figure("cpu_ratio", worker_cpu / raw);
-    throughput(3, orders).await?;
-    rss_1000().await?;
-    let slot_orders = std::env::var("BENCH_SLOT_ORDERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(60);
-    utilization(slot_orders).await?;
+    // BENCH_ONLY=ready,cpu,moto3,rss,slots runs only those phases.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let runs = |phase: &str| only.is_empty() || only.split(',').any(|p| p == phase);
+    if runs("ready") {
+        ready_ms().await?;
+    }
+    if runs("cpu") {
+        let Some((worker_cpu, size)) = throughput(1, orders).await? else {
+            bail!("no CPU figure");
+        };
+        let raw = raw_lapin_process(orders.max(1000), size)?;
+        figure("worker_cpu_ms_per_order", worker_cpu);
+        figure("raw_lapin_cpu_ms_per_message", raw);
+        figure("cpu_ratio", worker_cpu / raw);
+    }
+    if runs("moto3") {
+        throughput(3, orders).await?;
+    }
+    if runs("rss") {
+        rss_1000().await?;
+    }
+    if runs("slots") {
+        let slot_orders = std::env::var("BENCH_SLOT_ORDERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(60);
+        utilization(slot_orders).await?;
+    }
     Ok(())
 }

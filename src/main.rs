@@ -45,14 +45,13 @@ enum LogFormat {
     Json,
 }
 
-/// Logs to standard error at `RUST_LOG`, by default `info`; for `check` without lapin's channel
-/// errors, since there a missing queue's `NOT_FOUND` is an answer, reported on standard output.
-fn init_logging(format: LogFormat, check: bool) {
-    let default = if check {
-        "info,lapin::channel=off"
-    } else {
-        "info"
-    };
+/// Logs to standard error at `RUST_LOG`, by default `info` without lapin's channel errors: for
+/// `check` a missing queue's `NOT_FOUND` is an answer, reported on standard output, and for
+/// `run` a refused exclusive declare (`RESOURCE_LOCKED`: a creation slot or an order's key held
+/// elsewhere) is how taking one fails, every `aws.creation_slot_poll_ms` while orders wait. The
+/// worker logs the broker errors it acts on itself.
+fn init_logging(format: LogFormat) {
+    let default = "info,lapin::channel=off";
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -65,7 +64,7 @@ fn init_logging(format: LogFormat, check: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, matches!(cli.command, Command::Check));
+    init_logging(cli.log_format);
     let file = cli
         .config
         .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| Path::new(p).is_file()));
