@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark (README "The benchmark"): brings up RabbitMQ and moto (scripts/services.sh),
 # builds the worker and examples/bench.rs in release, and prints one `name value` line per
-# figure on standard output. It measures; it asserts no timing. About 7 minutes.
-# BENCH_ORDERS (300) and BENCH_SLOT_ORDERS (60) change the order counts.
+# figure on standard output. It measures; it asserts no timing. About 8 minutes.
+# BENCH_ONLY=ready,cpu,moto3,rss,slots picks phases; BENCH_ORDERS (150) and BENCH_SLOT_ORDERS
+# (60) change the order counts; BENCH_PERF=1 profiles the one-worker phase with perf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
