@@ -638,6 +638,7 @@ async fn rss_1000() -> anyhow::Result<()> {
     let port = free_port()?;
     let mut child = run.spawn(&proxy.endpoint, port, "rss")?;
     ready(port, &mut child).await?;
+    figure("rss_mib_ready", rss_mib(child.id())?);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let in_flight = metric(port, "aws_account_worker_orders_in_flight").await;

@@ -3,9 +3,10 @@
 //! that queue. RabbitMQ lets one connection at a time own an exclusive queue and deletes it when
 //! that connection closes, so a crashed replica's slots come back by themselves, and there is
 //! nothing to seed or count. Each process runs one small task per payer that serves its local
-//! waiters first come first served: it hands a slot given back straight to the next local
-//! waiter, and while orders wait it looks for a free slot every `poll` (a refused exclusive
-//! declare closes its channel, so looking costs a channel per busy slot and round).
+//! waiters first come first served: while orders wait it looks for a free slot every `poll` (a
+//! refused exclusive declare closes its channel, so looking costs a channel per busy slot and
+//! round). A slot given back goes back to the broker, not straight to a local waiter, so that
+//! every replica's waiters get their turn.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -234,11 +235,10 @@ impl PayerTask {
         false
     }
 
-    /// A slot came back: to the next local waiter, or else to every replica.
+    /// A slot came back: to every replica, the local waiters included (they look again at the
+    /// next poll, like the other replicas' waiters), so that no replica keeps the slots while
+    /// another one's orders wait.
     async fn give_back(&mut self, index: usize) {
-        if self.hand_over(index) {
-            return;
-        }
         let Some(channel) = self.owned.get_mut(index).and_then(Option::take) else {
             return;
         };
@@ -273,7 +273,7 @@ impl PayerTask {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(queue = %self.names[index], error = %e, "could not take a free creation slot");
+                    warn!(queue = %self.names[index], error = %e, kind = ?e.kind(), "could not take a free creation slot");
                     if self.connection.status().closed() {
                         return;
                     }
@@ -284,7 +284,13 @@ impl PayerTask {
 
     /// Declares slot `index`'s exclusive queue: `true` if this process owns it now.
     async fn try_own(&mut self, index: usize) -> lapin::Result<bool> {
-        let channel = self.connection.create_channel().await?;
+        // A refused declare closes its channel; should lapin hand that refusal to the next
+        // channel opened, it is the same answer.
+        let channel = match self.connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(e) if is_locked(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let options = QueueDeclareOptions {
             exclusive: true,
             ..QueueDeclareOptions::default()

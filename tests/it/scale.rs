@@ -250,7 +250,7 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
         Some(NoSlot::TimedOut(Duration::from_millis(300)))
     );
 
-    // Given back inside the process, it goes to the next waiter at once.
+    // Given back, it reaches the next waiter at its next look.
     let next = tokio::spawn({
         let slots = slots.clone();
         async move { slots.acquire("p").await }
@@ -259,7 +259,7 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
     drop(held);
     tokio::time::timeout(Duration::from_secs(5), next)
         .await
-        .expect("handed over")
+        .expect("taken by the next waiter")
         .expect("task")
         .expect("slot");
     let _ = connection.close(200, "done".into()).await;
