@@ -61,6 +61,8 @@ struct Session {
     settler: Settler,
     exclusive: Exclusive,
     slots: BrokerSlots,
+    /// Owns the creation slots' queues; closing it frees the slots held.
+    slots_connection: Arc<Connection>,
 }
 
 /// Why a session stopped consuming.
@@ -96,8 +98,12 @@ impl Session {
             metrics,
         );
         let exclusive = Exclusive::new(&connection, &format!("{}.busy", amqp.orders_queue));
+        // The slots on a connection of their own: taking a slot fails by design (a refused
+        // exclusive declare closes its channel), and lapin can hand such a refusal to another
+        // channel opened at the same moment on the same connection (an order's key).
+        let slots_connection = Arc::new(connect(&amqp.url).await?);
         let slots = BrokerSlots::new(
-            &connection,
+            &slots_connection,
             &format!("{}.slot", amqp.orders_queue),
             settings.slot_limits(),
         );
@@ -109,6 +115,7 @@ impl Session {
             settler,
             exclusive,
             slots,
+            slots_connection,
         })
     }
 
@@ -214,6 +221,11 @@ impl<O: Organizations> Worker<O> {
                     warn!(%reason, in_flight = in_flight.len(), "broker connection lost: orders in flight are abandoned and will be delivered again");
                     lost.cancel();
                     in_flight.wait().await;
+                    // The slots' connection may still be up: its slots go with it.
+                    let _ = session
+                        .slots_connection
+                        .close(200, "session lost".into())
+                        .await;
                     match reconnect(&settings, &observed.metrics, &mut shutdown).await {
                         Some(new) => {
                             session = new;
@@ -256,12 +268,10 @@ async fn stop(
         lost.cancel();
         in_flight.wait().await;
     }
-    if let Err(e) = session
-        .connection
-        .close(200, "worker stopping".into())
-        .await
-    {
-        warn!(error = %e, "closing the broker connection failed");
+    for connection in [&session.connection, &session.slots_connection] {
+        if let Err(e) = connection.close(200, "worker stopping".into()).await {
+            warn!(error = %e, "closing a broker connection failed");
+        }
     }
     info!("stopped");
 }
