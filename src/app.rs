@@ -104,6 +104,7 @@ impl Session {
         let slots_connection = Arc::new(connect(&amqp.url).await?);
         let slots = BrokerSlots::new(
             &slots_connection,
+            &amqp.url,
             &format!("{}.slot", amqp.orders_queue),
             settings.slot_limits(),
         );

@@ -7,6 +7,11 @@
 //! refused exclusive declare closes its channel, so looking costs a channel per busy slot and
 //! round). A slot given back goes back to the broker, not straight to a local waiter, so that
 //! every replica's waiters get their turn.
+//!
+//! lapin never frees the id of a channel the broker closed (lapin 4.12), so refused declares
+//! use up a connection's channels. New slots are therefore taken on a connection the task
+//! replaces once half its channels were refused; a replaced connection stays open while it
+//! owns a slot and is closed when its last slot comes back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,11 +21,16 @@ use std::time::Duration;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ErrorKind};
+use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 
+use crate::broker;
 use crate::slots::{CreationSlots, NoSlot, Slot};
+
+/// How long opening a replacement slots connection may take.
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// AMQP reply code RESOURCE_LOCKED: another connection owns the exclusive queue.
 const RESOURCE_LOCKED: u16 = 405;
@@ -46,6 +56,7 @@ pub struct BrokerSlots {
 
 struct Inner {
     connection: Arc<Connection>,
+    url: SecretString,
     prefix: String,
     limits: Limits,
     payers: Mutex<HashMap<String, Payer>>,
@@ -89,11 +100,19 @@ impl Drop for Held {
 }
 
 impl BrokerSlots {
-    /// Slots on `connection`, as exclusive queues named `<prefix>.<payer>.<i>`.
-    pub fn new(connection: &Arc<Connection>, prefix: &str, limits: Limits) -> Self {
+    /// Slots on `connection`, as exclusive queues named `<prefix>.<payer>.<i>`; `url` opens
+    /// the connections that replace it once refused declares used up half its channels.
+    /// Closing `connection` gives back every slot this process holds.
+    pub fn new(
+        connection: &Arc<Connection>,
+        url: &SecretString,
+        prefix: &str,
+        limits: Limits,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connection: Arc::clone(connection),
+                url: url.clone(),
                 prefix: prefix.to_owned(),
                 limits,
                 payers: Mutex::default(),
@@ -115,9 +134,12 @@ impl BrokerSlots {
                     .map(|i| format!("{}.{payer}.{i}", self.inner.prefix))
                     .collect();
                 let task = PayerTask {
-                    connection: Arc::clone(&self.inner.connection),
+                    base: Arc::clone(&self.inner.connection),
+                    url: self.inner.url.clone(),
+                    current: Arc::clone(&self.inner.connection),
+                    refused: 0,
                     names,
-                    owned: vec![None; self.inner.limits.slots],
+                    owned: (0..self.inner.limits.slots).map(|_| None).collect(),
                     waiters: VecDeque::new(),
                     requests: requests.downgrade(),
                 };
@@ -172,13 +194,28 @@ impl CreationSlots for BrokerSlots {
     }
 }
 
+/// A slot's queue owned by this process.
+struct Owned {
+    channel: Channel,
+    connection: Arc<Connection>,
+}
+
 /// One payer's slots in this process.
 struct PayerTask {
-    connection: Arc<Connection>,
+    /// The connection the slots were given: once it is closed, the task closes the ones it
+    /// opened (giving back their slots) and ends.
+    base: Arc<Connection>,
+    /// Opens the connections that replace `current`.
+    url: SecretString,
+    /// Where new slots are taken.
+    current: Arc<Connection>,
+    /// Declares refused on `current`: each one keeps a channel id for good.
+    refused: usize,
     /// The queue of each slot.
     names: Vec<String>,
-    /// The channel that declared slot `i`'s queue, while this process owns it.
-    owned: Vec<Option<Channel>>,
+    /// The channel (and its connection) that declared slot `i`'s queue, while this process
+    /// owns it.
+    owned: Vec<Option<Owned>>,
     /// Local orders waiting, oldest first.
     waiters: VecDeque<oneshot::Sender<Held>>,
     /// For the slots handed out, to come back; weak, so that the task ends once the slots'
@@ -207,8 +244,9 @@ impl PayerTask {
                 },
                 _ = ticker.tick(), if waiting => self.take_free().await,
             }
-            if self.connection.status().closed() && self.owned.iter().all(Option::is_none) {
+            if self.base.status().closed() {
                 debug!("the slots' connection is closed: the slot task ends");
+                self.close_all().await;
                 return;
             }
         }
@@ -239,7 +277,11 @@ impl PayerTask {
     /// next poll, like the other replicas' waiters), so that no replica keeps the slots while
     /// another one's orders wait.
     async fn give_back(&mut self, index: usize) {
-        let Some(channel) = self.owned.get_mut(index).and_then(Option::take) else {
+        let Some(Owned {
+            channel,
+            connection,
+        }) = self.owned.get_mut(index).and_then(Option::take)
+        else {
             return;
         };
         let name = &self.names[index];
@@ -251,6 +293,66 @@ impl PayerTask {
         }
         if let Err(e) = channel.close(200, "slot released".into()).await {
             debug!(error = %e, "closing a slot's channel failed");
+        }
+        self.close_if_retired(&connection).await;
+    }
+
+    /// Closes `connection` if it was replaced and owns no slot any more (never the base one,
+    /// whose closing ends the task).
+    async fn close_if_retired(&self, connection: &Arc<Connection>) {
+        let in_use = Arc::ptr_eq(connection, &self.current)
+            || Arc::ptr_eq(connection, &self.base)
+            || self
+                .owned
+                .iter()
+                .flatten()
+                .any(|owned| Arc::ptr_eq(&owned.connection, connection));
+        if !in_use {
+            debug!("closing a replaced creation slots connection");
+            if let Err(e) = connection.close(200, "replaced".into()).await {
+                debug!(error = %e, "closing a replaced slots connection failed");
+            }
+        }
+    }
+
+    /// Closes every connection this task opened, so the slots they own come back.
+    async fn close_all(&mut self) {
+        let mut opened: Vec<Arc<Connection>> = self
+            .owned
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|owned| owned.connection)
+            .collect();
+        opened.push(Arc::clone(&self.current));
+        for connection in opened {
+            if !Arc::ptr_eq(&connection, &self.base) && connection.status().connected() {
+                let _ = connection.close(200, "slots closed".into()).await;
+            }
+        }
+    }
+
+    /// Counts a refused declare on `current`, and replaces `current` once half its channels
+    /// are used up that way. If no new connection can be opened, it keeps the old one.
+    async fn refused_once(&mut self) {
+        self.refused += 1;
+        let channel_max = match self.current.configuration().channel_max() {
+            0 => u16::MAX,
+            max => max,
+        };
+        if self.refused < usize::from(channel_max / 2) {
+            return;
+        }
+        match broker::connect_once(&self.url, REPLACE_TIMEOUT).await {
+            Ok(new) => {
+                debug!(
+                    refused = self.refused,
+                    "replacing the creation slots connection"
+                );
+                let old = std::mem::replace(&mut self.current, Arc::new(new));
+                self.refused = 0;
+                self.close_if_retired(&old).await;
+            }
+            Err(e) => warn!(error = %e, "could not open a new creation slots connection"),
         }
     }
 
@@ -274,7 +376,7 @@ impl PayerTask {
                 Ok(false) => {}
                 Err(e) => {
                     warn!(queue = %self.names[index], error = %e, kind = ?e.kind(), "could not take a free creation slot");
-                    if self.connection.status().closed() {
+                    if self.current.status().closed() {
                         return;
                     }
                 }
@@ -286,9 +388,12 @@ impl PayerTask {
     async fn try_own(&mut self, index: usize) -> lapin::Result<bool> {
         // A refused declare closes its channel; should lapin hand that refusal to the next
         // channel opened, it is the same answer.
-        let channel = match self.connection.create_channel().await {
+        let channel = match self.current.create_channel().await {
             Ok(channel) => channel,
-            Err(e) if is_locked(&e) => return Ok(false),
+            Err(e) if is_locked(&e) => {
+                self.refused_once().await;
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         };
         let options = QueueDeclareOptions {
@@ -304,10 +409,16 @@ impl PayerTask {
             .await;
         match declared {
             Ok(_) => {
-                self.owned[index] = Some(channel);
+                self.owned[index] = Some(Owned {
+                    channel,
+                    connection: Arc::clone(&self.current),
+                });
                 Ok(true)
             }
-            Err(e) if is_locked(&e) => Ok(false),
+            Err(e) if is_locked(&e) => {
+                self.refused_once().await;
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }

@@ -163,14 +163,47 @@ async fn a_killed_workers_slots_come_back_to_the_others() {
 
 /// A connection to the test broker.
 async fn connect() -> std::sync::Arc<lapin::Connection> {
+    connect_to(&crate::support::amqp_url()).await
+}
+
+async fn connect_to(url: &str) -> std::sync::Arc<lapin::Connection> {
     std::sync::Arc::new(
-        lapin::Connection::connect(
-            &crate::support::amqp_url(),
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .expect("broker"),
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .expect("broker"),
     )
+}
+
+fn url() -> secrecy::SecretString {
+    crate::support::amqp_url().into()
+}
+
+/// lapin never frees the channel id of a refused declare: a waiter whose connection allows only
+/// 16 channels is refused far more often than that while another connection holds the slot, and
+/// still gets the slot once it comes back (its task moved to a new connection on the way).
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_tries_do_not_use_up_the_connection() {
+    let prefix = format!("test-slots.{}", crate::support::digits(10));
+    let small = format!("{}?channel_max=16", crate::support::amqp_url());
+    let holder = BrokerSlots::new(&connect().await, &url(), &prefix, limits(1, 8, DEADLINE));
+    let narrow = connect_to(&small).await;
+    assert_eq!(narrow.configuration().channel_max(), 16);
+    let waiter = BrokerSlots::new(&narrow, &small.into(), &prefix, limits(1, 8, DEADLINE));
+
+    let held = holder.acquire("p").await.expect("the slot");
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire("p").await }
+    });
+    // Polling every 20 ms, 1.5 s is about 75 refused tries: more than the 16 channels.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "the slot is held");
+    drop(held);
+    tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("the slot reaches the waiter after many refusals")
+        .expect("task")
+        .expect("slot");
 }
 
 fn limits(slots: usize, max_waiting: usize, max_wait: Duration) -> Limits {
@@ -186,8 +219,9 @@ fn limits(slots: usize, max_waiting: usize, max_wait: Duration) -> Limits {
 async fn slots_are_shared_between_connections_and_come_back_when_one_closes() {
     let prefix = format!("test-slots.{}", crate::support::digits(10));
     let (one, two) = (connect().await, connect().await);
-    let first = BrokerSlots::new(&one, &prefix, limits(2, 8, DEADLINE));
-    let second = BrokerSlots::new(&two, &prefix, limits(2, 8, DEADLINE));
+    let url = url();
+    let first = BrokerSlots::new(&one, &url, &prefix, limits(2, 8, DEADLINE));
+    let second = BrokerSlots::new(&two, &url, &prefix, limits(2, 8, DEADLINE));
 
     let a = first.acquire("p").await.expect("first slot");
     let _b = first.acquire("p").await.expect("second slot");
@@ -230,6 +264,7 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
     let connection = connect().await;
     let slots = BrokerSlots::new(
         &connection,
+        &url(),
         &prefix,
         limits(1, 1, Duration::from_millis(300)),
     );
