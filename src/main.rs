@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use aws_account_worker::app::{Observed, Worker};
-use aws_account_worker::aws::sdk::SdkOrganizations;
 use aws_account_worker::config::Settings;
 use aws_account_worker::observability;
 use aws_account_worker::pipeline::Pipeline;
@@ -112,10 +111,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         )
     })?;
     tokio::spawn(serving);
-    let pipeline = Pipeline::new(
-        SdkOrganizations::new(&aws, &settings.aws.member_role_name, &observed.metrics),
-        &settings,
-    );
+    let payers = aws_account_worker::aws::sdk::payers(
+        &aws,
+        &settings.payers,
+        &settings.aws.member_role_name,
+        &observed.metrics,
+    )
+    .await;
+    let pipeline = Pipeline::new(payers, &settings);
     let worker = Worker::start(&settings, pipeline, observed)
         .await
         .context("cannot start consuming (is the broker at amqp.url reachable?)")?;

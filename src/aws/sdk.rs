@@ -1,6 +1,8 @@
 //! [`Organizations`] and [`MemberIam`] over the AWS SDK, and the one place that classifies SDK
 //! errors as transient or permanent.
 
+use std::collections::BTreeMap;
+
 use aws_config::SdkConfig;
 use aws_sdk_iam::operation::create_login_profile::CreateLoginProfileError;
 use aws_sdk_iam::operation::create_user::CreateUserError;
@@ -8,7 +10,9 @@ use aws_sdk_organizations::config::http::HttpResponse;
 use aws_sdk_organizations::config::retry::RetryConfig;
 use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
+use aws_sdk_organizations::operation::move_account::MoveAccountError;
 use aws_sdk_organizations::types::{CreateAccountState, Tag};
+use aws_sdk_sts::config::SharedCredentialsProvider;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
@@ -21,6 +25,7 @@ use super::{
     ASSET_TAG, AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount,
     MemberIam, NewAccount, Organizations, Retry,
 };
+use crate::config::PayerSettings;
 use crate::domain::ids::PolicyId;
 use crate::domain::names::IamUserName;
 use crate::observability::Metrics;
@@ -74,6 +79,43 @@ pub async fn load_config() -> SdkConfig {
         .timeout_config(timeouts())
         .load()
         .await
+}
+
+/// The SDK configuration of one payer: `base` itself without a `role_arn`; with one, `base`
+/// acting as that role, assumed with `base`'s credentials. The role's credentials are fetched on
+/// first use, cached, and refreshed before they expire (the SDK's identity cache), so building
+/// this makes no call.
+pub async fn payer_config(base: &SdkConfig, role_arn: Option<&str>) -> SdkConfig {
+    let Some(role_arn) = role_arn else {
+        return base.clone();
+    };
+    let role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+        .session_name("aws-account-worker")
+        .configure(base)
+        .build()
+        .await;
+    base.to_builder()
+        .credentials_provider(SharedCredentialsProvider::new(role))
+        .build()
+}
+
+/// One [`SdkOrganizations`] per `[payers.NAME]` entry, by name, each over its
+/// [`payer_config`]; `member_role_name` and `metrics` as in [`SdkOrganizations::new`].
+pub async fn payers(
+    base: &SdkConfig,
+    payers: &BTreeMap<String, PayerSettings>,
+    member_role_name: &str,
+    metrics: &Metrics,
+) -> BTreeMap<String, SdkOrganizations> {
+    let mut clients = BTreeMap::new();
+    for (name, payer) in payers {
+        let config = payer_config(base, payer.role_arn.as_deref()).await;
+        clients.insert(
+            name.clone(),
+            SdkOrganizations::new(&config, member_role_name, metrics),
+        );
+    }
+    clients
 }
 
 /// Where a call went: the payer's organization, or a freshly created member account.
@@ -152,7 +194,8 @@ impl Intercept for CountCalls {
     }
 }
 
-/// A payer's management account, reached with the SDK's own credentials chain.
+/// A payer's management account: its Organizations client, and STS with its credentials for
+/// the way into member accounts.
 #[derive(Clone, Debug)]
 pub struct SdkOrganizations {
     config: SdkConfig,
@@ -364,6 +407,48 @@ impl Organizations for SdkOrganizations {
                 Ok(())
             }
             Err(e) => Err(classify("AttachPolicy", Target::Payer, e)),
+        }
+    }
+
+    async fn place_account(&self, account: &AccountId, parent: &str) -> AwsResult<bool> {
+        let parents = self
+            .organizations
+            .list_parents()
+            .child_id(&account.0)
+            .send()
+            .await
+            .map_err(|e| classify("ListParents", Target::Payer, e))?;
+        let Some(current) = parents.parents().first().and_then(|p| p.id()) else {
+            return Err(AwsError {
+                retry: Retry::Transient,
+                operation: "ListParents",
+                code: None,
+                message: format!("account {account} has no parent yet"),
+            });
+        };
+        if current == parent {
+            return Ok(false);
+        }
+        let moved = self
+            .organizations
+            .move_account()
+            .account_id(&account.0)
+            .source_parent_id(current)
+            .destination_parent_id(parent)
+            .send()
+            .await;
+        match moved {
+            Ok(_) => Ok(true),
+            // Another delivery moved it between our two calls.
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(MoveAccountError::DuplicateAccountException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(classify("MoveAccount", Target::Payer, e)),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aws_account_worker::app::{Observed, Worker};
-use aws_account_worker::aws::sdk::SdkOrganizations;
+use aws_account_worker::aws::sdk;
 use aws_account_worker::broker::topology;
 use aws_account_worker::config::Settings;
 use aws_account_worker::observability;
@@ -325,12 +325,14 @@ impl TestEnv {
         .await
         .expect("bind observability");
         let serving = tokio::spawn(serving);
-        let aws = SdkOrganizations::new(
+        let payers = sdk::payers(
             &self.aws,
+            &self.settings.payers,
             &self.settings.aws.member_role_name,
             &observed.metrics,
-        );
-        let worker = Worker::start(&self.settings, Pipeline::new(aws, &self.settings), observed)
+        )
+        .await;
+        let worker = Worker::start(&self.settings, Pipeline::new(payers, &self.settings), observed)
             .await
             .expect("worker starts");
         let stop = CancellationToken::new();
