@@ -84,7 +84,7 @@ pub async fn load_config() -> SdkConfig {
 /// The SDK configuration of one payer: `base` itself without a `role_arn`; with one, `base`
 /// acting as that role, assumed with `base`'s credentials. The role's credentials are fetched on
 /// first use, cached, and refreshed before they expire (the SDK's identity cache), so building
-/// this makes no call.
+/// this makes no call. `base` needs a time source, as [`load_config`] gives it.
 pub async fn payer_config(base: &SdkConfig, role_arn: Option<&str>) -> SdkConfig {
     let Some(role_arn) = role_arn else {
         return base.clone();

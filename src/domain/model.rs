@@ -189,7 +189,9 @@ impl ModelSettings {
             if let Some(id) = id.as_deref().filter(|id| !is_template_id(id)) {
                 return issue(
                     key,
-                    format!("`{id}` is not a Connect template id (TL-<digits>[-<digits>…], e.g. TL-123-456-789)"),
+                    format!(
+                        "`{id}` is not a Connect template id (TL-<digits>[-<digits>…], e.g. TL-123-456-789)"
+                    ),
                 );
             }
         }

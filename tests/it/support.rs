@@ -61,10 +61,12 @@ pub fn digits(n: usize) -> String {
         .collect()
 }
 
-/// An AWS config for moto with the given credentials.
+/// An AWS config for moto with the given credentials (and the clock that assuming a payer's
+/// role needs, as the SDK's loader sets it).
 pub fn moto_config(endpoint: &str, credentials: Credentials) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
+        .time_source(aws_smithy_async::time::SystemTimeSource::new())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(SharedCredentialsProvider::new(credentials))
@@ -332,9 +334,13 @@ impl TestEnv {
             &observed.metrics,
         )
         .await;
-        let worker = Worker::start(&self.settings, Pipeline::new(payers, &self.settings), observed)
-            .await
-            .expect("worker starts");
+        let worker = Worker::start(
+            &self.settings,
+            Pipeline::new(payers, &self.settings),
+            observed,
+        )
+        .await
+        .expect("worker starts");
         let stop = CancellationToken::new();
         let token = stop.clone();
         let join = tokio::spawn(async move { worker.run_until(token.cancelled_owned()).await });
