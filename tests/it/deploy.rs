@@ -832,7 +832,9 @@ fn the_iam_policies_allow_every_call_the_worker_makes() {
     );
     let example = read("config/default.toml");
     assert!(
-        example.contains(&format!("role_arn = \"arn:aws:iam::111122223333{payer_role}\"")),
+        example.contains(&format!(
+            "role_arn = \"arn:aws:iam::111122223333{payer_role}\""
+        )),
         "config/default.toml shows a payer role named as the policy allows"
     );
 

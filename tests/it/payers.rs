@@ -230,7 +230,7 @@ async fn a_b_order_delivered_again_is_found_in_b_creates_nothing_and_is_not_move
         "the same account"
     );
 
-    assert_eq!(member_ids(&b).await, [account.clone()], "one account in B");
+    assert_eq!(member_ids(&b).await, [account.as_str()], "one account in B");
     assert_eq!(
         member_ids(&env.payer).await,
         Vec::<String>::new(),
