@@ -553,3 +553,49 @@ impl MemberIam for SdkMemberIam {
             .map_err(|e| classify("AttachUserPolicy", Target::Member, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError, future};
+
+    use super::*;
+
+    /// Credentials that never come, as from a payer role that cannot be assumed.
+    #[derive(Debug)]
+    struct Refused;
+
+    impl ProvideCredentials for Refused {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            future::ProvideCredentials::ready(Err(CredentialsError::provider_error(
+                "AccessDenied: not authorized to perform sts:AssumeRole",
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payer_without_credentials_fails_its_calls_before_sending_them() {
+        let config = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            // Nothing listens there; the call must not get that far.
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(SharedCredentialsProvider::new(Refused))
+            .build();
+        let payer = SdkOrganizations::new(
+            &config,
+            "OrganizationAccountAccessRole",
+            &Metrics::default(),
+        );
+        let error = payer
+            .find_account("someone@example.com")
+            .await
+            .expect_err("no credentials");
+        assert_eq!(error.operation, "ListAccounts");
+        assert_eq!(error.retry, Retry::Transient, "{error:?}");
+        assert_eq!(error.reason(), "AWS_UNREACHABLE", "{error:?}");
+        assert!(error.message.contains("sts:AssumeRole"), "{error:?}");
+    }
+}
