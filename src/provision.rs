@@ -26,7 +26,7 @@ pub struct Progress {
     pub create_request_id: Option<String>,
     /// The new account, once created.
     pub account_id: Option<String>,
-    /// Whether the account's SCPs are attached.
+    /// Whether the account is in its OU (if it has one) and its SCPs are attached.
     pub policies_attached: bool,
     /// An earlier delivery of this order ended unsettled (its worker died, was stopped past
     /// its grace period, or lost the broker), so a `CreateAccount` it sent may still be on its

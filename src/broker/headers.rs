@@ -21,7 +21,7 @@ pub const CREATE_REQUEST_ID: &str = "x-create-request-id";
 pub const ACCOUNT_ID: &str = "x-account-id";
 /// The last step done: `create-requested`, `account-created` or `policies-attached`.
 pub const STEP: &str = "x-step";
-/// The [`STEP`] value once the SCPs are attached.
+/// The [`STEP`] value once the account is in its OU (if any) and its SCPs are attached.
 const POLICIES_ATTACHED: &str = "policies-attached";
 
 /// What a delivery's headers say about earlier attempts.
