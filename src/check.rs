@@ -2,9 +2,10 @@
 //! fixed order and each reports one [`Line`] (the organization check one per payer):
 //! `ok   <check>: <detail>`, `FAIL <check>: <reason>; <what to do>`, or `skip <check>: <why not>`
 //! when a check depends on one that failed (the topology needs the broker; the organization
-//! needs AWS credentials; the SCP ids need the organization). A skipped check is not a failure of its own: the check it depends on already
-//! failed. The configuration itself was loaded and validated before any of this runs: a
-//! configuration that does not load exits 2 naming the key, as `run` does.
+//! needs AWS credentials; the SCP ids need the organization). A skipped check is not a failure
+//! of its own: the check it depends on already failed. The configuration itself was loaded and
+//! validated before any of this runs: a configuration that does not load exits 2 naming the
+//! key, as `run` does.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -183,7 +184,10 @@ impl<P> Probes<P> {
     fn payers(&self) -> (Vec<(&String, &PayerProbe<P>)>, bool) {
         let mut payers: Vec<_> = self.payers.iter().collect();
         payers.sort_by_key(|(name, _)| name.as_str() != "default");
-        let only_default = matches!(payers.as_slice(), [(name, payer)] if name.as_str() == "default" && payer.role_arn.is_none());
+        let only_default = matches!(
+            payers.as_slice(),
+            [(name, payer)] if name.as_str() == "default" && payer.role_arn.is_none()
+        );
         (payers, only_default)
     }
 }

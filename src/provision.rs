@@ -457,7 +457,7 @@ mod tests {
         in_progress: Option<String>,
         /// What `DescribeAccount` answers.
         described: Option<ExistingAccount>,
-        /// Where `ListParents` finds the account (empty: the root, `r-root`).
+        /// Where `ListParents` finds the account.
         parent: Arc<Mutex<String>>,
     }
 
