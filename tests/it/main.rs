@@ -13,6 +13,7 @@ mod fixtures;
 mod malformed;
 mod observability;
 mod orders;
+mod replay;
 mod retries;
 mod safety;
 mod support;
