@@ -251,13 +251,13 @@ pub fn line(decision: Decision, dry_run: bool, letter: &DeadLetter) -> String {
 pub enum ReplayError {
     /// No connection to the broker.
     #[error(
-        "cannot connect to the broker at {address}: {source}; check amqp.url (WORKER__AMQP__URL) and that RabbitMQ runs and this host can reach it"
+        "cannot connect to the broker at {address}: {error}; check amqp.url (WORKER__AMQP__URL) and that RabbitMQ runs and this host can reach it"
     )]
     Unreachable {
         /// Host, port, vhost and user.
         address: String,
-        /// What the connection attempt said.
-        source: lapin::Error,
+        /// What the connection attempt said (in the message, not a source of its own).
+        error: lapin::Error,
     },
     /// The DLQ does not exist (a replay never declares it: a typo must not create an empty one).
     #[error(
@@ -271,23 +271,23 @@ pub enum ReplayError {
     NoOrdersExchange(String),
     /// The broker failed or refused something mid-way.
     #[error(
-        "{done} before the broker failed: {source}; the message in hand stays in the DLQ, run replay again"
+        "{done} before the broker failed: {error}; the message in hand stays in the DLQ, run replay again"
     )]
     Broker {
         /// What was done before.
         done: Summary,
         /// The failure.
-        source: lapin::Error,
+        error: lapin::Error,
     },
     /// A publish was not confirmed (e.g. no queue bound to the orders exchange).
     #[error(
-        "{done} before a publish failed: {source}; the message in hand stays in the DLQ, fix the cause and run replay again"
+        "{done} before a publish failed: {error}; the message in hand stays in the DLQ, fix the cause and run replay again"
     )]
     Publish {
         /// What was done before.
         done: Summary,
         /// The failure.
-        source: PublishError,
+        error: PublishError,
     },
 }
 
@@ -313,9 +313,9 @@ pub async fn run(
 ) -> Result<Summary, ReplayError> {
     let connection = broker::connect_once(&settings.amqp.url, CONNECT_TIMEOUT)
         .await
-        .map_err(|source| ReplayError::Unreachable {
+        .map_err(|error| ReplayError::Unreachable {
             address: broker::address(&settings.amqp.url),
-            source,
+            error,
         })?;
     let result = replay_on(&connection, settings, request, &mut emit).await;
     // The close waits for the broker to take every acknowledgement sent before it. A close that
@@ -333,7 +333,7 @@ async fn replay_on(
     let amqp = &settings.amqp;
     let mut summary = Summary::default();
     let broker_failed =
-        |done: Summary| move |source: lapin::Error| ReplayError::Broker { done, source };
+        |done: Summary| move |error: lapin::Error| ReplayError::Broker { done, error };
     let depth = topology::ready_messages(connection, &amqp.dead_letter_queue)
         .await
         .map_err(broker_failed(summary))?
@@ -402,9 +402,9 @@ async fn replay_on(
                     .await
             }
         };
-        published.map_err(|source| ReplayError::Publish {
+        published.map_err(|error| ReplayError::Publish {
             done: summary,
-            source,
+            error,
         })?;
         delivery
             .ack(BasicAckOptions::default())
