@@ -628,3 +628,48 @@ async fn bad_filters_an_unreachable_broker_and_a_missing_dlq_fail_clearly() {
     assert_eq!(still_missing, None, "replay does not declare the DLQ");
     let _ = connection.close(200, "test done".into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replays_at_once_share_the_dlq_and_lose_nothing() {
+    let env = TestEnv::fast("").await;
+    let queues = Queues::open().await;
+    let amqp = env.settings.amqp.clone();
+    const MESSAGES: usize = 200;
+    let mut ids = BTreeSet::new();
+    for _ in 0..MESSAGES {
+        let order = root_order();
+        ids.insert(order["id"].as_str().expect("id").to_owned());
+        let headers = failure_headers("AWS_UNREACHABLE", 8, None);
+        queues
+            .dead_letter(&env, order.to_string().as_bytes(), headers, false)
+            .await;
+    }
+    assert!(
+        queues
+            .channel
+            .wait_for_confirms()
+            .await
+            .expect("confirms")
+            .is_empty()
+    );
+
+    let (a, b) = tokio::join!(replay(&env, &[]), replay(&env, &[]));
+    let replayed = |ran: &Ran| -> usize {
+        assert_eq!(ran.code, Some(0), "{ran}");
+        ran.listed("replayed").len()
+    };
+    assert_eq!(
+        replayed(&a) + replayed(&b),
+        MESSAGES,
+        "each message replayed by one of them:\n{a}\n{b}"
+    );
+    assert_eq!(queues.depth(&amqp.dead_letter_queue).await, 0);
+    let moved: BTreeSet<String> = queues
+        .take_all(&amqp.orders_queue)
+        .await
+        .iter()
+        .map(|(_, body)| request_id(body))
+        .collect();
+    assert_eq!(moved, ids);
+    env.cleanup().await;
+}
