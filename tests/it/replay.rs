@@ -256,6 +256,7 @@ async fn orders_dead_lettered_while_aws_was_away_are_replayed_once_it_is_back() 
 
     // --request-id moves exactly one.
     let one = replay(&env, &["--request-id", &ids[7]]).await;
+    println!("--- replay --request-id {}\n{}", ids[7], one.stdout);
     one.expect("replayed 1, kept 0, skipped 19");
     assert_eq!(one.listed("replayed").len(), 1, "{one}");
     assert!(one.listed("replayed")[0].contains(&ids[7]), "{one}");
@@ -461,6 +462,7 @@ async fn a_poison_message_comes_back_to_the_dlq_and_stops_at_the_replay_cap() {
         dead_lettered(&env.next_event().await);
     }
     let ran = replay(&env, &[]).await;
+    println!("--- replay at the cap\n{}", ran.stdout);
     ran.expect("replayed 0, kept 1, skipped 0");
     assert!(
         ran.listed("kept")[0].starts_with("kept     - reason=NOT_JSON attempts=1 replays=2"),
@@ -537,10 +539,12 @@ async fn a_replay_killed_mid_way_and_run_again_loses_nothing() {
         "killed mid-way: {moved} of {MESSAGES} moved"
     );
 
+    let started = std::time::Instant::now();
     let second = replay(&env, &[]).await;
     println!(
-        "--- replay after one killed at {moved}: {}",
-        second.summary()
+        "--- replay after one killed at {moved}: {} in {:?}",
+        second.summary(),
+        started.elapsed()
     );
     assert_eq!(second.code, Some(0), "{second}");
 
