@@ -462,6 +462,7 @@ mod tests {
                 "[retry]\nmax_delay_ms = 10\ninitial_delay_ms = 100",
                 "retry.max_delay_ms",
             ),
+            ("[retry]\nmax_replays = 0", "retry.max_replays"),
             (
                 "[aws]\nmember_role_name = \"bad role\"",
                 "aws.member_role_name",
