@@ -11,10 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
-
-use secrecy::ExposeSecret;
 
 use crate::aws::probe::{OrganizationInfo, Probe, ProbeError, ProbeFailure, SdkProbe};
 use crate::broker::{self, topology};
@@ -423,14 +420,7 @@ fn policy_arn_problem(arn: &str) -> Result<(), String> {
 
 /// Where the broker is, without the password: `host:port, vhost V, user U`.
 fn broker_address(settings: &Settings) -> String {
-    match lapin::uri::AMQPUri::from_str(settings.amqp.url.expose_secret()) {
-        Ok(uri) => format!(
-            "{}:{}, vhost {}, user {}",
-            uri.authority.host, uri.authority.port, uri.vhost, uri.authority.userinfo.username
-        ),
-        // Configuration validation refuses such a URL; never print it, it may hold a password.
-        Err(_) => "amqp.url".to_owned(),
-    }
+    broker::address(&settings.amqp.url)
 }
 
 /// Check 4: passive declares of every exchange and queue the worker uses.

@@ -248,6 +248,12 @@ impl Settings {
         if retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
+        if retry.max_replays == 0 {
+            return Err(invalid(
+                "retry.max_replays",
+                "must be at least 1 (0 would keep every dead letter from replay)",
+            ));
+        }
         let aws = &self.aws;
         let role_ok = (1..=64).contains(&aws.member_role_name.len())
             && aws
@@ -487,6 +493,7 @@ mod tests {
                 "[retry]\nmax_delay_ms = 10\ninitial_delay_ms = 100",
                 "retry.max_delay_ms",
             ),
+            ("[retry]\nmax_replays = 0", "retry.max_replays"),
             (
                 "[aws]\nmember_role_name = \"bad role\"",
                 "aws.member_role_name",

@@ -14,6 +14,7 @@ mod malformed;
 mod observability;
 mod orders;
 mod payers;
+mod replay;
 mod retries;
 mod safety;
 mod support;
