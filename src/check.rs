@@ -1,19 +1,17 @@
 //! `aws-account-worker check`: tries a deployment before it takes orders. Seven checks run in a
-//! fixed order and each reports one [`Line`]: `ok   <check>: <detail>`, `FAIL <check>: <reason>;
-//! <what to do>`, or `skip <check>: <why not>` when a check depends on one that failed (the
-//! topology needs the broker; the organization needs AWS credentials; the SCP ids need the
-//! organization). A skipped check is not a failure of its own: the check it depends on already
-//! failed. The configuration itself was loaded and validated before any of this runs: a
-//! configuration that does not load exits 2 naming the key, as `run` does.
+//! fixed order and each reports one [`Line`] (the organization check one per payer):
+//! `ok   <check>: <detail>`, `FAIL <check>: <reason>; <what to do>`, or `skip <check>: <why not>`
+//! when a check depends on one that failed (the topology needs the broker; the organization
+//! needs AWS credentials; the SCP ids need the organization). A skipped check is not a failure
+//! of its own: the check it depends on already failed. The configuration itself was loaded and
+//! validated before any of this runs: a configuration that does not load exits 2 naming the
+//! key, as `run` does.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
-
-use secrecy::ExposeSecret;
 
 use crate::aws::probe::{OrganizationInfo, Probe, ProbeError, ProbeFailure, SdkProbe};
 use crate::broker::{self, topology};
@@ -92,6 +90,12 @@ impl Line {
     fn skip(check: &'static str, text: impl AsRef<str>) -> Self {
         Self::new(Status::Skip, check, text.as_ref())
     }
+
+    /// The same line, naming the payer it is about.
+    fn for_payer(self, payer: &str) -> Self {
+        let text = format!("payer {payer}: {}", self.text);
+        Self::new(self.status, self.check, &text)
+    }
 }
 
 impl fmt::Display for Line {
@@ -133,20 +137,64 @@ impl Summary {
 /// settings were loaded from, if any (it is named in the first line).
 pub async fn run_and_print(settings: &Settings, file: Option<&Path>) -> Summary {
     let aws = crate::aws::sdk::load_config().await;
-    let probe = SdkProbe::new(&aws);
-    run(settings, file, &probe, BROKER_TIMEOUT, |line| {
+    let mut payers = BTreeMap::new();
+    for (name, payer) in &settings.payers {
+        let config = crate::aws::sdk::payer_config(&aws, payer.role_arn.as_deref()).await;
+        payers.insert(
+            name.clone(),
+            PayerProbe {
+                role_arn: payer.role_arn.clone(),
+                probe: SdkProbe::new(&config),
+            },
+        );
+    }
+    let probes = Probes {
+        own: SdkProbe::new(&aws),
+        payers,
+    };
+    run(settings, file, &probes, BROKER_TIMEOUT, |line| {
         // A closed standard output (`check | head -1`) must not stop the checks.
         let _ = writeln!(std::io::stdout(), "{line}");
     })
     .await
 }
 
-/// Runs the checks in order against the broker of `settings` and AWS through `probe`, handing
-/// each line to `emit` as soon as it is known.
+/// What `check` asks AWS through: the SDK's own credentials, and each payer's.
+pub struct Probes<P> {
+    /// With the SDK's own credentials.
+    pub own: P,
+    /// By `[payers.NAME]` name.
+    pub payers: BTreeMap<String, PayerProbe<P>>,
+}
+
+/// One payer's view of AWS.
+pub struct PayerProbe<P> {
+    /// The role assumed for this payer; `None`: the SDK's own credentials.
+    pub role_arn: Option<String>,
+    /// With this payer's credentials.
+    pub probe: P,
+}
+
+impl<P> Probes<P> {
+    /// The payers, `default` first; and whether there is only `default`, without a role (then
+    /// the lines name no payer).
+    fn payers(&self) -> (Vec<(&String, &PayerProbe<P>)>, bool) {
+        let mut payers: Vec<_> = self.payers.iter().collect();
+        payers.sort_by_key(|(name, _)| name.as_str() != "default");
+        let only_default = matches!(
+            payers.as_slice(),
+            [(name, payer)] if name.as_str() == "default" && payer.role_arn.is_none()
+        );
+        (payers, only_default)
+    }
+}
+
+/// Runs the checks in order against the broker of `settings` and AWS through `probes`, handing
+/// each line to `emit` as soon as it is known. The organization check prints one line per payer.
 pub async fn run<P: Probe>(
     settings: &Settings,
     file: Option<&Path>,
-    probe: &P,
+    probes: &Probes<P>,
     broker_timeout: Duration,
     mut emit: impl FnMut(&Line),
 ) -> Summary {
@@ -188,7 +236,7 @@ pub async fn run<P: Probe>(
         )),
     }
 
-    let identity = match probe.caller_identity().await {
+    let identity = match probes.own.caller_identity().await {
         Ok(identity) => {
             report(Line::ok(
                 AWS_CREDENTIALS,
@@ -202,29 +250,44 @@ pub async fn run<P: Probe>(
         }
     };
 
-    let organization = match &identity {
-        Some(identity) => {
-            let (line, organization) = organization(probe, &identity.account).await;
-            report(line);
-            organization
-        }
-        None => {
-            report(Line::skip(
-                ORGANIZATION,
-                "not checked: the AWS credentials do not work",
-            ));
-            None
-        }
-    };
+    let (payers, only_default) = probes.payers();
+    let mut organizations = BTreeMap::new();
+    for (name, payer) in &payers {
+        let (line, organization) = match (&identity, &payer.role_arn) {
+            (None, _) => (
+                Line::skip(ORGANIZATION, "not checked: the AWS credentials do not work"),
+                None,
+            ),
+            (Some(identity), None) => organization(&payer.probe, &identity.account).await,
+            (Some(_), Some(role)) => assumed_organization(&payer.probe, role).await,
+        };
+        report(if only_default {
+            line
+        } else {
+            line.for_payer(name)
+        });
+        organizations.insert(name.as_str(), organization);
+    }
 
     let configured = configured_scps(settings);
-    let line = match (&organization, configured.is_empty()) {
-        (_, true) => Line::ok(SCPS, "none configured"),
-        (Some(organization), false) => scps(probe, organization, &configured).await,
-        (None, false) if identity.is_none() => {
-            Line::skip(SCPS, "not checked: the AWS credentials do not work")
-        }
-        (None, false) => Line::skip(SCPS, "not checked: no organization to look in"),
+    let mut lines = Vec::new();
+    for (name, payer) in &payers {
+        let Some(configured) = configured.get(name.as_str()).filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        let line = match organizations.get(name.as_str()).and_then(Option::as_ref) {
+            Some(organization) => scps(&payer.probe, organization, configured).await,
+            None if identity.is_none() => {
+                Line::skip(SCPS, "not checked: the AWS credentials do not work")
+            }
+            None => Line::skip(SCPS, "not checked: no organization to look in"),
+        };
+        lines.push((name.as_str(), line));
+    }
+    let line = match lines.as_slice() {
+        [] => Line::ok(SCPS, "none configured"),
+        [(_, line)] if only_default => line.clone(),
+        _ => combined(SCPS, lines),
     };
     report(line);
     summary
@@ -357,14 +420,7 @@ fn policy_arn_problem(arn: &str) -> Result<(), String> {
 
 /// Where the broker is, without the password: `host:port, vhost V, user U`.
 fn broker_address(settings: &Settings) -> String {
-    match lapin::uri::AMQPUri::from_str(settings.amqp.url.expose_secret()) {
-        Ok(uri) => format!(
-            "{}:{}, vhost {}, user {}",
-            uri.authority.host, uri.authority.port, uri.vhost, uri.authority.userinfo.username
-        ),
-        // Configuration validation refuses such a URL; never print it, it may hold a password.
-        Err(_) => "amqp.url".to_owned(),
-    }
+    broker::address(&settings.amqp.url)
 }
 
 /// Check 4: passive declares of every exchange and queue the worker uses.
@@ -516,19 +572,85 @@ async fn organization<P: Probe>(probe: &P, caller: &str) -> (Line, Option<Organi
     (line, Some(organization))
 }
 
-/// Every distinct SCP id of every layer, with the keys that name it.
-fn configured_scps(settings: &Settings) -> BTreeMap<String, Vec<String>> {
-    let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (path, layer) in layers(settings) {
-        for id in layer.service_control_policies.iter().flatten() {
-            let key = format!("{path}.service_control_policies");
-            let keys = ids.entry(id.clone()).or_default();
+/// Check 6 for a payer with a role: the role can be assumed (`GetCallerIdentity` with its
+/// credentials), then the organization as seen by the assumed role.
+async fn assumed_organization<P: Probe>(probe: &P, role: &str) -> (Line, Option<OrganizationInfo>) {
+    match probe.caller_identity().await {
+        Ok(assumed) => {
+            let (line, organization) = organization(probe, &assumed.account).await;
+            let text = format!("role {role}: {}", line.text);
+            (Line::new(line.status, line.check, &text), organization)
+        }
+        Err(e) => (
+            Line::fail(
+                ORGANIZATION,
+                format!("cannot assume the role {role}: {e}"),
+                "allow the worker's identity sts:AssumeRole on it (deploy/iam/payer-policy.json, AssumeTheRolesOfOtherPayers) and trust that identity in the role's trust policy",
+            ),
+            None,
+        ),
+    }
+}
+
+/// One line for several payers' lines of `check`: the worst status, each payer's text.
+fn combined(check: &'static str, lines: Vec<(&str, Line)>) -> Line {
+    let status = if lines.iter().any(|(_, l)| l.status == Status::Fail) {
+        Status::Fail
+    } else if lines.iter().any(|(_, l)| l.status == Status::Skip) {
+        Status::Skip
+    } else {
+        Status::Ok
+    };
+    let text: Vec<String> = lines
+        .into_iter()
+        .map(|(payer, line)| format!("payer {payer}: {}", line.text))
+        .collect();
+    Line::new(status, check, &text.join(" | "))
+}
+
+/// Every distinct SCP id an order can get from the configuration, by the payer whose
+/// organization it must exist in, with the keys that name it. Each place an order can resolve
+/// at (the global defaults, each marketplace, each OPCO) takes its SCPs and its payer from its
+/// most specific layer that sets them, as resolution does.
+fn configured_scps(settings: &Settings) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let global = ("business_model".to_owned(), &settings.business_model);
+    let mut places = vec![vec![global.clone()]];
+    for (marketplace, section) in &settings.marketplaces {
+        let path = format!("marketplaces.\"{marketplace}\"");
+        let market = (path.clone(), &section.settings);
+        for (opco, layer) in &section.opcos {
+            let opco = (format!("{path}.opcos.\"{opco}\""), layer);
+            places.push(vec![opco, market.clone(), global.clone()]);
+        }
+        places.push(vec![market, global.clone()]);
+    }
+    let mut by_payer: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for place in places {
+        let payer = place
+            .iter()
+            .find_map(|(_, layer)| layer.payer.clone())
+            .unwrap_or_else(|| "default".to_owned());
+        let Some((path, ids)) = place.iter().find_map(|(path, layer)| {
+            layer
+                .service_control_policies
+                .as_ref()
+                .map(|ids| (path, ids))
+        }) else {
+            continue;
+        };
+        let key = format!("{path}.service_control_policies");
+        for id in ids {
+            let keys = by_payer
+                .entry(payer.clone())
+                .or_default()
+                .entry(id.clone())
+                .or_default();
             if !keys.contains(&key) {
-                keys.push(key);
+                keys.push(key.clone());
             }
         }
     }
-    ids
+    by_payer
 }
 
 /// Check 7: `DescribePolicy` of every configured SCP id.
@@ -658,7 +780,9 @@ mod tests {
              [marketplaces.\"MP-1\"]\nservice_control_policies = [\"p-aaaaaaaa\", \"p-bbbbbbbb\"]\n\
              [marketplaces.\"MP-1\".opcos.\"TA-1\"]\nservice_control_policies = [\"p-cccccccc\"]\n",
         );
-        let ids = configured_scps(&settings);
+        let by_payer = configured_scps(&settings);
+        assert_eq!(by_payer.keys().collect::<Vec<_>>(), ["default"]);
+        let ids = &by_payer["default"];
         assert_eq!(
             ids["p-aaaaaaaa"],
             [
@@ -671,6 +795,51 @@ mod tests {
             ["marketplaces.\"MP-1\".opcos.\"TA-1\".service_control_policies"]
         );
         assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn scps_are_looked_for_in_the_payer_of_every_place_that_gets_them() {
+        let settings = settings(
+            "service_control_policies = [\"p-aaaaaaaa\"]\n\
+             [payers.b]\nrole_arn = \"arn:aws:iam::111122223333:role/AccountVending\"\n\
+             [marketplaces.\"MP-1\"]\nmulti_payer = true\n\
+             [marketplaces.\"MP-1\".opcos.\"TA-1\"]\npayer = \"b\"\nservice_control_policies = [\"p-bbbbbbbb\"]\n\
+             [marketplaces.\"MP-2\"]\npayer = \"b\"\n",
+        );
+        let by_payer = configured_scps(&settings);
+        let global = vec!["business_model.service_control_policies".to_owned()];
+        assert_eq!(
+            by_payer["default"],
+            BTreeMap::from([("p-aaaaaaaa".to_owned(), global.clone())])
+        );
+        assert_eq!(
+            by_payer["b"],
+            BTreeMap::from([
+                ("p-aaaaaaaa".to_owned(), global),
+                (
+                    "p-bbbbbbbb".to_owned(),
+                    vec![
+                        "marketplaces.\"MP-1\".opcos.\"TA-1\".service_control_policies".to_owned()
+                    ]
+                ),
+            ]),
+            "MP-2's orders get the global SCP in b"
+        );
+    }
+
+    #[test]
+    fn payer_lines_combine_with_the_worst_status() {
+        let line = combined(
+            SCPS,
+            vec![
+                ("default", Line::ok(SCPS, "1 SCP found: p-a (x)")),
+                ("b", Line::fail(SCPS, "not found in o-b: p-b", "create it")),
+            ],
+        );
+        assert_eq!(
+            line.to_string(),
+            "FAIL service control policies: payer default: 1 SCP found: p-a (x) | payer b: not found in o-b: p-b; create it"
+        );
     }
 
     #[test]

@@ -269,6 +269,12 @@ impl Settings {
         if retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
+        if retry.max_replays == 0 {
+            return Err(invalid(
+                "retry.max_replays",
+                "must be at least 1 (0 would keep every dead letter from replay)",
+            ));
+        }
         let aws = &self.aws;
         let role_ok = (1..=64).contains(&aws.member_role_name.len())
             && aws
@@ -323,50 +329,81 @@ impl Settings {
             }
         }
         for (name, payer) in &self.payers {
-            if name != "default" || payer.role_arn.is_some() {
-                return Err(invalid(
-                    format!("payers.{name}"),
-                    "only the `default` payer, without role_arn, is supported by this version (Multi-Payer is not built yet)",
-                ));
+            if let Some(arn) = &payer.role_arn
+                && let Err(why) = role_arn_problem(arn)
+            {
+                return Err(invalid(format!("payers.{name}.role_arn"), why));
             }
         }
+        self.check_payer("business_model", global)?;
         check_spam_email(&self.business_model, "business_model", global)?;
         for (marketplace, section) in &self.marketplaces {
             let path = format!("marketplaces.\"{marketplace}\"");
             MarketplaceId::parse(marketplace).map_err(|e| invalid(&path, e.to_string()))?;
             check_layer(&path, &section.settings)?;
+            self.check_payer(&path, &section.settings)?;
             check_spam_email(&section.settings, &path, global)?;
             for (opco, settings) in &section.opcos {
                 let path = format!("{path}.opcos.\"{opco}\"");
                 TierAccountId::parse(opco).map_err(|e| invalid(&path, e.to_string()))?;
                 check_layer(&path, settings)?;
+                self.check_payer(&path, settings)?;
                 check_spam_email(settings, &path, global)?;
             }
         }
         Ok(())
     }
+
+    /// A layer's `payer` must name a `[payers.NAME]` entry.
+    fn check_payer(&self, path: &str, layer: &ModelSettings) -> Result<(), ConfigError> {
+        match layer.payer.as_deref() {
+            Some(payer) if !self.payers.contains_key(payer) => {
+                let known: Vec<&str> = self.payers.keys().map(String::as_str).collect();
+                Err(invalid(
+                    format!("{path}.payer"),
+                    format!(
+                        "payer `{payer}` has no [payers.{payer}] entry (configured: {})",
+                        known.join(", ")
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
-/// Validates one layer's own values, its payer name, and what this version cannot do yet.
+/// Validates one layer's own values.
 fn check_layer(path: &str, layer: &ModelSettings) -> Result<(), ConfigError> {
     layer
         .validate()
-        .map_err(|issue| invalid(format!("{path}.{}", issue.key), issue.message))?;
-    if let Some(payer) = layer.payer.as_deref().filter(|p| *p != "default") {
-        return Err(invalid(
-            format!("{path}.payer"),
-            format!(
-                "payer `{payer}`: only `default` is supported by this version (Multi-Payer is not built yet)"
-            ),
-        ));
+        .map_err(|issue| invalid(format!("{path}.{}", issue.key), issue.message))
+}
+
+/// What makes `arn` not an IAM role ARN (`arn:<partition>:iam::<12 digits>:role/[path/]name`),
+/// if anything.
+fn role_arn_problem(arn: &str) -> Result<(), String> {
+    let expected = "expected arn:aws:iam::<12-digit account id>:role/[PATH/]NAME";
+    let fields: Vec<&str> = arn.splitn(6, ':').collect();
+    let ["arn", partition, "iam", "", account, resource] = fields.as_slice() else {
+        return Err(format!("`{arn}` is not an IAM role ARN; {expected}"));
+    };
+    let name_ok = |part: &str| {
+        (1..=64).contains(&part.len())
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    };
+    let well_formed = partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource
+            .strip_prefix("role/")
+            .is_some_and(|path| path.split('/').all(name_ok));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!("`{arn}` is not an IAM role ARN; {expected}"))
     }
-    if layer.organizational_unit_id.is_some() {
-        return Err(invalid(
-            format!("{path}.organizational_unit_id"),
-            "OU placement is not supported by this version yet; remove the key",
-        ));
-    }
-    Ok(())
 }
 
 /// The SPAM email a layer would render must be an address on its provider domain.
@@ -489,6 +526,7 @@ mod tests {
                 "[retry]\nmax_delay_ms = 10\ninitial_delay_ms = 100",
                 "retry.max_delay_ms",
             ),
+            ("[retry]\nmax_replays = 0", "retry.max_replays"),
             (
                 "[aws]\nmember_role_name = \"bad role\"",
                 "aws.member_role_name",
@@ -527,11 +565,47 @@ mod tests {
             ),
             (
                 "[payers.b]\nrole_arn = \"arn:aws:iam::1:role/x\"",
-                "payers.b",
+                "payers.b.role_arn",
             ),
             (
-                "[business_model]\norganizational_unit_id = \"ou-ab12-cdef3456\"",
+                "[payers.b]\nrole_arn = \"arn:aws:iam::111122223333:user/x\"",
+                "payers.b.role_arn",
+            ),
+            (
+                "[payers.b]\nrole_arn = \"arn:aws:iam::111122223333:role/bad name\"",
+                "payers.b.role_arn",
+            ),
+            (
+                "[payers.b]\nrole_ar = \"arn:aws:iam::111122223333:role/x\"",
+                "payers.b.role_ar",
+            ),
+            (
+                "[business_model]\npayer = \"nobody\"",
+                "business_model.payer",
+            ),
+            (
+                "[marketplaces.\"MP-1\"]\npayer = \"b\"",
+                "marketplaces.\"MP-1\".payer",
+            ),
+            (
+                "[payers.b]\n[marketplaces.\"MP-1\".opcos.\"TA-1\"]\npayer = \"c\"",
+                "marketplaces.\"MP-1\".opcos.\"TA-1\".payer",
+            ),
+            (
+                "[business_model]\norganizational_unit_id = \"ou-ab12\"",
                 "business_model.organizational_unit_id",
+            ),
+            (
+                "[marketplaces.\"MP-1\"]\norganizational_unit_id = \"OU-AB12-CDEF3456\"",
+                "marketplaces.\"MP-1\".organizational_unit_id",
+            ),
+            (
+                "[marketplaces.\"MP-1\"]\niam_user_template_id = \"TL-12a-345\"",
+                "marketplaces.\"MP-1\".iam_user_template_id",
+            ),
+            (
+                "[marketplaces.\"MP-1\".opcos.\"TA-1\"]\nroot_user_template_id = \"TL-\"",
+                "marketplaces.\"MP-1\".opcos.\"TA-1\".root_user_template_id",
             ),
         ];
         for (toml, key) in cases {
@@ -556,6 +630,29 @@ mod tests {
         assert_eq!(
             section.opcos["TA-0-1"].service_control_policies,
             Some(vec!["p-abcd1234".to_owned()])
+        );
+    }
+
+    #[test]
+    fn payers_with_roles_and_their_placement_load() {
+        let settings = Settings::from_toml(&format!(
+            "{VALID}\norganizational_unit_id = \"ou-ab12-cdef3456\"\n\
+             iam_user_template_id = \"TL-111-222-333\"\n\
+             [payers.b]\nrole_arn = \"arn:aws:iam::111122223333:role/vending/AccountVending\"\n\
+             [marketplaces.\"MP-91673\"]\nmulti_payer = true\nroot_user_template_id = \"TL-444-555\"\n\
+             [marketplaces.\"MP-91673\".opcos.\"TA-0-1\"]\npayer = \"b\"\norganizational_unit_id = \"r-ab12\""
+        ))
+        .expect("valid");
+        assert_eq!(
+            settings.payers.keys().collect::<Vec<_>>(),
+            ["b", "default"],
+            "the built-in default payer stays"
+        );
+        assert_eq!(
+            settings.marketplaces["MP-91673"].opcos["TA-0-1"]
+                .payer
+                .as_deref(),
+            Some("b")
         );
     }
 

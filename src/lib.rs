@@ -9,7 +9,8 @@
 //!   that maps an outcome to ack, retry or dead-letter;
 //! - [`config`]: settings; [`app`]: wiring and the run loop; [`observability`]: metrics and
 //!   health endpoints;
-//! - [`check`]: the `check` command, which tries a deployment's configuration, broker and AWS.
+//! - [`check`]: the `check` command, which tries a deployment's configuration, broker and AWS;
+//! - [`replay`]: the `replay` command, which moves dead-lettered orders back for processing.
 
 pub mod app;
 pub mod aws;
@@ -20,5 +21,6 @@ pub mod domain;
 pub mod observability;
 pub mod pipeline;
 pub mod provision;
+pub mod replay;
 pub mod report;
 pub mod slots;

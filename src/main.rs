@@ -1,16 +1,18 @@
 //! The `aws-account-worker` binary: parses the command line, sets up logging, loads and
 //! validates the configuration (exit 2 on error), and runs the worker until SIGTERM/SIGINT.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use aws_account_worker::app::{Observed, Worker};
-use aws_account_worker::aws::sdk::SdkOrganizations;
 use aws_account_worker::config::Settings;
+use aws_account_worker::domain::ids::RequestId;
 use aws_account_worker::observability;
 use aws_account_worker::pipeline::Pipeline;
-use clap::{Parser, Subcommand, ValueEnum};
+use aws_account_worker::replay;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -37,6 +39,37 @@ enum Command {
     Run,
     /// Check the configuration, the broker and AWS: one line per check, exit 1 on any failure
     Check,
+    /// Move dead-lettered orders back to the orders exchange (publish with confirm, then ack);
+    /// one line per replayed or kept message, then `replayed N, kept M, skipped K`
+    Replay(ReplayArgs),
+}
+
+/// Which dead letters `replay` moves; all filters must match.
+#[derive(Args)]
+struct ReplayArgs {
+    /// Replay at most N messages
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    limit: Option<u32>,
+    /// Replay only this request (repeat for several)
+    #[arg(long = "request-id", value_name = "PR-…", value_parser = RequestId::parse)]
+    request_ids: Vec<RequestId>,
+    /// Replay only messages dead-lettered for this reason (as listed: an x-failure-reason code
+    /// such as AWS_UNREACHABLE, or RabbitMQ's reason such as delivery_limit)
+    #[arg(long, value_name = "CODE", value_parser = reason_code)]
+    reason: Option<String>,
+    /// List what would be replayed or kept and move nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// A `--reason` value: not blank.
+fn reason_code(value: &str) -> Result<String, String> {
+    let code = value.trim();
+    if code.is_empty() {
+        Err("a reason code may not be empty (e.g. AWS_UNREACHABLE)".to_owned())
+    } else {
+        Ok(code.to_owned())
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,6 +118,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run => runtime.block_on(run(settings)),
         Command::Check => runtime.block_on(check(&settings, file.as_deref())),
+        Command::Replay(args) => runtime.block_on(replay(&settings, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,10 +145,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         )
     })?;
     tokio::spawn(serving);
-    let pipeline = Pipeline::new(
-        SdkOrganizations::new(&aws, &settings.aws.member_role_name, &observed.metrics),
-        &settings,
-    );
+    let payers = aws_account_worker::aws::sdk::payers(
+        &aws,
+        &settings.payers,
+        &settings.aws.member_role_name,
+        &observed.metrics,
+    )
+    .await;
+    let pipeline = Pipeline::new(payers, &settings);
     let worker = Worker::start(&settings, pipeline, observed)
         .await
         .context("cannot start consuming (is the broker at amqp.url reachable?)")?;
@@ -131,6 +169,31 @@ async fn check(settings: &Settings, file: Option<&Path>) -> anyhow::Result<()> {
         summary.failed(),
         summary.lines.len()
     );
+    Ok(())
+}
+
+/// `replay`: one line per replayed or kept message and the summary on standard output.
+async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    let request = replay::Request {
+        filter: replay::Filter {
+            request_ids: args.request_ids,
+            reason: args.reason,
+            limit: args.limit,
+        },
+        dry_run: args.dry_run,
+    };
+    let summary = replay::run(settings, &request, |line| {
+        // A closed standard output (`replay | head -1`) must not stop the replay half-way.
+        let _ = writeln!(std::io::stdout(), "{line}");
+    })
+    .await?;
+    if request.dry_run {
+        eprintln!(
+            "dry run: {} would be replayed; nothing was moved",
+            summary.would_replay
+        );
+    }
+    let _ = writeln!(std::io::stdout(), "{summary}");
     Ok(())
 }
 

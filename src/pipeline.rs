@@ -51,7 +51,9 @@ pub struct Failure {
 
 /// The pipeline: AWS plus the settings that resolution and provisioning need.
 pub struct Pipeline<O> {
-    aws: Arc<O>,
+    /// Each payer's management account, by `[payers.NAME]` name; an order goes to its
+    /// `plan.payer`'s, for every call (the gate included).
+    payers: BTreeMap<String, Arc<O>>,
     business_model: ModelSettings,
     marketplaces: BTreeMap<String, MarketplaceSettings>,
     polling: Polling,
@@ -63,10 +65,14 @@ pub struct Pipeline<O> {
 }
 
 impl<O: Organizations> Pipeline<O> {
-    /// A pipeline over `aws` with the business-model and polling settings of `settings`.
-    pub fn new(aws: O, settings: &Settings) -> Arc<Self> {
+    /// A pipeline over `payers` (one per `[payers.NAME]` entry, by name) with the
+    /// business-model and polling settings of `settings`.
+    pub fn new(payers: BTreeMap<String, O>, settings: &Settings) -> Arc<Self> {
         Arc::new(Self {
-            aws: Arc::new(aws),
+            payers: payers
+                .into_iter()
+                .map(|(name, aws)| (name, Arc::new(aws)))
+                .collect(),
             business_model: settings.business_model.clone(),
             marketplaces: settings.marketplaces.clone(),
             polling: Polling {
@@ -172,7 +178,17 @@ impl<O: Organizations> Pipeline<O> {
         let Resolved {
             request, plan, ids, ..
         } = order;
-        match provision(&self.aws, slots, request, plan, progress, self.polling).await {
+        let Some(aws) = self.payers.get(&plan.payer) else {
+            // Start-up validation refuses a payer without a [payers.NAME] entry.
+            warn!(payer = %plan.payer, "no such payer");
+            return Outcome::DeadLetter(Failure {
+                reason: "UNKNOWN_PAYER".to_owned(),
+                message: format!("payer `{}` is not configured", plan.payer),
+                ids: ids.clone(),
+                progress,
+            });
+        };
+        match provision(aws, slots, request, plan, progress, self.polling).await {
             Ok(done) => {
                 info!(account_id = %done.account_id, "order provisioned");
                 Outcome::Report(report::provisioned(ids, plan, &done))

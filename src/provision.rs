@@ -28,7 +28,7 @@ pub struct Progress {
     pub create_request_id: Option<String>,
     /// The new account, once created.
     pub account_id: Option<String>,
-    /// Whether the account's SCPs are attached.
+    /// Whether the account is in its OU (if it has one) and its SCPs are attached.
     pub policies_attached: bool,
     /// An earlier delivery of this order ended unsettled (its worker died, was stopped past
     /// its grace period, or lost the broker), so a `CreateAccount` it sent may still be on its
@@ -140,7 +140,17 @@ pub async fn provision<O: Organizations>(
     };
     let account = AccountId(account_id.clone());
 
+    // The account's place and its SCPs are one step: `policies_attached` says both are done.
     if !progress.policies_attached {
+        if let Some(parent) = &plan.organizational_unit_id {
+            let moved = aws
+                .place_account(&account, parent)
+                .await
+                .map_err(|e| failed(e, &progress))?;
+            if moved {
+                info!(organizational_unit_id = %parent, "account moved to its organizational unit");
+            }
+        }
         for policy in &plan.service_control_policies {
             aws.attach_policy(policy, &account)
                 .await
@@ -516,6 +526,8 @@ mod tests {
         in_progress: Option<String>,
         /// What `DescribeAccount` answers.
         described: Option<ExistingAccount>,
+        /// Where `ListParents` finds the account.
+        parent: Arc<Mutex<String>>,
     }
 
     impl ScriptedOrganizations {
@@ -579,6 +591,17 @@ mod tests {
         async fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
             self.record(format!("AttachPolicy {policy} {account}"));
             self.fail_attach.clone().map_or(Ok(()), Err)
+        }
+
+        async fn place_account(&self, account: &AccountId, parent: &str) -> AwsResult<bool> {
+            self.record(format!("ListParents {account}"));
+            let here = self.parent.lock().expect("parent").clone();
+            if here == parent {
+                return Ok(false);
+            }
+            self.record(format!("MoveAccount {account} {here} {parent}"));
+            *self.parent.lock().expect("parent") = parent.to_owned();
+            Ok(true)
         }
 
         async fn member(&self, account: &AccountId) -> AwsResult<Self> {
@@ -896,6 +919,82 @@ mod tests {
         };
         let done = provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(done.account_id, "111122223333");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_account_is_moved_to_its_ou_once_before_the_scps() {
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        *aws.parent.lock().expect("parent") = "r-root".to_owned();
+        let plan = Plan {
+            organizational_unit_id: Some("ou-root-opco0001".into()),
+            ..plan(Access::RootUser)
+        };
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan,
+            Progress::default(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        let calls = aws.calls();
+        let after_creation: Vec<&str> = calls[3..].iter().map(String::as_str).collect();
+        assert_eq!(
+            after_creation,
+            [
+                "ListParents 111122223333",
+                "MoveAccount 111122223333 r-root ou-root-opco0001",
+                "AttachPolicy p-abcd1234 111122223333",
+            ]
+        );
+
+        // Delivered again after a failure before the SCPs: it is there, so it stays.
+        let aws = ScriptedOrganizations {
+            parent: Arc::new(Mutex::new("ou-root-opco0001".into())),
+            ..ScriptedOrganizations::default()
+        };
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: Some("111122223333".into()),
+            ..Progress::default()
+        };
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan,
+            progress.clone(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        assert_eq!(
+            aws.calls(),
+            [
+                "ListParents 111122223333",
+                "AttachPolicy p-abcd1234 111122223333"
+            ]
+        );
+
+        // Once the SCPs are attached, the placement is done too.
+        let aws = ScriptedOrganizations::default();
+        let progress = Progress {
+            policies_attached: true,
+            ..progress
+        };
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan,
+            progress,
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        assert_eq!(aws.calls(), Vec::<String>::new());
     }
 
     #[tokio::test(start_paused = true)]

@@ -156,6 +156,16 @@ pub trait Organizations: Send + Sync + 'static {
         account: &AccountId,
     ) -> impl Future<Output = AwsResult<()>> + Send;
 
+    /// Moves the account under `parent` (an OU or root id) unless it is there already:
+    /// `ListParents`, then `MoveAccount` from its current parent. An account already under
+    /// `parent` (found so, or `DuplicateAccountException`) counts as done. Returns whether it
+    /// was moved.
+    fn place_account(
+        &self,
+        account: &AccountId,
+        parent: &str,
+    ) -> impl Future<Output = AwsResult<bool>> + Send;
+
     /// `AssumeRole` into the member account's access role.
     fn member(&self, account: &AccountId) -> impl Future<Output = AwsResult<Self::Member>> + Send;
 }

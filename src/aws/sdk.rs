@@ -1,6 +1,8 @@
 //! [`Organizations`] and [`MemberIam`] over the AWS SDK, and the one place that classifies SDK
 //! errors as transient or permanent.
 
+use std::collections::BTreeMap;
+
 use aws_config::SdkConfig;
 use aws_sdk_iam::operation::create_login_profile::CreateLoginProfileError;
 use aws_sdk_iam::operation::create_user::CreateUserError;
@@ -9,8 +11,10 @@ use aws_sdk_organizations::config::retry::RetryConfig;
 use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
 use aws_sdk_organizations::operation::create_account::CreateAccountError;
+use aws_sdk_organizations::operation::move_account::MoveAccountError;
 use aws_sdk_organizations::types::ConstraintViolationExceptionReason;
 use aws_sdk_organizations::types::{CreateAccountState, Tag};
+use aws_sdk_sts::config::SharedCredentialsProvider;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
@@ -23,6 +27,7 @@ use super::{
     ASSET_TAG, AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount,
     MemberIam, NewAccount, Organizations, Retry,
 };
+use crate::config::PayerSettings;
 use crate::domain::ids::PolicyId;
 use crate::domain::names::IamUserName;
 use crate::observability::Metrics;
@@ -76,6 +81,43 @@ pub async fn load_config() -> SdkConfig {
         .timeout_config(timeouts())
         .load()
         .await
+}
+
+/// The SDK configuration of one payer: `base` itself without a `role_arn`; with one, `base`
+/// acting as that role, assumed with `base`'s credentials. The role's credentials are fetched on
+/// first use, cached, and refreshed before they expire (the SDK's identity cache), so building
+/// this makes no call. `base` needs a time source, as [`load_config`] gives it.
+pub async fn payer_config(base: &SdkConfig, role_arn: Option<&str>) -> SdkConfig {
+    let Some(role_arn) = role_arn else {
+        return base.clone();
+    };
+    let role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+        .session_name("aws-account-worker")
+        .configure(base)
+        .build()
+        .await;
+    base.to_builder()
+        .credentials_provider(SharedCredentialsProvider::new(role))
+        .build()
+}
+
+/// One [`SdkOrganizations`] per `[payers.NAME]` entry, by name, each over its
+/// [`payer_config`]; `member_role_name` and `metrics` as in [`SdkOrganizations::new`].
+pub async fn payers(
+    base: &SdkConfig,
+    payers: &BTreeMap<String, PayerSettings>,
+    member_role_name: &str,
+    metrics: &Metrics,
+) -> BTreeMap<String, SdkOrganizations> {
+    let mut clients = BTreeMap::new();
+    for (name, payer) in payers {
+        let config = payer_config(base, payer.role_arn.as_deref()).await;
+        clients.insert(
+            name.clone(),
+            SdkOrganizations::new(&config, member_role_name, metrics),
+        );
+    }
+    clients
 }
 
 /// Where a call went: the payer's organization, or a freshly created member account.
@@ -171,7 +213,8 @@ impl Intercept for CountCalls {
     }
 }
 
-/// A payer's management account, reached with the SDK's own credentials chain.
+/// A payer's management account: its Organizations client, and STS with its credentials for
+/// the way into member accounts.
 #[derive(Clone, Debug)]
 pub struct SdkOrganizations {
     config: SdkConfig,
@@ -386,6 +429,48 @@ impl Organizations for SdkOrganizations {
         }
     }
 
+    async fn place_account(&self, account: &AccountId, parent: &str) -> AwsResult<bool> {
+        let parents = self
+            .organizations
+            .list_parents()
+            .child_id(&account.0)
+            .send()
+            .await
+            .map_err(|e| classify("ListParents", Target::Payer, e))?;
+        let Some(current) = parents.parents().first().and_then(|p| p.id()) else {
+            return Err(AwsError {
+                retry: Retry::Transient,
+                operation: "ListParents",
+                code: None,
+                message: format!("account {account} has no parent yet"),
+            });
+        };
+        if current == parent {
+            return Ok(false);
+        }
+        let moved = self
+            .organizations
+            .move_account()
+            .account_id(&account.0)
+            .source_parent_id(current)
+            .destination_parent_id(parent)
+            .send()
+            .await;
+        match moved {
+            Ok(_) => Ok(true),
+            // Another delivery moved it between our two calls.
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(MoveAccountError::DuplicateAccountException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(classify("MoveAccount", Target::Payer, e)),
+        }
+    }
+
     async fn member(&self, account: &AccountId) -> AwsResult<SdkMemberIam> {
         let role_arn = format!("arn:aws:iam::{account}:role/{}", self.member_role_name);
         let output = self
@@ -490,8 +575,10 @@ impl MemberIam for SdkMemberIam {
 
 #[cfg(test)]
 mod tests {
-    //! The classification of `CreateAccount` failures that concern the creation limit.
+    //! The classification of `CreateAccount` failures that concern the creation limit, and a
+    //! payer whose credentials cannot be had.
 
+    use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError, future};
     use aws_sdk_organizations::types::error::{
         ConstraintViolationException, TooManyRequestsException,
     };
@@ -531,5 +618,44 @@ mod tests {
             .build();
         let error = answer(CreateAccountError::ConstraintViolationException(full));
         assert_eq!(error.retry, Retry::Permanent);
+    }
+
+    /// Credentials that never come, as from a payer role that cannot be assumed.
+    #[derive(Debug)]
+    struct Refused;
+
+    impl ProvideCredentials for Refused {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            future::ProvideCredentials::ready(Err(CredentialsError::provider_error(
+                "AccessDenied: not authorized to perform sts:AssumeRole",
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payer_without_credentials_fails_its_calls_before_sending_them() {
+        let config = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            // Nothing listens there; the call must not get that far.
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(SharedCredentialsProvider::new(Refused))
+            .build();
+        let payer = SdkOrganizations::new(
+            &config,
+            "OrganizationAccountAccessRole",
+            &Metrics::default(),
+        );
+        let error = payer
+            .find_account("someone@example.com")
+            .await
+            .expect_err("no credentials");
+        assert_eq!(error.operation, "ListAccounts");
+        assert_eq!(error.retry, Retry::Transient, "{error:?}");
+        assert_eq!(error.reason(), "AWS_UNREACHABLE", "{error:?}");
+        assert!(error.message.contains("sts:AssumeRole"), "{error:?}");
     }
 }

@@ -21,7 +21,10 @@ pub const CREATE_REQUEST_ID: &str = "x-create-request-id";
 pub const ACCOUNT_ID: &str = "x-account-id";
 /// The last step done: `create-requested`, `account-created` or `policies-attached`.
 pub const STEP: &str = "x-step";
-/// The [`STEP`] value once the SCPs are attached.
+/// Times `replay` moved the message back for processing (CONTRACT §7); kept across attempts
+/// and dead letters, so a message that fails again is not replayed forever.
+pub const REPLAY_COUNT: &str = "x-replay-count";
+/// The [`STEP`] value once the account is in its OU (if any) and its SCPs are attached.
 const POLICIES_ATTACHED: &str = "policies-attached";
 
 /// What a delivery's headers say about earlier attempts.
@@ -35,7 +38,8 @@ pub struct History {
     pub progress: Progress,
 }
 
-fn text(headers: &FieldTable, key: &str) -> Option<String> {
+/// A string header; absent, empty or of another type is `None`.
+pub fn text(headers: &FieldTable, key: &str) -> Option<String> {
     match headers.inner().get(key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
@@ -44,7 +48,8 @@ fn text(headers: &FieldTable, key: &str) -> Option<String> {
     .filter(|s| !s.is_empty())
 }
 
-fn number(headers: &FieldTable, key: &str) -> Option<i64> {
+/// An integer header, of any AMQP integer type or as decimal text; otherwise `None`.
+pub fn number(headers: &FieldTable, key: &str) -> Option<i64> {
     match headers.inner().get(key)? {
         AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
         AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),

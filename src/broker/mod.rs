@@ -9,6 +9,7 @@ pub mod settle;
 pub mod slots;
 pub mod topology;
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -60,5 +61,17 @@ pub async fn connect_once(url: &SecretString, limit: Duration) -> lapin::Result<
             format!("no answer within {}s", limit.as_secs_f32()),
         )
         .into()),
+    }
+}
+
+/// Where `url` points, for messages: host, port, vhost and user, never the password.
+pub fn address(url: &SecretString) -> String {
+    match lapin::uri::AMQPUri::from_str(url.expose_secret()) {
+        Ok(uri) => format!(
+            "{}:{}, vhost {}, user {}",
+            uri.authority.host, uri.authority.port, uri.vhost, uri.authority.userinfo.username
+        ),
+        // Configuration validation refuses such a URL; never print it, it may hold a password.
+        Err(_) => "amqp.url".to_owned(),
     }
 }

@@ -259,7 +259,10 @@ fn is_not_found(error: &lapin::Error) -> bool {
 /// Whether an exchange (`kind` given) or a queue (`kind` `None`) named `name` exists: a
 /// passive declare on a channel of its own, since a failed one closes its channel. It declares
 /// nothing and does not compare types or arguments.
-async fn exists(
+///
+/// # Errors
+/// The broker refuses the look (other than `NOT_FOUND`) or the connection fails.
+pub async fn exists(
     connection: &Connection,
     name: &str,
     kind: Option<ExchangeKind>,
@@ -283,6 +286,27 @@ async fn exists(
             Ok(true)
         }
         Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The messages ready in queue `name`, or `None` when it does not exist: a passive declare on a
+/// channel of its own, which declares nothing.
+///
+/// # Errors
+/// The broker refuses the look (other than `NOT_FOUND`) or the connection fails.
+pub async fn ready_messages(connection: &Connection, name: &str) -> lapin::Result<Option<u32>> {
+    let channel = connection.create_channel().await?;
+    match channel
+        .queue_declare(name.into(), PASSIVE_QUEUE, FieldTable::default())
+        .await
+    {
+        Ok(queue) => {
+            // The answer is in; a channel that fails to close is the broker's business.
+            let _ = channel.close(200, "counted".into()).await;
+            Ok(Some(queue.message_count()))
+        }
+        Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -173,24 +173,53 @@ impl ModelSettings {
             );
         }
         if let Some(ou) = &self.organizational_unit_id
-            && !ou.starts_with("ou-")
-            && !ou.starts_with("r-")
+            && !is_parent_id(ou)
         {
             return issue(
                 "organizational_unit_id",
-                format!("`{ou}` is not an OU id (ou-…) or root id (r-…)"),
+                format!(
+                    "`{ou}` is not an OU id (ou-<4 to 32 of a-z0-9>-<8 to 32 of a-z0-9>) or root id (r-<4 to 32 of a-z0-9>)"
+                ),
             );
         }
         for (key, id) in [
             ("iam_user_template_id", &self.iam_user_template_id),
             ("root_user_template_id", &self.root_user_template_id),
         ] {
-            if let Some(id) = id.as_deref().filter(|id| !id.starts_with("TL-")) {
-                return issue(key, format!("`{id}` is not a Connect template id (TL-…)"));
+            if let Some(id) = id.as_deref().filter(|id| !is_template_id(id)) {
+                return issue(
+                    key,
+                    format!(
+                        "`{id}` is not a Connect template id (TL-<digits>[-<digits>…], e.g. TL-123-456-789)"
+                    ),
+                );
             }
         }
         Ok(())
     }
+}
+
+/// An OU id (`ou-` root part `-` suffix) or a root id (`r-…`), as AWS Organizations writes them.
+fn is_parent_id(id: &str) -> bool {
+    let part = |s: &str, min: usize| {
+        (min..=32).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    if let Some(rest) = id.strip_prefix("ou-") {
+        rest.split_once('-')
+            .is_some_and(|(root, ou)| part(root, 4) && part(ou, 8))
+    } else {
+        id.strip_prefix("r-").is_some_and(|root| part(root, 4))
+    }
+}
+
+/// A Connect template id: `TL-` and groups of digits joined by `-`.
+fn is_template_id(id: &str) -> bool {
+    id.strip_prefix("TL-").is_some_and(|rest| {
+        rest.split('-')
+            .all(|group| !group.is_empty() && group.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 fn is_policy_arn(arn: &str) -> bool {
@@ -859,6 +888,34 @@ mod tests {
         );
         assert!(render_template("{nope}@x.com", &value).is_err());
         assert!(render_template("{asset_id@x.com", &value).is_err());
+    }
+
+    #[test]
+    fn ou_and_template_ids_follow_their_formats() {
+        for (id, ok) in [
+            ("ou-ab12-cdef3456", true),
+            ("ou-a1b2c3d4e5-0123456789abcdef", true),
+            ("r-ab12", true),
+            ("ou-ab12", false),
+            ("ou-ab1-cdef3456", false),
+            ("ou-ab12-cdef345", false),
+            ("OU-AB12-CDEF3456", false),
+            ("r-", false),
+            ("o-ab12cdef34", false),
+        ] {
+            assert_eq!(is_parent_id(id), ok, "{id}");
+        }
+        for (id, ok) in [
+            ("TL-123-456-789", true),
+            ("TL-1", true),
+            ("TL-", false),
+            ("TL-12a-345", false),
+            ("TL-123--456", false),
+            ("tl-123-456", false),
+            ("PR-123-456", false),
+        ] {
+            assert_eq!(is_template_id(id), ok, "{id}");
+        }
     }
 
     #[test]

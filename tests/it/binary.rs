@@ -45,6 +45,9 @@ fn configuration_errors_exit_2_naming_the_key() {
     let typo = write_config(&format!("{valid}[retry]\nmax_atempts = 3\n"));
     let ok = write_config(valid);
     let no_domain = write_config("[amqp]\nprefetch = 4\n");
+    let unknown_payer = write_config(&format!(
+        "{valid}[marketplaces.\"MP-1\"]\nmulti_payer = true\n[marketplaces.\"MP-1\".opcos.\"TA-1\"]\npayer = \"opco\"\n"
+    ));
     let path = |f: &tempfile::NamedTempFile| f.path().to_str().expect("utf-8 path").to_owned();
     // (arguments, environment, the key the message must name)
     type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
@@ -73,6 +76,16 @@ fn configuration_errors_exit_2_naming_the_key() {
             vec!["--config".into(), path(&no_domain), "run".into()],
             vec![],
             "business_model.provider_email_domain",
+        ),
+        (
+            vec!["--config".into(), path(&unknown_payer), "run".into()],
+            vec![],
+            "marketplaces.\"MP-1\".opcos.\"TA-1\".payer",
+        ),
+        (
+            vec!["--config".into(), path(&ok), "check".into()],
+            vec![("WORKER__PAYERS__DEFAULT__ROLE_ARN", "AccountVending")],
+            "payers.default.role_arn",
         ),
         (
             vec![

@@ -491,3 +491,79 @@ async fn a_configuration_that_does_not_load_exits_2_naming_the_key() {
     );
     assert!(checked.stdout.is_empty(), "no check ran:\n{checked}");
 }
+
+/// Two payers in the moto without managed policies: A's credentials are the worker's, B is
+/// reached through a role; B's OPCO gets `b_scps` (TOML list items; `{b_scp}` is B's SCP).
+async fn two_payers(b_scps: &str) -> (TestEnv, Payer) {
+    let a = Payer::on(&moto_fast_endpoint()).await;
+    let b = Payer::on(&moto_fast_endpoint()).await;
+    let toml = format!(
+        "[business_model]\nservice_control_policies = [\"{{scp}}\"]\n\
+         [payers.b]\nrole_arn = \"arn:aws:iam::{b_account}:role/payer\"\n\
+         [marketplaces.\"MP-91673\"]\nmulti_payer = true\n\
+         [marketplaces.\"MP-91673\".opcos.\"TA-0-9046-4815-5226\"]\npayer = \"b\"\n\
+         service_control_policies = [{b_scps}]\n",
+        b_account = b.account_id,
+        b_scps = b_scps.replace("{b_scp}", &b.scp_id),
+    );
+    let config = a.config.clone();
+    (TestEnv::with_aws(&toml, a, config).await, b)
+}
+
+/// The `organization` lines, one per payer.
+fn organization_lines(checked: &Checked) -> Vec<&str> {
+    checked
+        .stdout
+        .lines()
+        .filter(|l| l.get(5..).is_some_and(|r| r.starts_with("organization: ")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_payer_gets_an_organization_line_and_its_scps_are_looked_for_in_its_organization() {
+    let (env, b) = two_payers("\"{b_scp}\"").await;
+    let checked = run_check(&env.toml, &env.payer.credentials, &env.payer.endpoint, &[]).await;
+    assert_eq!(checked.code, Some(0), "{checked}");
+    let organizations = organization_lines(&checked);
+    assert_eq!(organizations.len(), 2, "one line per payer:\n{checked}");
+    assert!(
+        organizations[0].starts_with("ok   organization: payer default: o-")
+            && organizations[0].contains(&format!("management account {}", env.payer.account_id)),
+        "{checked}"
+    );
+    let role = format!("arn:aws:iam::{}:role/payer", b.account_id);
+    assert!(
+        organizations[1].starts_with(&format!("ok   organization: payer b: role {role}: o-"))
+            && organizations[1].contains(&format!("management account {}", b.account_id)),
+        "{checked}"
+    );
+    checked.expect(
+        "service control policies",
+        "ok  ",
+        &[
+            &format!("payer default: 1 SCP found: {}", env.payer.scp_id),
+            &format!("payer b: 1 SCP found: {}", b.scp_id),
+        ],
+    );
+
+    env.cleanup().await;
+
+    // A's SCP configured for B's OPCO: it is not in B's organization.
+    let (env, b) = two_payers("\"{scp}\"").await;
+    let checked = run_check(&env.toml, &env.payer.credentials, &env.payer.endpoint, &[]).await;
+    assert_eq!(checked.code, Some(1), "{checked}");
+    checked.expect(
+        "service control policies",
+        "FAIL",
+        &[
+            &format!("payer default: 1 SCP found: {}", env.payer.scp_id),
+            "payer b: not found in o-",
+            &format!(
+                "{} (in marketplaces.\"MP-91673\".opcos.\"TA-0-9046-4815-5226\".service_control_policies)",
+                env.payer.scp_id
+            ),
+        ],
+    );
+    assert!(!checked.stdout.contains(&b.scp_id), "{checked}");
+    env.cleanup().await;
+}

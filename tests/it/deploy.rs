@@ -813,11 +813,29 @@ fn the_iam_policies_allow_every_call_the_worker_makes() {
         assert!(member.contains_key(action), "member policy lacks {action}");
     }
 
+    // AssumeRole: the member accounts' access role, and the roles of other payers
+    // (`[payers.NAME].role_arn`, named `AccountVending` in the documented example), nothing else.
     let role = format!(":role/{}", settings.aws.member_role_name);
+    let payer_role = ":role/AccountVending";
+    let assumable = &payer["sts:AssumeRole"];
+    for wanted in [role.as_str(), payer_role] {
+        assert!(
+            assumable.iter().any(|r| r.ends_with(wanted)),
+            "sts:AssumeRole allows {wanted}: {assumable:?}"
+        );
+    }
     assert!(
-        payer["sts:AssumeRole"].iter().all(|r| r.ends_with(&role)),
-        "sts:AssumeRole is only for {role}: {:?}",
-        payer["sts:AssumeRole"]
+        assumable
+            .iter()
+            .all(|r| r.ends_with(&role) || r.ends_with(payer_role)),
+        "sts:AssumeRole is only for {role} and {payer_role}: {assumable:?}"
+    );
+    let example = read("config/default.toml");
+    assert!(
+        example.contains(&format!(
+            "role_arn = \"arn:aws:iam::111122223333{payer_role}\""
+        )),
+        "config/default.toml shows a payer role named as the policy allows"
     );
 
     // The member role may attach exactly the configured IAM user policies.

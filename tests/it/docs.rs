@@ -75,3 +75,19 @@ fn the_configuration_reference_lists_every_key_with_its_default() {
         );
     }
 }
+
+/// The README's worked Multi-Payer example loads as a configuration.
+#[test]
+fn the_multi_payer_example_is_a_valid_configuration() {
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).expect("README.md");
+    let example = readme
+        .split("### Multi-Payer")
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("a TOML block in the Multi-Payer section");
+    let settings = aws_account_worker::config::Settings::from_toml(example)
+        .unwrap_or_else(|e| panic!("the Multi-Payer example: {e}"));
+    assert_eq!(settings.payers.len(), 2, "default and opco-de");
+    assert!(settings.marketplaces["MP-91673"].multi_payer);
+}

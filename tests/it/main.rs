@@ -13,6 +13,8 @@ mod fixtures;
 mod malformed;
 mod observability;
 mod orders;
+mod payers;
+mod replay;
 mod retries;
 mod safety;
 mod scale;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::support::{DEADLINE, TestEnv, WorkerProcess, http_get, order, root_order, write_config};
 
 /// The value of the sample `name` (with its labels, as printed) in a scrape, if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
+pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aws_account_worker::app::{Observed, Worker};
-use aws_account_worker::aws::sdk::SdkOrganizations;
+use aws_account_worker::aws::sdk;
 use aws_account_worker::broker::topology;
 use aws_account_worker::config::Settings;
 use aws_account_worker::observability;
@@ -61,10 +61,12 @@ pub fn digits(n: usize) -> String {
         .collect()
 }
 
-/// An AWS config for moto with the given credentials.
+/// An AWS config for moto with the given credentials (and the clock that assuming a payer's
+/// role needs, as the SDK's loader sets it).
 pub fn moto_config(endpoint: &str, credentials: Credentials) -> SdkConfig {
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
+        .time_source(aws_smithy_async::time::SystemTimeSource::new())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(SharedCredentialsProvider::new(credentials))
@@ -325,14 +327,20 @@ impl TestEnv {
         .await
         .expect("bind observability");
         let serving = tokio::spawn(serving);
-        let aws = SdkOrganizations::new(
+        let payers = sdk::payers(
             &self.aws,
+            &self.settings.payers,
             &self.settings.aws.member_role_name,
             &observed.metrics,
-        );
-        let worker = Worker::start(&self.settings, Pipeline::new(aws, &self.settings), observed)
-            .await
-            .expect("worker starts");
+        )
+        .await;
+        let worker = Worker::start(
+            &self.settings,
+            Pipeline::new(payers, &self.settings),
+            observed,
+        )
+        .await
+        .expect("worker starts");
         let stop = CancellationToken::new();
         let token = stop.clone();
         let join = tokio::spawn(async move { worker.run_until(token.cancelled_owned()).await });
