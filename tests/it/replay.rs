@@ -484,20 +484,16 @@ async fn a_poison_message_comes_back_to_the_dlq_and_stops_at_the_replay_cap() {
     env.finish(worker).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_replay_killed_mid_way_and_run_again_loses_nothing() {
-    // No worker: every message ends in the DLQ or the orders queue, where it can be counted.
-    let env = TestEnv::fast("").await;
-    let queues = Queues::open().await;
-    let amqp = env.settings.amqp.clone();
-    const MESSAGES: usize = 600;
+/// Puts `count` root-user orders in the DLQ as dead-lettered after 8 `AWS_UNREACHABLE`
+/// attempts, confirmed; returns their request ids.
+async fn dead_letter_orders(env: &TestEnv, queues: &Queues, count: usize) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
-    for _ in 0..MESSAGES {
+    for _ in 0..count {
         let order = root_order();
         ids.insert(order["id"].as_str().expect("id").to_owned());
         let headers = failure_headers("AWS_UNREACHABLE", 8, None);
         queues
-            .dead_letter(&env, order.to_string().as_bytes(), headers, false)
+            .dead_letter(env, order.to_string().as_bytes(), headers, false)
             .await;
     }
     assert!(
@@ -508,6 +504,17 @@ async fn a_replay_killed_mid_way_and_run_again_loses_nothing() {
             .expect("confirms")
             .is_empty()
     );
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_killed_mid_way_and_run_again_loses_nothing() {
+    // No worker: every message ends in the DLQ or the orders queue, where it can be counted.
+    let env = TestEnv::fast("").await;
+    let queues = Queues::open().await;
+    let amqp = env.settings.amqp.clone();
+    const MESSAGES: usize = 600;
+    let ids = dead_letter_orders(&env, &queues, MESSAGES).await;
     assert_eq!(queues.depth(&amqp.dead_letter_queue).await, MESSAGES as u32);
 
     let config = write_config(&env.toml);
@@ -639,23 +646,7 @@ async fn two_replays_at_once_share_the_dlq_and_lose_nothing() {
     let queues = Queues::open().await;
     let amqp = env.settings.amqp.clone();
     const MESSAGES: usize = 200;
-    let mut ids = BTreeSet::new();
-    for _ in 0..MESSAGES {
-        let order = root_order();
-        ids.insert(order["id"].as_str().expect("id").to_owned());
-        let headers = failure_headers("AWS_UNREACHABLE", 8, None);
-        queues
-            .dead_letter(&env, order.to_string().as_bytes(), headers, false)
-            .await;
-    }
-    assert!(
-        queues
-            .channel
-            .wait_for_confirms()
-            .await
-            .expect("confirms")
-            .is_empty()
-    );
+    let ids = dead_letter_orders(&env, &queues, MESSAGES).await;
 
     let (a, b) = tokio::join!(replay(&env, &[]), replay(&env, &[]));
     let replayed = |ran: &Ran| -> usize {
