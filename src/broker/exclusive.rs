@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ErrorKind};
+use lapin::{Connection, ErrorKind};
 use tracing::{debug, warn};
 
 /// AMQP reply code RESOURCE_LOCKED: another connection owns the exclusive queue.
@@ -28,7 +28,7 @@ pub struct Exclusive {
 pub struct Held {
     key: String,
     queue: String,
-    channel: Channel,
+    connection: Arc<Connection>,
     held: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -63,19 +63,25 @@ impl Exclusive {
         let held = Held {
             key: key.to_owned(),
             queue,
-            channel,
+            connection: Arc::clone(&self.connection),
             held: Arc::clone(&self.held),
         };
         let options = QueueDeclareOptions {
             exclusive: true,
             ..QueueDeclareOptions::default()
         };
-        let declared = held
-            .channel
+        let declared = channel
             .queue_declare(held.queue.as_str().into(), options, FieldTable::default())
             .await;
         match declared {
-            Ok(_) => Ok(Some(held)),
+            Ok(_) => {
+                // The queue belongs to the connection, not to the channel: the channel goes at
+                // once, so that a worker with many orders in flight holds no channel for each.
+                if let Err(e) = channel.close(200, "key taken".into()).await {
+                    debug!(error = %e, "closing a key's channel failed");
+                }
+                Ok(Some(held))
+            }
             Err(e) if is_locked(&e) => {
                 debug!(queue = %held.queue, "key held by another worker");
                 Ok(None)
@@ -86,17 +92,22 @@ impl Exclusive {
 }
 
 impl Held {
-    /// Gives the key back: deletes the queue and closes its channel.
+    /// Gives the key back: deletes the queue on a channel of its own, then closes that channel.
     pub async fn release(self) {
-        let deleted = self
-            .channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
+        let deleted = match self.connection.create_channel().await {
+            Ok(channel) => {
+                let deleted = channel
+                    .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+                if let Err(e) = channel.close(200, "key released".into()).await {
+                    debug!(error = %e, "closing a key's channel failed");
+                }
+                deleted.map(drop)
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = deleted {
             warn!(queue = %self.queue, error = %e, "could not delete an exclusive key's queue; it goes when the connection closes");
-        }
-        if let Err(e) = self.channel.close(200, "key released".into()).await {
-            debug!(error = %e, "closing a key's channel failed");
         }
     }
 }
