@@ -2,6 +2,7 @@
 //! errors as transient or permanent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use aws_config::SdkConfig;
 use aws_sdk_iam::operation::create_login_profile::CreateLoginProfileError;
@@ -22,6 +23,7 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{
     ASSET_TAG, AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount,
@@ -222,7 +224,13 @@ pub struct SdkOrganizations {
     organizations: aws_sdk_organizations::Client,
     sts: aws_sdk_sts::Client,
     member_role_name: String,
+    /// Bounds the calls in progress at once, and so the HTTP connections the client opens and
+    /// keeps: without it, a worker with 1,000 orders in flight opened one per order.
+    calls: Arc<Semaphore>,
 }
+
+/// Organizations and STS calls one payer's client makes at once (per process); more wait.
+pub const MAX_CONCURRENT_CALLS: usize = 16;
 
 impl SdkOrganizations {
     /// Clients over `config` (credentials, region, endpoint) that count their calls in
@@ -240,7 +248,14 @@ impl SdkOrganizations {
             organizations: aws_sdk_organizations::Client::from_conf(organizations),
             sts: aws_sdk_sts::Client::from_conf(sts),
             member_role_name: member_role_name.to_owned(),
+            calls: Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS)),
         }
+    }
+
+    /// Waits for a turn to call AWS; the turn ends when the permit is dropped.
+    async fn turn(&self) -> Option<SemaphorePermit<'_>> {
+        // The semaphore is never closed, so this always yields a permit.
+        self.calls.acquire().await.ok()
     }
 }
 
@@ -300,6 +315,7 @@ impl Organizations for SdkOrganizations {
     type Member = SdkMemberIam;
 
     async fn find_account(&self, email: &str) -> AwsResult<Option<ExistingAccount>> {
+        let _turn = self.turn().await;
         let mut pages = self.organizations.list_accounts().into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("ListAccounts", Target::Payer, e))?;
@@ -320,6 +336,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn describe_account(&self, account: &AccountId) -> AwsResult<ExistingAccount> {
+        let _turn = self.turn().await;
         let output = self
             .organizations
             .describe_account()
@@ -340,6 +357,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn find_creation(&self, account_name: &str) -> AwsResult<Option<String>> {
+        let _turn = self.turn().await;
         let mut pages = self
             .organizations
             .list_create_account_status()
@@ -360,6 +378,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
+        let _turn = self.turn().await;
         let mut request = self
             .organizations
             .create_account()
@@ -394,6 +413,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn create_status(&self, request_id: &str) -> AwsResult<CreateStatus> {
+        let _turn = self.turn().await;
         let output = self
             .organizations
             .describe_create_account_status()
@@ -408,6 +428,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
+        let _turn = self.turn().await;
         let result = self
             .organizations
             .attach_policy()
@@ -430,6 +451,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn place_account(&self, account: &AccountId, parent: &str) -> AwsResult<bool> {
+        let _turn = self.turn().await;
         let parents = self
             .organizations
             .list_parents()
@@ -472,6 +494,7 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn member(&self, account: &AccountId) -> AwsResult<SdkMemberIam> {
+        let _turn = self.turn().await;
         let role_arn = format!("arn:aws:iam::{account}:role/{}", self.member_role_name);
         let output = self
             .sts
