@@ -258,6 +258,18 @@ async fn slots_are_shared_between_connections_and_come_back_when_one_closes() {
     let _ = two.close(200, "done".into()).await;
 }
 
+/// Returns once an order of payer `p` waits for a slot (the waiting room of one is full).
+async fn until_one_waits(slots: &BrokerSlots) {
+    let deadline = Instant::now() + DEADLINE;
+    while slots.room_to_wait("p").is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never started waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
     let prefix = format!("test-slots.{}", crate::support::digits(10));
@@ -273,7 +285,7 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
         let slots = slots.clone();
         async move { slots.acquire("p").await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_one_waits(&slots).await;
     assert_eq!(
         slots.acquire("p").await.err(),
         Some(NoSlot::TooManyWaiting(1)),
@@ -290,7 +302,7 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
         let slots = slots.clone();
         async move { slots.acquire("p").await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_one_waits(&slots).await;
     drop(held);
     tokio::time::timeout(Duration::from_secs(5), next)
         .await
