@@ -8,7 +8,10 @@
 //! connect.order-results (topic, alternate exchange) --unrouted--> connect.order-results.unrouted (fanout) --> queue of the same name
 //! ```
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
@@ -238,6 +241,33 @@ pub fn names(amqp: &AmqpSettings, retry: &RetrySettings) -> Names {
         ],
         queues,
     }
+}
+
+/// Deletes every queue and exchange [`names`] lists (one that is not there is no error): for
+/// tests and the benchmark, which declare a topology of their own per run. It tries them all.
+///
+/// # Errors
+/// The first deletion the broker refused, or a channel failure.
+pub async fn delete(
+    channel: &Channel,
+    amqp: &AmqpSettings,
+    retry: &RetrySettings,
+) -> lapin::Result<()> {
+    let names = names(amqp, retry);
+    let mut first_error = Ok(());
+    for queue in &names.queues {
+        let deleted = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        first_error = first_error.and(deleted.map(drop));
+    }
+    for exchange in &names.exchanges {
+        let deleted = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+        first_error = first_error.and(deleted);
+    }
+    first_error
 }
 
 const PASSIVE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {

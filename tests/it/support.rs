@@ -16,8 +16,7 @@ use aws_sdk_sts::config::{Credentials, Region, SharedCredentialsProvider};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -450,35 +449,14 @@ impl TestEnv {
 
     /// Deletes this test's queues and exchanges.
     pub async fn cleanup(self) {
-        let amqp = &self.settings.amqp;
-        let mut queues = vec![
-            self.events_queue.clone(),
-            amqp.orders_queue.clone(),
-            amqp.dead_letter_queue.clone(),
-            amqp.unrouted_queue.clone(),
-        ];
-        queues.extend(
-            topology::retry_delays(&self.settings.retry)
-                .into_iter()
-                .map(|d| topology::retry_queue(amqp, d)),
-        );
-        for queue in queues {
-            let _ = self
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            &amqp.orders_exchange,
-            &amqp.dead_letter_exchange,
-            &amqp.results_exchange,
-            &amqp.unrouted_exchange,
-        ] {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        let _ = self
+            .channel
+            .queue_delete(
+                self.events_queue.as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = topology::delete(&self.channel, &self.settings.amqp, &self.settings.retry).await;
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }
