@@ -81,6 +81,21 @@ if ! amqp_up; then
   done
 fi
 
+# `check` reads the policies in force through RabbitMQ's management API; enabling the plugin on
+# a running node does not restart it.
+RABBIT_MANAGEMENT_PORT=15672
+if ! tcp_up "$RABBIT_HOST" "$RABBIT_MANAGEMENT_PORT"; then
+  command -v rabbitmq-plugins >/dev/null 2>&1 \
+    || die "the management API is not answering on ${RABBIT_HOST}:${RABBIT_MANAGEMENT_PORT} and rabbitmq-plugins is not installed"
+  log "enabling rabbitmq_management"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null || die "rabbitmq-plugins enable rabbitmq_management failed"
+  deadline=$((SECONDS + RABBIT_WAIT_SECS))
+  until tcp_up "$RABBIT_HOST" "$RABBIT_MANAGEMENT_PORT"; do
+    ((SECONDS < deadline)) || die "the management API did not answer on ${RABBIT_HOST}:${RABBIT_MANAGEMENT_PORT} within ${RABBIT_WAIT_SECS}s"
+    sleep 1
+  done
+fi
+
 # --- moto ----------------------------------------------------------------------
 
 moto_installed_version() {

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aws_account_worker::broker::topology::{retry_delays, retry_queue};
+use aws_account_worker::broker::topology::{
+    self, POLICY_PRIORITY, UNROUTED_MAX_LENGTH_CEILING, UNROUTED_MESSAGE_TTL_CEILING_MS,
+    retry_delays, retry_queue,
+};
 use aws_account_worker::config::{DEFAULTS, Settings};
 use figment::Figment;
 use figment::providers::{Format, Toml};
@@ -484,9 +487,9 @@ fn declared_topology(settings: &Settings) -> (Vec<Value>, Vec<Value>, Vec<Value>
         queue(&amqp.dead_letter_queue, quorum(json!({}))),
         queue(
             &amqp.orders_queue,
+            // The delivery limit is a policy, not an argument.
             quorum(json!({
                 "x-dead-letter-exchange": amqp.dead_letter_exchange,
-                "x-delivery-limit": amqp.delivery_limit,
             })),
         ),
     ];
@@ -500,7 +503,13 @@ fn declared_topology(settings: &Settings) -> (Vec<Value>, Vec<Value>, Vec<Value>
             })),
         ));
     }
-    queues.push(queue(&amqp.unrouted_queue, quorum(json!({}))));
+    queues.push(queue(
+        &amqp.unrouted_queue,
+        quorum(json!({
+            "x-max-length": UNROUTED_MAX_LENGTH_CEILING,
+            "x-message-ttl": UNROUTED_MESSAGE_TTL_CEILING_MS,
+        })),
+    ));
     let bindings = vec![
         binding(&amqp.dead_letter_exchange, &amqp.dead_letter_queue, ""),
         binding(
@@ -573,6 +582,50 @@ fn the_definitions_are_the_topology_the_worker_declares() {
             assert_eq!(&found[name], want, "{section}: {name}");
         }
     }
+    // The policies are the worker's (names, patterns, values), each matching its one queue and
+    // no other queue of the definitions.
+    let policies = at(&definitions, "/policies", "definitions")
+        .as_array()
+        .expect("policies list");
+    let expected = topology::policies(&settings.amqp);
+    assert_eq!(
+        policies.len(),
+        expected.len(),
+        "one policy per tunable queue"
+    );
+    let queue_names: Vec<&str> = at(&definitions, "/queues", "definitions")
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| q["name"].as_str().expect("queue name"))
+        .collect();
+    for want in &expected {
+        let found = policies
+            .iter()
+            .find(|p| p["name"] == want.name.as_str())
+            .unwrap_or_else(|| panic!("no policy {}", want.name));
+        assert_eq!(found["vhost"], "/", "{}", want.name);
+        assert_eq!(found["pattern"], want.pattern.as_str(), "{}", want.name);
+        assert_eq!(found["apply-to"], "queues", "{}", want.name);
+        assert_eq!(found["priority"], json!(POLICY_PRIORITY), "{}", want.name);
+        assert_eq!(
+            found["definition"],
+            Value::Object(want.definition.clone()),
+            "{}",
+            want.name
+        );
+        let matched: Vec<&&str> = queue_names
+            .iter()
+            .filter(|q| exact_match(&want.pattern, q))
+            .collect();
+        assert_eq!(
+            matched,
+            [&want.queue.as_str()],
+            "{} matches only its queue",
+            want.name
+        );
+    }
+
     let vhosts = at(&definitions, "/vhosts", "definitions");
     assert!(
         vhosts
@@ -580,6 +633,29 @@ fn the_definitions_are_the_topology_the_worker_declares() {
             .is_some_and(|v| v.iter().any(|h| h["name"] == "/")),
         "the / vhost is defined"
     );
+}
+
+/// Whether `pattern`, of the form `^…$` with `\` escaping the characters after it, matches
+/// exactly `name` (the worker's policies use nothing else).
+fn exact_match(pattern: &str, name: &str) -> bool {
+    let Some(body) = pattern.strip_prefix('^').and_then(|p| p.strip_suffix('$')) else {
+        return false;
+    };
+    let mut literal = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped) => literal.push(escaped),
+                None => return false,
+            },
+            '.' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' => {
+                return false;
+            }
+            other => literal.push(other),
+        }
+    }
+    literal == name
 }
 
 /// The user of an `amqp://user:password@host…` URL.

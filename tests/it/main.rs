@@ -19,3 +19,4 @@ mod retries;
 mod safety;
 mod scale;
 mod support;
+mod topology;
