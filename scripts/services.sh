@@ -111,6 +111,15 @@ if [[ ! -x "$VENV/bin/moto_server" || "$(moto_installed_version)" != "$MOTO_VERS
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}" \
     || die "pip install moto[server]==${MOTO_VERSION} failed"
 fi
+# tests/it/deploy.rs validates the Kubernetes manifests with kubernetes-validate (it ships the
+# Kubernetes JSON schemas, so it needs no network) through scripts/validate-manifests.py.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if ! "$VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("kubernetes-validate") != sys.argv[1])' \
+    "$KUBERNETES_VALIDATE_VERSION" 2>/dev/null; then
+  log "installing kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" \
+    || die "pip install kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} failed"
+fi
 installed="$(moto_installed_version)"
 [[ "$installed" == "$MOTO_VERSION" ]] || die "expected moto ${MOTO_VERSION} in $VENV, found '${installed:-none}'"
 
