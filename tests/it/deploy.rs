@@ -1349,3 +1349,104 @@ fn the_alerts_and_the_dashboard_parse_and_use_only_exported_metrics() {
         expression_problems("{__name__=\"rabbitmq_nope\"}", &known)[0].contains("rabbitmq_nope")
     );
 }
+
+/// The default of `NAME = os.environ.get("NAME", "default")` in a Python script.
+fn python_default(source: &str, name: &str) -> String {
+    let start = format!("{name} = os.environ.get(\"{name}\", \"");
+    source
+        .split_once(&start)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(value, _)| value.to_owned())
+        .unwrap_or_else(|| panic!("no default for {name}"))
+}
+
+#[test]
+fn the_compose_stack_publishes_the_sample_orders_once_the_workers_consume_and_prints_events() {
+    let settings = defaults();
+    let compose = yaml("docker-compose.yml");
+    let what = "docker-compose.yml";
+    let services = at(&compose, "/services", what);
+
+    // The workers are healthy once consuming.
+    let check = at(&services["worker"], "/healthcheck/test", what).to_string();
+    assert!(check.contains("/readyz"), "{check}");
+
+    for (name, script) in [
+        ("publish-orders", "deploy/compose/publish-orders.py"),
+        ("print-events", "deploy/compose/print-events.py"),
+    ] {
+        let service = &services[name];
+        let context = text(service, "/build/context", name);
+        let dockerfile = text(service, "/build/dockerfile", name);
+        assert!(
+            repo(context).join(dockerfile).is_file(),
+            "{name}: {context}/{dockerfile}"
+        );
+        let mounts: Vec<&str> = service["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .map(|v| v.as_str().expect("short syntax"))
+            .collect();
+        for mount in &mounts {
+            let source = mount.split(':').next().expect("source");
+            assert!(repo(source).exists(), "{name}: {mount}");
+            assert!(mount.ends_with(":ro"), "{name}: {mount} read-only");
+        }
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.trim_start_matches("./").starts_with(script)),
+            "{name} runs {script}"
+        );
+        let command = at(service, "/command", name).to_string();
+        let in_container = mounts
+            .iter()
+            .find(|m| m.trim_start_matches("./").starts_with(script))
+            .and_then(|m| m.split(':').nth(1))
+            .expect("mount target");
+        assert!(command.contains(in_container), "{name}: {command}");
+        let url = text(service, "/environment/AMQP_URL", name);
+        assert!(url.contains("@rabbitmq:5672"), "{name}: {url}");
+
+        // The script's defaults are the worker's default names.
+        let source = read(script);
+        assert_eq!(
+            python_default(&source, "RESULTS_EXCHANGE"),
+            settings.amqp.results_exchange
+        );
+        if name == "publish-orders" {
+            assert_eq!(
+                python_default(&source, "ORDERS_EXCHANGE"),
+                settings.amqp.orders_exchange
+            );
+            assert_eq!(
+                python_default(&source, "ORDERS_ROUTING_KEY"),
+                settings.amqp.orders_routing_key
+            );
+        }
+    }
+
+    let publish = &services["publish-orders"];
+    assert_eq!(
+        text(publish, "/depends_on/worker/condition", what),
+        "service_healthy",
+        "orders are published once the workers consume"
+    );
+    assert_eq!(text(publish, "/restart", what), "no", "one-shot");
+    let orders_dir = text(publish, "/environment/ORDERS_DIR", what);
+    let mounted = publish["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|m| m == format!("./examples/orders:{orders_dir}:ro"));
+    assert!(mounted, "examples/orders is mounted at {orders_dir}");
+    assert!(
+        std::fs::read_dir(repo("examples/orders"))
+            .expect("examples/orders")
+            .filter_map(Result::ok)
+            .any(|f| f.path().extension().is_some_and(|e| e == "json")),
+        "sample orders to publish"
+    );
+}
