@@ -275,3 +275,128 @@ fn anchors_follow_githubs_rules() {
     assert_eq!(anchor(" 1. What the worker does"), "1-what-the-worker-does");
     assert_eq!(anchor(" `check` and `replay`"), "check-and-replay");
 }
+
+/// The repository paths the README and `docs/` name in code spans (`src/…`, `deploy/…`, …).
+fn named_paths(markdown: &str) -> Vec<String> {
+    let roots = [
+        "src/", "tests/", "deploy/", "config/", "examples/", "scripts/", "docs/", ".ci/",
+    ];
+    markdown
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| roots.iter().any(|root| span.starts_with(root)))
+        .filter(|span| !span.contains(char::is_whitespace) && !span.contains(['<', '*', '…']))
+        .map(|span| span.trim_end_matches('/').to_owned())
+        .collect()
+}
+
+#[test]
+fn every_file_the_docs_name_exists() {
+    let mut missing = Vec::new();
+    for doc in documents() {
+        for path in named_paths(&read(&doc)) {
+            if !Path::new(ROOT).join(&path).exists() {
+                missing.push(format!("{doc}: `{path}`"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "no such file:\n{}", missing.join("\n"));
+}
+
+/// The part of `markdown` under the heading `## {title}`, up to the next `## `.
+fn section<'a>(markdown: &'a str, title: &str) -> &'a str {
+    markdown
+        .split(&format!("\n## {title}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or_else(|| panic!("a `## {title}` section"))
+}
+
+/// The fields of the `| field | type | meaning |` tables in a section.
+fn field_rows(section: &str) -> BTreeSet<String> {
+    let mut fields = BTreeSet::new();
+    let mut in_table = false;
+    for line in section.lines() {
+        if line.starts_with("| field |") {
+            in_table = true;
+        } else if !line.starts_with('|') {
+            in_table = false;
+        } else if in_table && let Some(cell) = line.split(" | ").next() {
+            if let Some(field) = cell.strip_prefix("| `").and_then(|f| f.strip_suffix('`')) {
+                fields.insert(field.to_owned());
+            }
+        }
+    }
+    fields
+}
+
+/// The JSON examples of a section.
+fn examples(section: &str) -> Vec<Value> {
+    section
+        .split("```json\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .map(|json| serde_json::from_str(json).unwrap_or_else(|e| panic!("an example: {e}")))
+        .collect()
+}
+
+/// Every field path of `value` (`account.id`), not descending below a documented field
+/// (`template.params` is a map, documented as one).
+fn paths(value: &Value, prefix: &str, documented: &BTreeSet<String>, out: &mut Vec<String>) {
+    let Value::Object(map) = value else { return };
+    for (key, inner) in map {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if inner.is_object() && !documented.contains(&path) {
+            paths(inner, &path, documented, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// `docs/events.md` documents every field its examples carry, and each field it documents
+/// appears in an example: the tables and the captured events describe the same shape.
+#[test]
+fn the_event_tables_match_their_examples() {
+    let doc = read("docs/events.md");
+    let envelope = field_rows(section(&doc, "The fields every event starts with"));
+    assert!(envelope.contains("event_id"), "the envelope table");
+    for event in [
+        "aws.account.provisioned",
+        "aws.account.failed",
+        "aws.account.dead-lettered",
+    ] {
+        let part = section(&doc, event);
+        let fields = field_rows(part);
+        let documented: BTreeSet<String> = envelope.union(&fields).cloned().collect();
+        let examples = examples(part);
+        assert!(!examples.is_empty(), "{event}: an example");
+        let mut seen = BTreeSet::new();
+        for example in &examples {
+            assert_eq!(example["event"], event, "{event}: the example's `event`");
+            let mut found = Vec::new();
+            paths(example, "", &documented, &mut found);
+            for path in &found {
+                assert!(
+                    documented.contains(path),
+                    "{event}: the example has `{path}`, which no table documents"
+                );
+            }
+            for field in &envelope {
+                assert!(found.contains(field), "{event}: the example lacks `{field}`");
+            }
+            seen.extend(found);
+        }
+        for field in &fields {
+            assert!(
+                seen.contains(field),
+                "{event}: `{field}` is documented but in no example"
+            );
+        }
+    }
+}
