@@ -279,7 +279,14 @@ fn anchors_follow_githubs_rules() {
 /// The repository paths the README and `docs/` name in code spans (`src/…`, `deploy/…`, …).
 fn named_paths(markdown: &str) -> Vec<String> {
     let roots = [
-        "src/", "tests/", "deploy/", "config/", "examples/", "scripts/", "docs/", ".ci/",
+        "src/",
+        "tests/",
+        "deploy/",
+        "config/",
+        "examples/",
+        "scripts/",
+        "docs/",
+        ".ci/",
     ];
     markdown
         .split('`')
@@ -322,10 +329,14 @@ fn field_rows(section: &str) -> BTreeSet<String> {
             in_table = true;
         } else if !line.starts_with('|') {
             in_table = false;
-        } else if in_table && let Some(cell) = line.split(" | ").next() {
-            if let Some(field) = cell.strip_prefix("| `").and_then(|f| f.strip_suffix('`')) {
-                fields.insert(field.to_owned());
-            }
+        } else if in_table
+            && let Some(field) = line
+                .split(" | ")
+                .next()
+                .and_then(|cell| cell.strip_prefix("| `"))
+                .and_then(|f| f.strip_suffix('`'))
+        {
+            fields.insert(field.to_owned());
         }
     }
     fields
@@ -388,7 +399,10 @@ fn the_event_tables_match_their_examples() {
                 );
             }
             for field in &envelope {
-                assert!(found.contains(field), "{event}: the example lacks `{field}`");
+                assert!(
+                    found.contains(field),
+                    "{event}: the example lacks `{field}`"
+                );
             }
             seen.extend(found);
         }
