@@ -414,3 +414,30 @@ fn the_event_tables_match_their_examples() {
         }
     }
 }
+
+/// `docs/contract.md` names every configuration key (in its key table, `§2`).
+#[test]
+fn the_contract_names_every_configuration_key() {
+    let contract = read("docs/contract.md");
+    let table = section(
+        &contract,
+        "2. Binary, command line, configuration, environment",
+    );
+    for key in reference().keys() {
+        let (section, name) = key.split_once('.').expect("section.key");
+        let header = if section == "payers" {
+            "| `[payers.NAME]` |".to_owned()
+        } else {
+            format!("| `[{section}]` |")
+        };
+        let name = name.rsplit('.').next().unwrap_or(name);
+        let row = table
+            .lines()
+            .find(|line| line.starts_with(&header))
+            .unwrap_or_else(|| panic!("docs/contract.md §2: a row for {header}"));
+        assert!(
+            row.contains(&format!("`{name}`")),
+            "docs/contract.md §2 does not name `{key}`"
+        );
+    }
+}
