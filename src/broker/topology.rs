@@ -1,5 +1,6 @@
-//! The queues and exchanges the worker uses, declared idempotently at start-up, and looked for
-//! (without declaring) by `check`; and the RabbitMQ policies that carry their tunables.
+//! The queues and exchanges the worker uses (docs/contract.md §3, §5, §6), declared idempotently at
+//! start-up, and looked for (without declaring) by `check`; and the RabbitMQ policies that carry
+//! their tunables.
 //!
 //! ```text
 //! connect.orders (topic) --aws.account.new--> aws-account-orders (quorum)
