@@ -1,4 +1,4 @@
-//! Provisioning: the account, the customer's access, then the account's OU and SCPs, step by
+//! Provisioning: the account, the customer's access, then the account's OU and SCPs; each step
 //! safe to run again. What is known so far ([`Progress`]) travels with the order when it goes
 //! back to the broker, so a retry never asks AWS for a second account.
 
