@@ -140,8 +140,10 @@ fn plan_lines(request: &PurchaseRequest, plan: &Plan) -> Vec<String> {
             "connection" => format!("{} -> payer {}", plan.connection.as_str(), plan.payer),
             _ => continue,
         };
+        // Where the value was made from another setting, that setting's name comes first.
         let origin = match (setting, plan.model) {
             ("account_email", AccountModel::Spam) => format!("spam_email_template: {origin}"),
+            ("access", AccountModel::Ecam) => format!("provide_root_user_for_ecam: {origin}"),
             _ => origin.to_string(),
         };
         lines.push(format!("{setting} {value} ({origin})"));

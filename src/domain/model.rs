@@ -202,7 +202,7 @@ impl fmt::Display for Origin {
                     Tier::Tier1 => "tier1",
                     Tier::Tier2 => "tier2",
                 };
-                write!(f, "OPCO {id} ({tier})")
+                write!(f, "OPCO {tier} {id}")
             }
             Self::Request(param) => write!(f, "request parameter {param}"),
             Self::Marketplace(id) => write!(f, "marketplace {id}"),

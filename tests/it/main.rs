@@ -8,6 +8,7 @@ mod check;
 mod deploy;
 mod disruptive;
 mod docs;
+mod explain;
 mod faults;
 mod fixtures;
 mod malformed;
