@@ -5,6 +5,7 @@
 
 mod binary;
 mod check;
+mod connections;
 mod deploy;
 mod disruptive;
 mod docs;
