@@ -1,4 +1,4 @@
-//! What an operator sees from outside (CONTRACT §9): Prometheus metrics on `/metrics`,
+//! What an operator sees from outside (docs/contract.md §9): Prometheus metrics on `/metrics`,
 //! liveness on `/healthz` and readiness on `/readyz` (ready while consuming), served on
 //! `observability.listen`.
 
