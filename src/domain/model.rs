@@ -160,7 +160,7 @@ pub enum Tier {
     Tier2,
 }
 
-/// Where a resolved setting came from: one of the layers of CONTRACT §4, or the order itself.
+/// Where a resolved setting came from: one of the layers of docs/contract.md §4, or the order itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// The OPCO override of a `multi_payer` marketplace, found under this tier's account.
@@ -484,7 +484,7 @@ fn opco_layer<'a>(
 }
 
 impl Rules {
-    /// The business model resolved for `order` (CONTRACT §4), each setting with its origin.
+    /// The business model resolved for `order` (docs/contract.md §4), each setting with its origin.
     ///
     /// # Errors
     /// A [`Rejection`] for an order that gets no account: unsupported order mode, a connection
