@@ -110,7 +110,7 @@ impl<O: Organizations> Pipeline<O> {
                 })));
             }
             Resolution::Rejected(request, rejection) => (request, Err(rejection)),
-            Resolution::Planned(request, plan) => (request, Ok(plan)),
+            Resolution::Planned(request, plan) => (request, Ok(*plan)),
         };
         let span = info_span!(
             "order",
@@ -259,7 +259,7 @@ pub enum Resolution {
     /// A valid order that gets no account: `aws.account.failed`.
     Rejected(PurchaseRequest, Rejection),
     /// A valid order and what to provision for it.
-    Planned(PurchaseRequest, Plan),
+    Planned(PurchaseRequest, Box<Plan>),
 }
 
 /// Parses an order body and resolves its business model under `rules`, with no I/O: the one
@@ -268,7 +268,7 @@ pub fn resolve_body(rules: &Rules, body: &[u8]) -> Resolution {
     match order::parse(body) {
         Err(malformed) => Resolution::Malformed(malformed),
         Ok(request) => match rules.resolve(&request) {
-            Ok(plan) => Resolution::Planned(request, plan),
+            Ok(plan) => Resolution::Planned(request, Box::new(plan)),
             Err(rejection) => Resolution::Rejected(request, rejection),
         },
     }

@@ -142,7 +142,7 @@ async fn create_account_makes_the_configured_member_role_and_the_user_is_made_th
     let role = format!("arn:aws:iam::{account}:role/ConnectProvisioning");
     assert_eq!(
         proxy.stats().assumed_roles,
-        [role.clone()],
+        std::slice::from_ref(&role),
         "the worker entered the account through that role, and no other"
     );
     let credentials = assume(&env.payer.config, &role, "test-member").await;
