@@ -794,6 +794,20 @@ mod tests {
         assert!(policy_arn_problem(&long).is_err());
     }
 
+    #[test]
+    fn the_connections_line_says_where_each_type_goes() {
+        let line = connections(&settings(
+            "[payers.sandbox]\n[connections]\ntest = \"sandbox\"",
+        ));
+        assert_eq!(line.status, Status::Ok);
+        assert_eq!(
+            line.text,
+            "production -> the payer its business-model layers choose; \
+             test -> payer sandbox (connections.test); \
+             preview -> refused, CONNECTION_NOT_ALLOWED, nothing created"
+        );
+    }
+
     fn settings(extra: &str) -> Settings {
         Settings::from_toml(&format!(
             "[business_model]\nprovider_email_domain = \"provider.example\"\n{extra}"
