@@ -129,6 +129,7 @@ async fn create_account_makes_the_configured_member_role_and_the_user_is_made_th
         r#"
         [aws]
         member_role_name = "ConnectProvisioning"
+        iam_user_access_to_billing = "DENY"
         "#,
     )
     .await;
@@ -139,6 +140,11 @@ async fn create_account_makes_the_configured_member_role_and_the_user_is_made_th
     assert_eq!(event["event"], "aws.account.provisioned", "{event}");
     let account = event["account"]["id"].as_str().expect("id").to_owned();
 
+    assert_eq!(
+        proxy.stats().create_options,
+        [("ConnectProvisioning".to_owned(), "DENY".to_owned())],
+        "CreateAccount was asked for the role and the billing access"
+    );
     let role = format!("arn:aws:iam::{account}:role/ConnectProvisioning");
     assert_eq!(
         proxy.stats().assumed_roles,

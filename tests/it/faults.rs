@@ -89,6 +89,9 @@ pub struct Stats {
     pub max_in_progress: usize,
     /// The `RoleArn` of every `AssumeRole`, in order.
     pub assumed_roles: Vec<String>,
+    /// `RoleName` and `IamUserAccessToBilling` of every `CreateAccount` request (empty when
+    /// not sent), in order.
+    pub create_options: Vec<(String, String)>,
     /// IAM calls answered `AccessDenied`, by action.
     pub denied_iam: Vec<String>,
 }
@@ -376,6 +379,14 @@ impl State {
                 "ConcurrentModificationException",
                 "The target of the operation is being modified by another request",
             );
+        }
+        if op == "CreateAccount" {
+            let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let text = |key: &str| request[key].as_str().unwrap_or_default().to_owned();
+            lock(&self.book)
+                .stats
+                .create_options
+                .push((text("RoleName"), text("IamUserAccessToBilling")));
         }
         if op == "AssumeRole"
             && let Some(role) = form_value(&body, "RoleArn")
