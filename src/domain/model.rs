@@ -502,8 +502,10 @@ impl Rules {
         let routing = self.connections.route(&order.connection);
         if routing == Routing::Refused {
             let message = match &order.connection {
+                // The type is input: at most 64 characters of it go into the event.
                 ConnectionType::Other(kind) => format!(
-                    "connection type `{kind}` is neither production, test nor preview; no account is created"
+                    "connection type `{}` is neither production, test nor preview; no account is created",
+                    kind.chars().take(64).collect::<String>()
                 ),
                 kind => format!(
                     "a {kind} order is provisioned only in the payer that connections.{kind} names, and none is configured; no account is created",
