@@ -85,6 +85,12 @@ pub struct WorkerSettings {
     pub shutdown_grace_seconds: u64,
 }
 
+/// The highest `amqp.delivery_limit`: the orders queue carries it as its `x-delivery-limit`
+/// argument, so that a message that crashes the worker every time is dead-lettered after at most
+/// this many deliveries even where no policy applies. The policy (`amqp.delivery_limit`) lowers
+/// it; RabbitMQ applies the smaller of the two.
+pub const DELIVERY_LIMIT_CEILING: u32 = 100;
+
 /// `[amqp]`: the broker and every name of the topology.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,6 +294,14 @@ impl Settings {
         }
         if amqp.delivery_limit == 0 {
             return Err(invalid("amqp.delivery_limit", "must be at least 1"));
+        }
+        if amqp.delivery_limit > DELIVERY_LIMIT_CEILING {
+            return Err(invalid(
+                "amqp.delivery_limit",
+                format!(
+                    "must be at most {DELIVERY_LIMIT_CEILING}: the orders queue is declared with that ceiling, which a policy can lower but not lift"
+                ),
+            ));
         }
         crate::broker::management::Management::from_settings(amqp).map_err(|_| {
             invalid(
@@ -572,6 +586,8 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("[amqp]\nprefetch = 0", "amqp.prefetch"),
+            ("[amqp]\ndelivery_limit = 0", "amqp.delivery_limit"),
+            ("[amqp]\ndelivery_limit = 101", "amqp.delivery_limit"),
             ("[amqp]\nprefetch = \"many\"", "prefetch"),
             ("[amqp]\nurl = \"http://x\"", "amqp.url"),
             ("[amqp]\nprefech = 3", "amqp.prefech"),

@@ -237,7 +237,8 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems[1].contains("delivery limit in force on aws-account-orders is none"),
+            // The queue's own ceiling is all that is left.
+            problems[1].contains("delivery limit in force on aws-account-orders is 100,"),
             "{problems:?}"
         );
     }

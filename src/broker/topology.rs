@@ -11,8 +11,8 @@
 //!
 //! Queue arguments hold only what keeps orders safe when no policy applies (a missing, mistyped
 //! or shadowed policy): the queue type, the dead-letter routes, at-least-once dead-lettering,
-//! `reject-publish`, each retry queue's TTL (its delay, which its name carries), and a ceiling
-//! on the unrouted queue's length and age. The tunables are policies ([`policies`]): the orders
+//! `reject-publish`, each retry queue's TTL (its delay, which its name carries), and ceilings:
+//! the orders queue's delivery limit and the unrouted queue's length and age. The tunables are policies ([`policies`]): the orders
 //! queue's delivery limit and the unrouted queue's bounds, which an operator changes without
 //! deleting a queue. RabbitMQ applies the smaller of an argument and a policy value for these
 //! keys, so a policy can tighten the unrouted ceiling and never lift it. A queue declared by an
@@ -29,7 +29,7 @@ use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 use serde_json::{Map, Value, json};
 use tracing::warn;
 
-use crate::config::{AmqpSettings, RetrySettings};
+use crate::config::{AmqpSettings, DELIVERY_LIMIT_CEILING, RetrySettings};
 
 /// The priority of the worker's policies: above a catch-all policy at the default priority 0,
 /// which would otherwise shadow them (RabbitMQ applies one policy per queue, the highest).
@@ -156,9 +156,17 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapi
 }
 
 /// The orders queue's arguments: what must hold even when no policy applies. Without its
-/// dead-letter route, a delivery limit set by any policy would drop orders.
+/// dead-letter route, a delivery limit would drop orders; without a limit of its own, a message
+/// that crashes the worker every time would loop for ever where the policy is missing (RabbitMQ
+/// 3.10 has no default), so the queue carries [`DELIVERY_LIMIT_CEILING`], which the policy lowers.
 fn orders_arguments(amqp: &AmqpSettings) -> FieldTable {
-    quorum(&[("x-dead-letter-exchange", text(&amqp.dead_letter_exchange))])
+    quorum(&[
+        ("x-dead-letter-exchange", text(&amqp.dead_letter_exchange)),
+        (
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(i64::from(DELIVERY_LIMIT_CEILING)),
+        ),
+    ])
 }
 
 /// The orders queue as versions before the policies declared it: the delivery limit was an

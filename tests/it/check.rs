@@ -601,7 +601,7 @@ async fn missing_mistyped_and_shadowed_policies_fail_the_policies_check() {
         &[
             &format!("queue {} is under no policy", amqp.orders_queue),
             &format!(
-                "the delivery limit in force on {} is none, the worker expects amqp.delivery_limit = 20",
+                "the delivery limit in force on {} is 100, the worker expects amqp.delivery_limit = 20",
                 amqp.orders_queue
             ),
             "deploy/rabbitmq/definitions.json",

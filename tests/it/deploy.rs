@@ -552,9 +552,10 @@ fn declared_topology(settings: &Settings) -> (Vec<Value>, Vec<Value>, Vec<Value>
         queue(&amqp.dead_letter_queue, quorum(json!({}))),
         queue(
             &amqp.orders_queue,
-            // The delivery limit is a policy, not an argument.
+            // The delivery limit is a policy; the argument is its ceiling.
             quorum(json!({
                 "x-dead-letter-exchange": amqp.dead_letter_exchange,
+                "x-delivery-limit": 100,
             })),
         ),
     ];
