@@ -56,7 +56,7 @@ USER 10001:10001
 # assumes port 9898.
 ENV WORKER__OBSERVABILITY__LISTEN=0.0.0.0:9898
 
-# Observability listener: /metrics, /healthz, /readyz (CONTRACT §9).
+# Observability listener: /metrics, /healthz, /readyz (docs/contract.md §9).
 EXPOSE 9898
 
 # Liveness of the process (/healthz), not readiness: a worker waiting for its broker is alive.

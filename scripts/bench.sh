@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (README "The benchmark"): brings up RabbitMQ and moto (scripts/services.sh),
+# The benchmark (docs/benchmark.md): brings up RabbitMQ and moto (scripts/services.sh),
 # builds the worker and examples/bench.rs in release, and prints one `name value` line per
 # figure on standard output. It measures; it asserts no timing. About 8 minutes.
 # BENCH_ONLY=ready,cpu,moto3,rss,slots picks phases; BENCH_ORDERS (150) and BENCH_SLOT_ORDERS

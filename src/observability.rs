@@ -1,4 +1,4 @@
-//! What an operator sees from outside (CONTRACT §9): Prometheus metrics on `/metrics`,
+//! What an operator sees from outside (docs/contract.md §9): Prometheus metrics on `/metrics`,
 //! liveness on `/healthz` and readiness on `/readyz` (ready while consuming), served on
 //! `observability.listen` by a small HTTP/1 server that cuts off clients slow to send their
 //! request headers, refuses connections beyond a cap, and stops on the worker's shutdown

@@ -1,4 +1,4 @@
-//! `aws-account-worker replay` (CONTRACT §7): moves dead-lettered orders from the DLQ back to the
+//! `aws-account-worker replay` (docs/contract.md §7): moves dead-lettered orders from the DLQ back to the
 //! orders exchange.
 //!
 //! The DLQ is read from the front, once through the messages it holds when the replay starts.

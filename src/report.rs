@@ -1,4 +1,4 @@
-//! Result events (CONTRACT §5): `aws.account.provisioned`, `aws.account.failed` and
+//! Result events (docs/contract.md §5): `aws.account.provisioned`, `aws.account.failed` and
 //! `aws.account.dead-lettered`, as JSON bodies ready to publish.
 
 use chrono::{SecondsFormat, Utc};

@@ -1,4 +1,4 @@
-//! Headers an order carries between attempts (CONTRACT §6): the attempt count, the failure
+//! Headers an order carries between attempts (docs/contract.md §6): the attempt count, the failure
 //! times and reason, and the provisioning progress that lets a retry resume.
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -21,7 +21,7 @@ pub const CREATE_REQUEST_ID: &str = "x-create-request-id";
 pub const ACCOUNT_ID: &str = "x-account-id";
 /// The last step done: `create-requested`, `account-created` or `policies-attached`.
 pub const STEP: &str = "x-step";
-/// Times `replay` moved the message back for processing (CONTRACT §7); kept across attempts
+/// Times `replay` moved the message back for processing (docs/contract.md §7); kept across attempts
 /// and dead letters, so a message that fails again is not replayed forever.
 pub const REPLAY_COUNT: &str = "x-replay-count";
 /// The [`STEP`] value once the account is in its OU (if any) and its SCPs are attached.

@@ -1,4 +1,4 @@
-//! The queues and exchanges the worker uses (CONTRACT §3, §5, §6), declared idempotently at
+//! The queues and exchanges the worker uses (docs/contract.md §3, §5, §6), declared idempotently at
 //! start-up, and looked for (without declaring) by `check`.
 //!
 //! ```text

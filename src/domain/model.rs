@@ -1,4 +1,4 @@
-//! Business-model resolution (CONTRACT §4): from an order and the configured layers to a
+//! Business-model resolution (docs/contract.md §4): from an order and the configured layers to a
 //! [`Plan`] of what to provision, or a [`Rejection`] saying why the order gets no account.
 
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::ids::{AssetId, IdError, MarketplaceId, RequestId, TierAccountId};
 
-/// The largest body the worker reads (CONTRACT §3).
+/// The largest body the worker reads (docs/contract.md §3).
 pub const MAX_ORDER_BYTES: usize = 1024 * 1024;
 
 /// A valid Connect purchase request, reduced to what the worker uses.

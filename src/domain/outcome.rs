@@ -2,7 +2,7 @@
 
 use super::model::AccountModel;
 
-/// A failure code of `aws.account.failed` (CONTRACT §5).
+/// A failure code of `aws.account.failed` (docs/contract.md §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureCode {
     /// ECAM email missing, malformed, on the provider's domain; or AWS said INVALID_EMAIL.
@@ -81,7 +81,7 @@ impl Rejection {
         }
     }
 
-    /// The action and the parameter to fix, per CONTRACT §5 (EMAIL_ALREADY_EXISTS is the
+    /// The action and the parameter to fix, per docs/contract.md §5 (EMAIL_ALREADY_EXISTS is the
     /// customer's to fix only under ECAM).
     pub fn action(&self) -> (Action, Option<&'static str>) {
         match (&self.code, self.model) {

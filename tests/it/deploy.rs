@@ -13,11 +13,11 @@ use figment::providers::{Format, Toml};
 use figment::value::{Dict, Value as FigmentValue};
 use serde_json::{Value, json};
 
-/// The port the contract gives the observability listener (CONTRACT §9).
+/// The port the contract gives the observability listener (docs/contract.md §9).
 const OBSERVABILITY_PORT: u16 = 9898;
 
 /// Organizations operations the worker needs that `src/aws/sdk.rs` does not name through
-/// `classify`: tagging on `CreateAccount`, and the read-only calls of `check` (CONTRACT §2).
+/// `classify`: tagging on `CreateAccount`, and the read-only calls of `check` (docs/contract.md §2).
 const PAYER_ACTIONS_BEYOND_SDK_RS: &[&str] = &[
     "organizations:TagResource",
     "organizations:DescribeOrganization",

@@ -1,4 +1,4 @@
-//! `/metrics`, `/healthz` and `/readyz` (CONTRACT §9), scraped over HTTP as Prometheus and
+//! `/metrics`, `/healthz` and `/readyz` (docs/contract.md §9), scraped over HTTP as Prometheus and
 //! Kubernetes would; and the server's own defences: slow clients cut off, a connection cap,
 //! and shutdown.
 

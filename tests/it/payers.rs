@@ -1,4 +1,4 @@
-//! Multi-Payer (CONTRACT §4): two payers as two moto accounts, each with its own organization.
+//! Multi-Payer (docs/contract.md §4): two payers as two moto accounts, each with its own organization.
 //! The worker's own credentials are payer A's (`default`); payer B is reached by assuming a
 //! role in B's account. An OPCO of a multi_payer marketplace provisions in B, every other order
 //! in A; the account is moved to the configured OU; `template.id` follows the layers.
