@@ -1,4 +1,4 @@
-//! `aws-account-worker check`: tries a deployment before it takes orders. Seven checks run in a
+//! `aws-account-worker check`: tries a deployment before it takes orders. Eight checks run in a
 //! fixed order and each reports one [`Line`] (the organization check one per payer):
 //! `ok   <check>: <detail>`, `FAIL <check>: <reason>; <what to do>`, or `skip <check>: <why not>`
 //! when a check depends on one that failed (the topology needs the broker; the organization
@@ -22,8 +22,9 @@ use crate::domain::model::ModelSettings;
 pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The checks, in the order they run.
-pub const CHECKS: [&str; 7] = [
+pub const CHECKS: [&str; 8] = [
     CONFIGURATION,
+    CONNECTIONS,
     IAM_NAMES,
     BROKER,
     TOPOLOGY,
@@ -33,6 +34,8 @@ pub const CHECKS: [&str; 7] = [
 ];
 /// The configuration loads and is valid.
 pub const CONFIGURATION: &str = "configuration";
+/// Where each Connect connection type's orders go (`[connections]`).
+pub const CONNECTIONS: &str = "connections";
 /// The member role name and the IAM user policy ARNs are well-formed.
 pub const IAM_NAMES: &str = "iam names";
 /// The broker answers at `amqp.url`.
@@ -249,6 +252,7 @@ pub async fn run<P: Probe>(
     };
 
     report(configuration(file, &environment_keys()));
+    report(connections(settings));
     report(iam_names(settings));
 
     let connection = match broker::connect_once(&settings.amqp.url, broker_timeout).await {
@@ -362,6 +366,30 @@ fn configuration(file: Option<&Path>, environment: &[String]) -> Line {
     Line::ok(CONFIGURATION, format!("valid ({})", sources.join(" + ")))
 }
 
+/// Check 2: where each connection type's orders go (the payers were validated with the
+/// configuration, so this only says it).
+fn connections(settings: &Settings) -> Line {
+    use crate::domain::model::Routing;
+    use crate::domain::order::ConnectionType;
+    let connections = &settings.connections;
+    let text: Vec<String> = [
+        ConnectionType::Production,
+        ConnectionType::Test,
+        ConnectionType::Preview,
+    ]
+    .iter()
+    .map(|kind| {
+        let goes = match connections.route(kind) {
+            Routing::Layers => "the payer its business-model layers choose".to_owned(),
+            Routing::Payer { key, payer } => format!("payer {payer} (connections.{key})"),
+            Routing::Refused => "refused, CONNECTION_NOT_ALLOWED, nothing created".to_owned(),
+        };
+        format!("{} -> {goes}", kind.as_str())
+    })
+    .collect();
+    Line::ok(CONNECTIONS, text.join("; "))
+}
+
 /// Every business-model layer of the configuration with its key path: `business_model`,
 /// `marketplaces."MP-…"`, `marketplaces."MP-…".opcos."TA-…"`.
 fn layers(settings: &Settings) -> Vec<(String, &ModelSettings)> {
@@ -377,7 +405,7 @@ fn layers(settings: &Settings) -> Vec<(String, &ModelSettings)> {
     layers
 }
 
-/// Check 2: the member role name (validated with the configuration) and every IAM user policy
+/// Check 3: the member role name (validated with the configuration) and every IAM user policy
 /// ARN of every layer.
 fn iam_names(settings: &Settings) -> Line {
     let mut arns = 0;
@@ -467,7 +495,7 @@ fn broker_address(settings: &Settings) -> String {
     broker::address(&settings.amqp.url)
 }
 
-/// Check 4: passive declares of every exchange and queue the worker uses.
+/// Check 5: passive declares of every exchange and queue the worker uses.
 async fn topology_line(connection: &lapin::Connection, settings: &Settings) -> Line {
     let expected = topology::names(&settings.amqp, &settings.retry);
     match topology::missing(connection, &settings.amqp, &settings.retry).await {
@@ -541,7 +569,7 @@ fn organizations_hint(error: &ProbeError) -> &'static str {
     }
 }
 
-/// Check 6: the caller's organization has all features, the caller is its management account,
+/// Check 7: the caller's organization has all features, the caller is its management account,
 /// and SCPs are enabled on its root. Returns the organization when it exists, for check 7.
 async fn organization<P: Probe>(probe: &P, caller: &str) -> (Line, Option<OrganizationInfo>) {
     let organization = match probe.organization().await {
@@ -616,7 +644,7 @@ async fn organization<P: Probe>(probe: &P, caller: &str) -> (Line, Option<Organi
     (line, Some(organization))
 }
 
-/// Check 6 for a payer with a role: the role can be assumed (`GetCallerIdentity` with its
+/// Check 7 for a payer with a role: the role can be assumed (`GetCallerIdentity` with its
 /// credentials), then the organization as seen by the assumed role.
 async fn assumed_organization<P: Probe>(probe: &P, role: &str) -> (Line, Option<OrganizationInfo>) {
     match probe.caller_identity().await {
@@ -697,7 +725,7 @@ fn configured_scps(settings: &Settings) -> BTreeMap<String, BTreeMap<String, Vec
     by_payer
 }
 
-/// Check 7: `DescribePolicy` of every configured SCP id.
+/// Check 8: `DescribePolicy` of every configured SCP id.
 async fn scps<P: Probe>(
     probe: &P,
     organization: &OrganizationInfo,
@@ -808,6 +836,20 @@ mod tests {
         }
         let long = format!("arn:aws:iam::aws:policy/{}", "a".repeat(129));
         assert!(policy_arn_problem(&long).is_err());
+    }
+
+    #[test]
+    fn the_connections_line_says_where_each_type_goes() {
+        let line = connections(&settings(
+            "[payers.sandbox]\n[connections]\ntest = \"sandbox\"",
+        ));
+        assert_eq!(line.status, Status::Ok);
+        assert_eq!(
+            line.text,
+            "production -> the payer its business-model layers choose; \
+             test -> payer sandbox (connections.test); \
+             preview -> refused, CONNECTION_NOT_ALLOWED, nothing created"
+        );
     }
 
     fn settings(extra: &str) -> Settings {

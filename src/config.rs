@@ -12,9 +12,12 @@ use figment::value::{Dict, Value};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::aws::{AccessToBilling, MemberAccess};
 use crate::domain::email::AccountEmail;
 use crate::domain::ids::{MarketplaceId, TierAccountId};
-use crate::domain::model::{MarketplaceSettings, ModelSettings, render_template};
+use crate::domain::model::{
+    Connections, MarketplaceSettings, ModelSettings, Rules, render_template,
+};
 
 /// The built-in defaults: the documented `config/default.toml`.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -67,6 +70,9 @@ pub struct Settings {
     /// `[payers.NAME]`.
     #[serde(default)]
     pub payers: BTreeMap<String, PayerSettings>,
+    /// `[connections]`: the payer of test and preview orders.
+    #[serde(default)]
+    pub connections: Connections,
     /// `[observability]`.
     pub observability: ObservabilitySettings,
 }
@@ -130,8 +136,13 @@ pub struct RetrySettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsSettings {
-    /// The access role in new member accounts.
+    /// The access role `CreateAccount` makes in new member accounts, assumed by the worker.
     pub member_role_name: String,
+    /// `CreateAccount`'s `IamUserAccessToBilling`.
+    pub iam_user_access_to_billing: AccessToBilling,
+    /// How long a new member account may refuse the worker (`AccessDenied`) before the refusal
+    /// counts as permanent: its access role is not usable at once.
+    pub member_account_ready_seconds: u64,
     /// CreateAccount requests in progress per payer organization, across all replicas.
     pub max_concurrent_creations: u32,
     /// How often orders waiting for a creation slot look for one another replica gave back.
@@ -163,6 +174,23 @@ pub struct ObservabilitySettings {
 }
 
 impl Settings {
+    /// What business-model resolution reads: the layers and `[connections]`.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            global: self.business_model.clone(),
+            marketplaces: self.marketplaces.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+
+    /// How new member accounts are made and entered.
+    pub fn member_access(&self) -> MemberAccess {
+        MemberAccess {
+            role_name: self.aws.member_role_name.clone(),
+            iam_user_access_to_billing: self.aws.iam_user_access_to_billing,
+        }
+    }
+
     /// How the creation slots are shared: `aws.max_waiting_for_slot` counts at most
     /// `amqp.prefetch - 1` (at least 1), so that waiting orders never hold every delivery.
     pub fn slot_limits(&self) -> crate::broker::slots::Limits {
@@ -336,6 +364,14 @@ impl Settings {
             }
         }
         self.check_payer("business_model", global)?;
+        for (kind, payer) in [
+            ("test", &self.connections.test),
+            ("preview", &self.connections.preview),
+        ] {
+            if let Some(payer) = payer {
+                self.payer_exists(&format!("connections.{kind}"), payer)?;
+            }
+        }
         check_spam_email(&self.business_model, "business_model", global)?;
         for (marketplace, section) in &self.marketplaces {
             let path = format!("marketplaces.\"{marketplace}\"");
@@ -357,18 +393,24 @@ impl Settings {
     /// A layer's `payer` must name a `[payers.NAME]` entry.
     fn check_payer(&self, path: &str, layer: &ModelSettings) -> Result<(), ConfigError> {
         match layer.payer.as_deref() {
-            Some(payer) if !self.payers.contains_key(payer) => {
-                let known: Vec<&str> = self.payers.keys().map(String::as_str).collect();
-                Err(invalid(
-                    format!("{path}.payer"),
-                    format!(
-                        "payer `{payer}` has no [payers.{payer}] entry (configured: {})",
-                        known.join(", ")
-                    ),
-                ))
-            }
-            _ => Ok(()),
+            Some(payer) => self.payer_exists(&format!("{path}.payer"), payer),
+            None => Ok(()),
         }
+    }
+
+    /// `payer`, set at `key`, must name a `[payers.NAME]` entry.
+    fn payer_exists(&self, key: &str, payer: &str) -> Result<(), ConfigError> {
+        if self.payers.contains_key(payer) {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.payers.keys().map(String::as_str).collect();
+        Err(invalid(
+            key,
+            format!(
+                "payer `{payer}` has no [payers.{payer}] entry (configured: {})",
+                known.join(", ")
+            ),
+        ))
     }
 }
 
@@ -583,6 +625,16 @@ mod tests {
                 "[business_model]\npayer = \"nobody\"",
                 "business_model.payer",
             ),
+            ("[connections]\ntest = \"sandbox\"", "connections.test"),
+            ("[connections]\npreview = \"nobody\"", "connections.preview"),
+            (
+                "[connections]\nstaging = \"default\"",
+                "connections.staging",
+            ),
+            (
+                "[aws]\niam_user_access_to_billing = \"MAYBE\"",
+                "iam_user_access_to_billing",
+            ),
             (
                 "[marketplaces.\"MP-1\"]\npayer = \"b\"",
                 "marketplaces.\"MP-1\".payer",
@@ -654,6 +706,26 @@ mod tests {
                 .as_deref(),
             Some("b")
         );
+    }
+
+    #[test]
+    fn connections_name_payers() {
+        let settings = Settings::from_toml(&format!(
+            "{VALID}\n[payers.sandbox]\n[connections]\ntest = \"sandbox\"\npreview = \"default\""
+        ))
+        .expect("valid");
+        assert_eq!(settings.connections.test.as_deref(), Some("sandbox"));
+        assert_eq!(
+            settings.rules().connections.preview.as_deref(),
+            Some("default")
+        );
+        let defaults = Settings::from_toml(VALID).expect("valid");
+        assert_eq!(defaults.connections, Connections::default());
+        assert_eq!(
+            defaults.member_access().iam_user_access_to_billing,
+            AccessToBilling::Allow
+        );
+        assert_eq!(defaults.aws.member_account_ready_seconds, 300);
     }
 
     #[test]

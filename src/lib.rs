@@ -10,6 +10,7 @@
 //! - [`config`]: settings; [`app`]: wiring and the run loop; [`observability`]: metrics and
 //!   health endpoints;
 //! - [`check`]: the `check` command, which tries a deployment's configuration, broker and AWS;
+//! - [`explain`]: the `explain` command, which resolves an order file as `run` would, offline;
 //! - [`replay`]: the `replay` command, which moves dead-lettered orders back for processing.
 
 pub mod app;
@@ -18,6 +19,7 @@ pub mod broker;
 pub mod check;
 pub mod config;
 pub mod domain;
+pub mod explain;
 pub mod observability;
 pub mod pipeline;
 pub mod provision;

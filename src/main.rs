@@ -9,6 +9,7 @@ use anyhow::Context;
 use aws_account_worker::app::{Observed, Worker};
 use aws_account_worker::config::Settings;
 use aws_account_worker::domain::ids::RequestId;
+use aws_account_worker::explain;
 use aws_account_worker::observability;
 use aws_account_worker::pipeline::Pipeline;
 use aws_account_worker::replay;
@@ -40,6 +41,7 @@ Examples:
   aws-account-worker --config /etc/aws-account-worker/worker.toml check
   WORKER__AMQP__URL=amqps://worker:secret@rabbit.example:5671/prod aws-account-worker run
   aws-account-worker --log-format json run 2> worker.log
+  aws-account-worker explain order.json
   aws-account-worker replay --reason AWS_UNREACHABLE --dry-run
   aws-account-worker check --format json | jq '.checks[] | select(.status != \"ok\")'";
 
@@ -72,6 +74,14 @@ Examples:
   aws-account-worker --config worker.toml check
   aws-account-worker check --format json")]
     Check(CheckArgs),
+    /// Resolve an order file as `run` would, with no broker and no AWS call: print the plan,
+    /// each setting with where it came from; exit 1 for an order that would fail, 2 for a file
+    /// that is not an order
+    Explain {
+        /// A Connect purchase request (JSON)
+        #[arg(value_name = "ORDER.json")]
+        order: PathBuf,
+    },
     /// Move dead-lettered orders back to the orders exchange (publish with confirm, then ack);
     /// one line per replayed or kept message, then `replayed N, kept M, skipped K`
     #[command(after_long_help = "\
@@ -175,6 +185,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Explain { order } = &cli.command {
+        return explain(&settings, order);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -186,6 +199,7 @@ fn main() -> ExitCode {
         Command::Run => runtime.block_on(run(settings)),
         Command::Check(args) => runtime.block_on(check(&settings, file.as_deref(), args.format)),
         Command::Replay(args) => runtime.block_on(replay(&settings, args)),
+        Command::Explain { .. } => return ExitCode::from(explain::NOT_AN_ORDER),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -226,7 +240,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let payers = aws_account_worker::aws::sdk::payers(
         &aws,
         &settings.payers,
-        &settings.aws.member_role_name,
+        &settings.member_access(),
         &observed.metrics,
     )
     .await;
@@ -261,6 +275,30 @@ async fn check(
         summary.lines.len()
     );
     Ok(())
+}
+
+/// `explain`: the plan (or the failure) on standard output; a file that cannot be read or is
+/// not an order exits 2 with the reason on standard error.
+fn explain(settings: &Settings, order: &Path) -> ExitCode {
+    let body = match std::fs::read(order) {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("aws-account-worker: cannot read {}: {e}", order.display());
+            return ExitCode::from(explain::NOT_AN_ORDER);
+        }
+    };
+    let explained = explain::explain(&settings.rules(), &body);
+    if explained.exit == explain::NOT_AN_ORDER {
+        for line in &explained.lines {
+            eprintln!("aws-account-worker: {}: {line}", order.display());
+        }
+    } else {
+        let mut out = std::io::stdout().lock();
+        for line in &explained.lines {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    ExitCode::from(explained.exit)
 }
 
 /// `replay`: one line per replayed or kept message and the summary on standard output, as text

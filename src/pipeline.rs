@@ -9,8 +9,9 @@ use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::aws::{Organizations, Retry};
 use crate::config::Settings;
-use crate::domain::model::{self, MarketplaceSettings, ModelSettings, Plan};
-use crate::domain::order::{self, PartialIds, PurchaseRequest};
+use crate::domain::model::{Plan, Rules};
+use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
+use crate::domain::outcome::Rejection;
 use crate::provision::{Polling, Progress, ProvisionError, provision};
 use crate::report::{self, Event};
 use crate::slots::{CreationSlots, Unlimited};
@@ -54,8 +55,7 @@ pub struct Pipeline<O> {
     /// Each payer's management account, by `[payers.NAME]` name; an order goes to its
     /// `plan.payer`'s, for every call (the gate included).
     payers: BTreeMap<String, Arc<O>>,
-    business_model: ModelSettings,
-    marketplaces: BTreeMap<String, MarketplaceSettings>,
+    rules: Rules,
     polling: Polling,
     /// How long an order waits before a new `CreateAccount` when an earlier delivery may have
     /// one in flight.
@@ -73,11 +73,11 @@ impl<O: Organizations> Pipeline<O> {
                 .into_iter()
                 .map(|(name, aws)| (name, Arc::new(aws)))
                 .collect(),
-            business_model: settings.business_model.clone(),
-            marketplaces: settings.marketplaces.clone(),
+            rules: settings.rules(),
             polling: Polling {
                 interval: Duration::from_millis(settings.aws.create_status_poll_ms),
                 patience: Duration::from_secs(settings.aws.create_status_wait_seconds),
+                member_ready: Duration::from_secs(settings.aws.member_account_ready_seconds),
             },
             in_flight_wait: Duration::from_millis(settings.retry.redelivered_create_delay_ms),
             busy_wait: Duration::from_millis(settings.retry.initial_delay_ms),
@@ -99,9 +99,8 @@ impl<O: Organizations> Pipeline<O> {
     /// # Errors
     /// The [`Outcome`] of an order that goes no further: dead-letter or `failed`.
     pub fn resolve(&self, body: &[u8]) -> Result<Resolved, Box<Outcome>> {
-        let request = match order::parse(body) {
-            Ok(request) => request,
-            Err(malformed) => {
+        let (request, resolved) = match resolve_body(&self.rules, body) {
+            Resolution::Malformed(malformed) => {
                 warn!(reason = malformed.error.code(), error = %malformed.error, "malformed order");
                 return Err(Box::new(Outcome::DeadLetter(Failure {
                     reason: malformed.error.code().to_owned(),
@@ -110,6 +109,8 @@ impl<O: Organizations> Pipeline<O> {
                     progress: Progress::default(),
                 })));
             }
+            Resolution::Rejected(request, rejection) => (request, Err(rejection)),
+            Resolution::Planned(request, plan) => (request, Ok(*plan)),
         };
         let span = info_span!(
             "order",
@@ -119,7 +120,7 @@ impl<O: Organizations> Pipeline<O> {
         );
         let ids = PartialIds::of(&request);
         let _entered = span.enter();
-        let plan = match model::resolve(&request, &self.business_model, &self.marketplaces) {
+        let plan = match resolved {
             Ok(plan) => plan,
             Err(rejection) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order rejected");
@@ -128,7 +129,12 @@ impl<O: Organizations> Pipeline<O> {
                 ))));
             }
         };
-        info!(business_model = plan.model.as_str(), payer = %plan.payer, "business model resolved");
+        info!(
+            business_model = plan.model.as_str(),
+            payer = %plan.payer,
+            connection = plan.connection.as_str(),
+            "business model resolved"
+        );
         drop(_entered);
         Ok(Resolved {
             request,
@@ -229,7 +235,9 @@ impl<O: Organizations> Pipeline<O> {
                     progress,
                 };
                 match error.retry {
-                    Retry::Transient => {
+                    // Provisioning settles WhileNew by the account's age; should one get here,
+                    // retrying is the side that loses nothing.
+                    Retry::Transient | Retry::WhileNew => {
                         warn!(reason = %failure.reason, error = %error, "transient AWS failure");
                         Outcome::Retry(failure)
                     }
@@ -240,6 +248,29 @@ impl<O: Organizations> Pipeline<O> {
                 }
             }
         }
+    }
+}
+
+/// What parsing and resolving an order body came to.
+#[derive(Debug)]
+pub enum Resolution {
+    /// Not a valid order: dead-lettered at once.
+    Malformed(Box<MalformedOrder>),
+    /// A valid order that gets no account: `aws.account.failed`.
+    Rejected(PurchaseRequest, Rejection),
+    /// A valid order and what to provision for it.
+    Planned(PurchaseRequest, Box<Plan>),
+}
+
+/// Parses an order body and resolves its business model under `rules`, with no I/O: the one
+/// path that `run` (through [`Pipeline::resolve`]) and `explain` share.
+pub fn resolve_body(rules: &Rules, body: &[u8]) -> Resolution {
+    match order::parse(body) {
+        Err(malformed) => Resolution::Malformed(malformed),
+        Ok(request) => match rules.resolve(&request) {
+            Ok(plan) => Resolution::Planned(request, Box::new(plan)),
+            Err(rejection) => Resolution::Rejected(request, rejection),
+        },
     }
 }
 

@@ -1,4 +1,4 @@
-//! Provisioning: the account, its SCPs and the customer's access, step by step, each step
+//! Provisioning: the account, the customer's access, then the account's OU and SCPs; each step
 //! safe to run again. What is known so far ([`Progress`]) travels with the order when it goes
 //! back to the broker, so a retry never asks AWS for a second account.
 
@@ -36,13 +36,16 @@ pub struct Progress {
     pub maybe_in_flight: bool,
 }
 
-/// How long one attempt waits for a creation in progress.
+/// How long provisioning waits on AWS: for a creation in progress, and for a new account.
 #[derive(Debug, Clone, Copy)]
 pub struct Polling {
     /// Between two `DescribeCreateAccountStatus` calls.
     pub interval: Duration,
     /// In all, before the order goes back to the broker to wait.
     pub patience: Duration,
+    /// The readiness window: a member account younger than this that refuses the worker
+    /// ([`Retry::WhileNew`]) is not ready yet; an older one denies the call for good.
+    pub member_ready: Duration,
 }
 
 /// A provisioned order.
@@ -140,6 +143,25 @@ pub async fn provision<O: Organizations>(
     };
     let account = AccountId(account_id.clone());
 
+    // The customer's access first, then the account's place and SCPs: an SCP that denies IAM
+    // actions (attached here or inherited from the OU) must not block the worker's own setup.
+    let access = match &plan.access {
+        Access::RootUser => Granted::RootUser,
+        Access::IamUser {
+            user_name,
+            policy_arns,
+        } => match iam_user(aws.as_ref(), &account, user_name, policy_arns).await {
+            Ok(password) => Granted::IamUser {
+                user_name: user_name.clone(),
+                password,
+            },
+            Err(error) => {
+                let error = settle_refusal(aws.as_ref(), &account, error, polling).await;
+                return Err(failed(error, &progress));
+            }
+        },
+    };
+
     // The account's place and its SCPs are one step: `policies_attached` says both are done.
     if !progress.policies_attached {
         if let Some(parent) = &plan.organizational_unit_id {
@@ -160,45 +182,87 @@ pub async fn provision<O: Organizations>(
         progress.policies_attached = true;
     }
 
-    let access = match &plan.access {
-        Access::RootUser => Granted::RootUser,
-        Access::IamUser {
-            user_name,
-            policy_arns,
-        } => {
-            let member = aws
-                .member(&account)
-                .await
-                .map_err(|e| failed(e, &progress))?;
-            let password = password::generate();
-            member
-                .create_user(user_name)
-                .await
-                .map_err(|e| failed(e, &progress))?;
-            member
-                .set_login_profile(user_name, &password)
-                .await
-                .map_err(|e| failed(e, &progress))?;
-            for arn in policy_arns {
-                member
-                    .attach_user_policy(user_name, arn)
-                    .await
-                    .map_err(|e| failed(e, &progress))?;
-            }
-            info!(iam_user_name = %user_name, "IAM user ready");
-            Granted::IamUser {
-                user_name: user_name.clone(),
-                password,
-            }
-        }
-    };
-
     Ok(Provisioned {
         account_id,
         create_request_id: progress.create_request_id.unwrap_or_default(),
         service_control_policies: plan.service_control_policies.clone(),
         access,
     })
+}
+
+/// Makes the customer's IAM user in the new account, through its access role: the user, a
+/// login profile with a new initial password (reset required), and the user's policies.
+async fn iam_user<O: Organizations>(
+    aws: &O,
+    account: &AccountId,
+    user_name: &IamUserName,
+    policy_arns: &[String],
+) -> Result<SecretString, AwsError> {
+    let member = aws.member(account).await?;
+    let password = password::generate();
+    member.create_user(user_name).await?;
+    member.set_login_profile(user_name, &password).await?;
+    for arn in policy_arns {
+        member.attach_user_policy(user_name, arn).await?;
+    }
+    info!(iam_user_name = %user_name, "IAM user ready");
+    Ok(password)
+}
+
+/// The code of a refusal inside a member account past its readiness window.
+pub const MEMBER_ACCESS_DENIED: &str = "MEMBER_ACCESS_DENIED";
+
+/// Settles a [`Retry::WhileNew`] refusal inside `account` by the account's age (AWS's
+/// `JoinedTimestamp`); any other error is returned as it is.
+async fn settle_refusal<O: Organizations>(
+    aws: &O,
+    account: &AccountId,
+    error: AwsError,
+    polling: Polling,
+) -> AwsError {
+    if error.retry != Retry::WhileNew {
+        return error;
+    }
+    let age = match aws.describe_account(account).await {
+        Ok(found) => found
+            .joined
+            .and_then(|joined| std::time::SystemTime::now().duration_since(joined).ok()),
+        Err(e) => {
+            debug!(error = %e, "the refusing account's age could not be read: treated as new");
+            None
+        }
+    };
+    member_refusal(error, account, age, polling.member_ready)
+}
+
+/// A refusal inside a member account, decided by the account's `age` (unknown: new): transient
+/// inside the readiness `window` (a brand-new account's access role is not usable at once),
+/// permanent past it, with a message naming the step that was refused and what may deny it.
+pub fn member_refusal(
+    error: AwsError,
+    account: &AccountId,
+    age: Option<Duration>,
+    window: Duration,
+) -> AwsError {
+    match age {
+        Some(age) if age >= window => AwsError {
+            retry: Retry::Permanent,
+            code: Some(MEMBER_ACCESS_DENIED.to_owned()),
+            message: format!(
+                "step {operation} in member account {account} was refused ({code}: {message}) {age} s after the account joined the organization, past the readiness window of {window} s (aws.member_account_ready_seconds): something denies the access role there, most likely a service control policy on the organization's root or on the account's OU that denies IAM actions (the worker attaches its own SCPs only after this step), or an account without the role aws.member_role_name; fix that, then replay the order",
+                operation = error.operation,
+                code = error.code.as_deref().unwrap_or("no error code"),
+                message = error.message,
+                age = age.as_secs(),
+                window = window.as_secs(),
+            ),
+            ..error
+        },
+        _ => AwsError {
+            retry: Retry::Transient,
+            ..error
+        },
+    }
 }
 
 /// Where the account of an order comes from.
@@ -528,6 +592,8 @@ mod tests {
         described: Option<ExistingAccount>,
         /// Where `ListParents` finds the account.
         parent: Arc<Mutex<String>>,
+        /// What `CreateUser` answers instead of success.
+        refuse_user: Option<AwsError>,
     }
 
     impl ScriptedOrganizations {
@@ -613,7 +679,7 @@ mod tests {
     impl MemberIam for ScriptedOrganizations {
         async fn create_user(&self, name: &IamUserName) -> AwsResult<()> {
             self.record(format!("CreateUser {name}"));
-            Ok(())
+            self.refuse_user.clone().map_or(Ok(()), Err)
         }
 
         async fn set_login_profile(&self, name: &IamUserName, _: &SecretString) -> AwsResult<()> {
@@ -639,12 +705,15 @@ mod tests {
         Plan {
             model: AccountModel::Ecam,
             email: AccountEmail::parse("c@customer.example").expect("email"),
+            provider_email_domain: "provider.example".into(),
             account_name: AccountName::derive(Some("C"), "AS-1", None, "C"),
             access,
             service_control_policies: vec![PolicyId::parse("p-abcd1234").expect("id")],
             payer: "default".into(),
             organizational_unit_id: None,
             template_id: None,
+            connection: crate::domain::order::ConnectionType::Production,
+            origins: std::collections::BTreeMap::new(),
         }
     }
 
@@ -658,6 +727,7 @@ mod tests {
     const POLLING: Polling = Polling {
         interval: Duration::from_secs(2),
         patience: Duration::from_secs(10),
+        member_ready: Duration::from_secs(300),
     };
 
     /// Provisions a root-user plan for the test order.
@@ -683,7 +753,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn polls_until_succeeded_then_attaches_scps_and_makes_the_user() {
+    async fn polls_until_succeeded_then_makes_the_user_then_attaches_scps() {
         let aws = ScriptedOrganizations::with_states([
             CreateState::InProgress,
             CreateState::InProgress,
@@ -710,11 +780,11 @@ mod tests {
                 "CreateAccount c@customer.example",
                 "DescribeCreateAccountStatus car-test",
                 "DescribeCreateAccountStatus car-test",
-                "AttachPolicy p-abcd1234 111122223333",
                 "AssumeRole 111122223333",
                 "CreateUser admin",
                 "CreateLoginProfile admin",
                 "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
+                "AttachPolicy p-abcd1234 111122223333",
             ]
         );
     }
@@ -813,6 +883,158 @@ mod tests {
             id: AccountId("111122223333".into()),
             email: "C@Customer.example".into(),
             asset_id: asset_id.map(str::to_owned),
+            joined: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_iam_user_is_made_before_the_ou_and_the_scps() {
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        *aws.parent.lock().expect("parent") = "r-root".to_owned();
+        let plan = Plan {
+            organizational_unit_id: Some("ou-root-opco0001".into()),
+            ..plan(iam_user())
+        };
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan,
+            Progress::default(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        let calls = aws.calls();
+        let after_creation: Vec<&str> = calls[3..].iter().map(String::as_str).collect();
+        assert_eq!(
+            after_creation,
+            [
+                "AssumeRole 111122223333",
+                "CreateUser admin",
+                "CreateLoginProfile admin",
+                "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
+                "ListParents 111122223333",
+                "MoveAccount 111122223333 r-root ou-root-opco0001",
+                "AttachPolicy p-abcd1234 111122223333",
+            ]
+        );
+    }
+
+    fn refusal(retry: Retry) -> AwsError {
+        AwsError {
+            retry,
+            operation: "CreateUser",
+            code: Some("AccessDenied".into()),
+            message: "explicit deny in a service control policy".into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_in_a_member_account_is_permanent_only_past_the_readiness_window() {
+        let account = AccountId("111122223333".into());
+        let window = Duration::from_secs(300);
+        // (age of the account, retry)
+        let cases = [
+            (None, Retry::Transient),
+            (Some(Duration::ZERO), Retry::Transient),
+            (Some(Duration::from_secs(299)), Retry::Transient),
+            (Some(Duration::from_secs(300)), Retry::Permanent),
+            (Some(Duration::from_secs(86_400)), Retry::Permanent),
+        ];
+        for (age, retry) in cases {
+            let error = member_refusal(refusal(Retry::WhileNew), &account, age, window);
+            assert_eq!(error.retry, retry, "{age:?}");
+            if retry == Retry::Permanent {
+                assert_eq!(error.code.as_deref(), Some(MEMBER_ACCESS_DENIED));
+                assert!(
+                    error.message.contains("step CreateUser"),
+                    "{}",
+                    error.message
+                );
+                assert!(
+                    error.message.contains("service control policy"),
+                    "{}",
+                    error.message
+                );
+                assert!(error.message.contains("111122223333"), "{}", error.message);
+            } else {
+                assert_eq!(error.code.as_deref(), Some("AccessDenied"));
+            }
+        }
+        let window = Duration::ZERO;
+        let error = member_refusal(
+            refusal(Retry::WhileNew),
+            &account,
+            Some(Duration::ZERO),
+            window,
+        );
+        assert_eq!(error.retry, Retry::Permanent, "0: never waited out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provisioning_asks_the_accounts_age_of_a_refusal_and_attaches_no_scp() {
+        let joined = |ago: u64| Some(std::time::SystemTime::now() - Duration::from_secs(ago));
+        for (ago, retry) in [(3600, Retry::Permanent), (10, Retry::Transient)] {
+            let aws = ScriptedOrganizations {
+                refuse_user: Some(refusal(Retry::WhileNew)),
+                described: Some(ExistingAccount {
+                    joined: joined(ago),
+                    ..account(Some("AS-1"))
+                }),
+                ..ScriptedOrganizations::default()
+            };
+            let progress = Progress {
+                create_request_id: Some("car-test".into()),
+                account_id: Some("111122223333".into()),
+                ..Progress::default()
+            };
+            let err = provision(
+                &Arc::new(aws.clone()),
+                &Unlimited,
+                &order(),
+                &plan(iam_user()),
+                progress,
+                POLLING,
+            )
+            .await;
+            let Err(ProvisionError::Aws { error, progress }) = err else {
+                panic!("expected an AWS error, got {err:?}");
+            };
+            assert_eq!(error.retry, retry, "{ago} s old");
+            assert_eq!(progress.account_id.as_deref(), Some("111122223333"));
+            assert!(
+                !aws.calls().iter().any(|c| c.starts_with("AttachPolicy")),
+                "no SCP before the user: {:?}",
+                aws.calls()
+            );
+            // Other errors are not looked into.
+            let throttled = AwsError {
+                retry: Retry::Transient,
+                ..refusal(Retry::Transient)
+            };
+            let aws = ScriptedOrganizations {
+                refuse_user: Some(throttled.clone()),
+                ..ScriptedOrganizations::default()
+            };
+            let progress = Progress {
+                account_id: Some("111122223333".into()),
+                ..Progress::default()
+            };
+            let err = provision(
+                &Arc::new(aws.clone()),
+                &Unlimited,
+                &order(),
+                &plan(iam_user()),
+                progress,
+                POLLING,
+            )
+            .await;
+            assert!(
+                matches!(&err, Err(ProvisionError::Aws { error, .. }) if *error == throttled),
+                "{err:?}"
+            );
+            assert!(!aws.calls().iter().any(|c| c.starts_with("DescribeAccount")));
         }
     }
 

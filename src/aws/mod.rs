@@ -21,6 +21,10 @@ pub enum Retry {
     Transient,
     /// Access denied, invalid input, constraint violations: the same call fails again.
     Permanent,
+    /// Refused inside a member account (`AccessDenied` and the like): transient while the
+    /// account is new (its access role is not usable at once), permanent once it is older
+    /// than the readiness window. Provisioning decides which, knowing the account's age.
+    WhileNew,
 }
 
 /// A failed AWS call, classified once, where it happened.
@@ -87,6 +91,26 @@ pub struct NewAccount {
     pub tags: Vec<(String, String)>,
 }
 
+/// `CreateAccount`'s `IamUserAccessToBilling`: whether IAM users of the new account may see
+/// its billing information (given the permissions). AWS's own default is `ALLOW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AccessToBilling {
+    /// `ALLOW`.
+    Allow,
+    /// `DENY`.
+    Deny,
+}
+
+/// How the worker makes and enters new member accounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberAccess {
+    /// The role `CreateAccount` is asked to make (`RoleName`) and the worker assumes.
+    pub role_name: String,
+    /// `CreateAccount`'s `IamUserAccessToBilling`.
+    pub iam_user_access_to_billing: AccessToBilling,
+}
+
 /// The tag that ties an account to its Connect asset; the idempotency gate reads it.
 pub const ASSET_TAG: &str = "connect:asset-id";
 
@@ -99,6 +123,9 @@ pub struct ExistingAccount {
     pub email: String,
     /// Its `connect:asset-id` tag: the Connect asset it was made for, if any.
     pub asset_id: Option<String>,
+    /// When it joined the organization (for a created account: when it was created), as AWS
+    /// says; `None` when AWS did not say.
+    pub joined: Option<std::time::SystemTime>,
 }
 
 /// A 12-digit AWS account id.

@@ -14,7 +14,7 @@ use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
 use aws_sdk_organizations::operation::create_account::CreateAccountError;
 use aws_sdk_organizations::operation::move_account::MoveAccountError;
 use aws_sdk_organizations::types::ConstraintViolationExceptionReason;
-use aws_sdk_organizations::types::{CreateAccountState, Tag};
+use aws_sdk_organizations::types::{CreateAccountState, IamUserAccessToBilling, Tag};
 use aws_sdk_sts::config::SharedCredentialsProvider;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -26,8 +26,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{
-    ASSET_TAG, AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount,
-    MemberIam, NewAccount, Organizations, Retry,
+    ASSET_TAG, AccessToBilling, AccountId, AwsError, AwsResult, CreateState, CreateStatus,
+    ExistingAccount, MemberAccess, MemberIam, NewAccount, Organizations, Retry,
 };
 use crate::config::PayerSettings;
 use crate::domain::ids::PolicyId;
@@ -55,7 +55,8 @@ const TRANSIENT_CODES: &[&str] = &[
 ];
 
 /// Codes that, right after an account was created, mean its access role or the credentials
-/// from it are not usable yet: transient on calls into a member account only.
+/// from it are not usable yet, and later that something (an SCP, a missing role) denies the
+/// call: [`Retry::WhileNew`] on calls into a member account only.
 const NOT_READY_CODES: &[&str] = &[
     "AccessDenied",
     "AccessDeniedException",
@@ -104,11 +105,11 @@ pub async fn payer_config(base: &SdkConfig, role_arn: Option<&str>) -> SdkConfig
 }
 
 /// One [`SdkOrganizations`] per `[payers.NAME]` entry, by name, each over its
-/// [`payer_config`]; `member_role_name` and `metrics` as in [`SdkOrganizations::new`].
+/// [`payer_config`]; `member` and `metrics` as in [`SdkOrganizations::new`].
 pub async fn payers(
     base: &SdkConfig,
     payers: &BTreeMap<String, PayerSettings>,
-    member_role_name: &str,
+    member: &MemberAccess,
     metrics: &Metrics,
 ) -> BTreeMap<String, SdkOrganizations> {
     let mut clients = BTreeMap::new();
@@ -116,7 +117,7 @@ pub async fn payers(
         let config = payer_config(base, payer.role_arn.as_deref()).await;
         clients.insert(
             name.clone(),
-            SdkOrganizations::new(&config, member_role_name, metrics),
+            SdkOrganizations::new(&config, member, metrics),
         );
     }
     clients
@@ -130,7 +131,8 @@ enum Target {
 }
 
 /// Classifies an SDK error: no response or a 5xx is transient; a service error is transient
-/// when its code is in [`TRANSIENT_CODES`] (or [`NOT_READY_CODES`] against a member account).
+/// when its code is in [`TRANSIENT_CODES`]; against a member account, one in
+/// [`NOT_READY_CODES`] is [`Retry::WhileNew`].
 fn classify<E>(operation: &'static str, target: Target, err: SdkError<E, HttpResponse>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -148,17 +150,14 @@ where
         SdkError::ServiceError(service) => {
             let code = service.err().code().map(str::to_owned);
             let known = |codes: &[&str]| code.as_deref().is_some_and(|c| codes.contains(&c));
-            let transient = service.raw().status().is_server_error()
-                || known(TRANSIENT_CODES)
-                || (target == Target::Member && known(NOT_READY_CODES));
-            (
-                if transient {
-                    Retry::Transient
-                } else {
-                    Retry::Permanent
-                },
-                code,
-            )
+            let retry = if service.raw().status().is_server_error() || known(TRANSIENT_CODES) {
+                Retry::Transient
+            } else if target == Target::Member && known(NOT_READY_CODES) {
+                Retry::WhileNew
+            } else {
+                Retry::Permanent
+            };
+            (retry, code)
         }
         // Construction failures (e.g. no credentials or region) and whatever the SDK adds later.
         _ => (Retry::Permanent, None),
@@ -223,7 +222,7 @@ pub struct SdkOrganizations {
     metrics: Metrics,
     organizations: aws_sdk_organizations::Client,
     sts: aws_sdk_sts::Client,
-    member_role_name: String,
+    member: MemberAccess,
     /// Bounds the calls in progress at once, and so the HTTP connections the client opens and
     /// keeps: without it, a worker with 1,000 orders in flight opened one per order.
     calls: Arc<Semaphore>,
@@ -234,8 +233,9 @@ pub const MAX_CONCURRENT_CALLS: usize = 16;
 
 impl SdkOrganizations {
     /// Clients over `config` (credentials, region, endpoint) that count their calls in
-    /// `metrics`; `member_role_name` is the access role assumed in new accounts.
-    pub fn new(config: &SdkConfig, member_role_name: &str, metrics: &Metrics) -> Self {
+    /// `metrics`; `member` says which access role new accounts get (and the worker assumes),
+    /// and whether their IAM users may see billing.
+    pub fn new(config: &SdkConfig, member: &MemberAccess, metrics: &Metrics) -> Self {
         let organizations = aws_sdk_organizations::config::Builder::from(config)
             .interceptor(CountCalls(metrics.clone()))
             .build();
@@ -247,7 +247,7 @@ impl SdkOrganizations {
             metrics: metrics.clone(),
             organizations: aws_sdk_organizations::Client::from_conf(organizations),
             sts: aws_sdk_sts::Client::from_conf(sts),
-            member_role_name: member_role_name.to_owned(),
+            member: member.clone(),
             calls: Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS)),
         }
     }
@@ -257,6 +257,11 @@ impl SdkOrganizations {
         // The semaphore is never closed, so this always yields a permit.
         self.calls.acquire().await.ok()
     }
+}
+
+/// An SDK timestamp as a `SystemTime`, when it is one.
+fn system_time(time: &aws_smithy_types::DateTime) -> Option<std::time::SystemTime> {
+    std::time::SystemTime::try_from(*time).ok()
 }
 
 fn status_of(
@@ -326,6 +331,7 @@ impl Organizations for SdkOrganizations {
             if let Some(account) = found {
                 let id = account.id().unwrap_or_default().to_owned();
                 return Ok(Some(ExistingAccount {
+                    joined: account.joined_timestamp().and_then(system_time),
                     asset_id: self.asset_tag(&id).await?,
                     email: account.email().unwrap_or_default().to_owned(),
                     id: AccountId(id),
@@ -350,6 +356,10 @@ impl Organizations for SdkOrganizations {
             .unwrap_or_default()
             .to_owned();
         Ok(ExistingAccount {
+            joined: output
+                .account()
+                .and_then(|a| a.joined_timestamp())
+                .and_then(system_time),
             asset_id: self.asset_tag(&account.0).await?,
             email,
             id: account.clone(),
@@ -379,11 +389,17 @@ impl Organizations for SdkOrganizations {
 
     async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
         let _turn = self.turn().await;
+        let billing = match self.member.iam_user_access_to_billing {
+            AccessToBilling::Allow => IamUserAccessToBilling::Allow,
+            AccessToBilling::Deny => IamUserAccessToBilling::Deny,
+        };
         let mut request = self
             .organizations
             .create_account()
             .email(&account.email)
-            .account_name(&account.name);
+            .account_name(&account.name)
+            .role_name(&self.member.role_name)
+            .iam_user_access_to_billing(billing);
         for (key, value) in &account.tags {
             let tag = Tag::builder()
                 .key(key)
@@ -495,7 +511,7 @@ impl Organizations for SdkOrganizations {
 
     async fn member(&self, account: &AccountId) -> AwsResult<SdkMemberIam> {
         let _turn = self.turn().await;
-        let role_arn = format!("arn:aws:iam::{account}:role/{}", self.member_role_name);
+        let role_arn = format!("arn:aws:iam::{account}:role/{}", self.member.role_name);
         let output = self
             .sts
             .assume_role()
@@ -667,11 +683,11 @@ mod tests {
             .endpoint_url("http://127.0.0.1:9")
             .credentials_provider(SharedCredentialsProvider::new(Refused))
             .build();
-        let payer = SdkOrganizations::new(
-            &config,
-            "OrganizationAccountAccessRole",
-            &Metrics::default(),
-        );
+        let member = MemberAccess {
+            role_name: "OrganizationAccountAccessRole".to_owned(),
+            iam_user_access_to_billing: AccessToBilling::Allow,
+        };
+        let payer = SdkOrganizations::new(&config, &member, &Metrics::default());
         let error = payer
             .find_account("someone@example.com")
             .await

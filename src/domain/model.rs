@@ -2,13 +2,14 @@
 //! [`Plan`] of what to provision, or a [`Rejection`] saying why the order gets no account.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::email::{AccountEmail, EmailError};
 use super::ids::PolicyId;
 use super::names::{AccountName, IamUserName};
-use super::order::{OrderMode, PurchaseRequest};
+use super::order::{ConnectionType, OrderMode, PurchaseRequest};
 use super::outcome::{FailureCode, Rejection};
 
 /// Who owns the account's root email.
@@ -73,7 +74,8 @@ pub struct MarketplaceSettings {
     /// OPCO overrides apply only where this is true.
     #[serde(default)]
     pub multi_payer: bool,
-    /// Overrides keyed by the reseller's tier1 account id (`TA-…`).
+    /// Overrides keyed by a tier account id (`TA-…`) of the request: its tier1, else its
+    /// tier2.
     #[serde(default)]
     pub opcos: BTreeMap<String, ModelSettings>,
     /// The marketplace's own settings.
@@ -112,6 +114,8 @@ pub struct Plan {
     pub model: AccountModel,
     /// The new account's root email.
     pub email: AccountEmail,
+    /// The provider's own email domain (SPAM emails are on it, ECAM emails may not be).
+    pub provider_email_domain: String,
     /// The new account's name.
     pub account_name: AccountName,
     /// IAM user or root user.
@@ -124,6 +128,149 @@ pub struct Plan {
     pub organizational_unit_id: Option<String>,
     /// The Connect template id for the result.
     pub template_id: Option<String>,
+    /// The connection the order came through; a test or preview order's payer is the one
+    /// `[connections]` names.
+    pub connection: ConnectionType,
+    /// Where each setting came from, by setting name (see [`SETTINGS`]).
+    pub origins: BTreeMap<&'static str, Origin>,
+}
+
+/// The settings a [`Plan`] records an [`Origin`] for, in the order `explain` prints them.
+pub const SETTINGS: [&str; 12] = [
+    "payer",
+    "account_model",
+    "provider_email_domain",
+    "account_email",
+    "account_name",
+    "access",
+    "iam_user_name",
+    "iam_user_policy_arns",
+    "service_control_policies",
+    "organizational_unit_id",
+    "template_id",
+    "connection",
+];
+
+/// Which tier account an OPCO override was found under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// `asset.tiers.tier1.id`.
+    Tier1,
+    /// `asset.tiers.tier2.id`.
+    Tier2,
+}
+
+/// Where a resolved setting came from: one of the layers of docs/contract.md §4, or the order itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The OPCO override of a `multi_payer` marketplace, found under this tier's account.
+    Opco {
+        /// tier1 or tier2.
+        tier: Tier,
+        /// The tier account id (`TA-…`) the override is keyed by.
+        id: String,
+    },
+    /// The request's own parameter, by its Connect id.
+    Request(&'static str),
+    /// The `[marketplaces."MP-…"]` section.
+    Marketplace(String),
+    /// The global `[business_model]` defaults.
+    Global,
+    /// Nothing configured: the worker's fallback (no OU, no template id, no SCPs, no root user).
+    Fallback,
+    /// Derived from the order's ids and customer (a name).
+    Derived,
+    /// A field of the order itself.
+    Order,
+    /// `[connections]`: the payer named for the order's connection type.
+    Connection(&'static str),
+    /// A rule of the business model (SPAM always gives an IAM user).
+    Rule(&'static str),
+    /// Configured for the layers' payer, not applied: a test or preview order goes to the
+    /// payer `[connections]` names, whose organization has other OUs and SCPs.
+    NotForConnection {
+        /// The payer the layers chose.
+        layers_payer: String,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Opco { tier, id } => {
+                let tier = match tier {
+                    Tier::Tier1 => "tier1",
+                    Tier::Tier2 => "tier2",
+                };
+                write!(f, "OPCO {tier} {id}")
+            }
+            Self::Request(param) => write!(f, "request parameter {param}"),
+            Self::Marketplace(id) => write!(f, "marketplace {id}"),
+            Self::Global => f.write_str("global default"),
+            Self::Fallback => f.write_str("not configured"),
+            Self::Derived => f.write_str("derived from the order"),
+            Self::Order => f.write_str("order"),
+            Self::Connection(kind) => write!(f, "connections.{kind}"),
+            Self::Rule(rule) => write!(f, "rule: {rule}"),
+            Self::NotForConnection { layers_payer } => write!(
+                f,
+                "not applied: configured for payer {layers_payer}, the connection's payer is another organization"
+            ),
+        }
+    }
+}
+
+/// `[connections]`: the payer (a `[payers.NAME]` entry) of each non-production connection
+/// type. A type without one gets no account (`CONNECTION_NOT_ALLOWED`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connections {
+    /// The payer of `test` orders.
+    pub test: Option<String>,
+    /// The payer of `preview` orders.
+    pub preview: Option<String>,
+}
+
+/// Where an order of a connection type goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing<'a> {
+    /// Production: to the payer the layers choose.
+    Layers,
+    /// To this payer, named by `connections.<key>`.
+    Payer {
+        /// `test` or `preview`.
+        key: &'static str,
+        /// The `[payers.NAME]` entry.
+        payer: &'a str,
+    },
+    /// Nowhere: the order gets `CONNECTION_NOT_ALLOWED`.
+    Refused,
+}
+
+impl Connections {
+    /// Where an order that came through `connection` goes.
+    pub fn route(&self, connection: &ConnectionType) -> Routing<'_> {
+        let (key, payer) = match connection {
+            ConnectionType::Production => return Routing::Layers,
+            ConnectionType::Test => ("test", &self.test),
+            ConnectionType::Preview => ("preview", &self.preview),
+            ConnectionType::Other(_) => return Routing::Refused,
+        };
+        payer
+            .as_deref()
+            .map_or(Routing::Refused, |payer| Routing::Payer { key, payer })
+    }
+}
+
+/// Everything resolution reads from the configuration: the layers and the connections.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rules {
+    /// `[business_model]`, complete (start-up validation ensures it).
+    pub global: ModelSettings,
+    /// `[marketplaces."MP-…"]` by marketplace id.
+    pub marketplaces: BTreeMap<String, MarketplaceSettings>,
+    /// `[connections]`.
+    pub connections: Connections,
 }
 
 /// A problem in a configured layer, with the key it is under (relative to the layer).
@@ -261,30 +408,40 @@ pub fn render_template<'a>(
 }
 
 /// The settings that apply to one order, most specific first.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Layers<'a> {
-    opco: Option<&'a ModelSettings>,
-    marketplace: Option<&'a ModelSettings>,
+    opco: Option<(&'a ModelSettings, Origin)>,
+    marketplace: Option<(&'a ModelSettings, &'a str)>,
     global: &'a ModelSettings,
 }
 
 impl Layers<'_> {
-    /// The first configured value, OPCO then marketplace then global.
-    fn pick<T>(&self, field: impl Fn(&ModelSettings) -> Option<T>) -> Option<T> {
+    /// The first configured value, OPCO then marketplace then global, with its origin.
+    fn pick<T>(&self, field: impl Fn(&ModelSettings) -> Option<T>) -> Option<(T, Origin)> {
         self.pick_with_request(None, field)
     }
 
-    /// Like `pick`, with the request's own value between the OPCO and marketplace layers.
+    /// Like `pick`, with the request's own value (and its parameter id) between the OPCO and
+    /// marketplace layers.
     fn pick_with_request<T>(
         &self,
-        request: Option<T>,
+        request: Option<(T, &'static str)>,
         field: impl Fn(&ModelSettings) -> Option<T>,
-    ) -> Option<T> {
-        self.opco
-            .and_then(&field)
-            .or(request)
-            .or_else(|| self.marketplace.and_then(&field))
-            .or_else(|| field(self.global))
+    ) -> Option<(T, Origin)> {
+        if let Some((layer, origin)) = &self.opco
+            && let Some(value) = field(layer)
+        {
+            return Some((value, origin.clone()));
+        }
+        if let Some((value, param)) = request {
+            return Some((value, Origin::Request(param)));
+        }
+        if let Some((layer, id)) = self.marketplace
+            && let Some(value) = field(layer)
+        {
+            return Some((value, Origin::Marketplace(id.to_owned())));
+        }
+        field(self.global).map(|value| (value, Origin::Global))
     }
 }
 
@@ -301,50 +458,105 @@ fn parse_yes_no(raw: &str) -> Option<bool> {
     }
 }
 
-/// The business model resolved for `order`: the model, email, names, access and SCPs.
-///
-/// `global` must be complete (start-up validation ensures it); `marketplaces` maps
-/// marketplace ids to their sections.
-///
-/// # Errors
-/// A [`Rejection`] for an order that gets no account: unsupported order mode, an unusable
-/// configuration parameter, a bad ECAM email or IAM user name.
-pub fn resolve(
+/// The OPCO override of `order`, when its marketplace is `multi_payer`: the entry keyed by its
+/// tier1 account, else the one keyed by its tier2 account.
+fn opco_layer<'a>(
+    marketplace: Option<&'a MarketplaceSettings>,
     order: &PurchaseRequest,
-    global: &ModelSettings,
-    marketplaces: &BTreeMap<String, MarketplaceSettings>,
-) -> Result<Plan, Rejection> {
-    if let OrderMode::Other(mode) = &order.order_mode {
-        return Err(Rejection::new(
-            FailureCode::UnsupportedOrderMode,
-            format!(
-                "order_mode `{mode}` is not supported: this worker only provisions new_account orders"
-            ),
-        ));
+) -> Option<(&'a ModelSettings, Origin)> {
+    let section = marketplace.filter(|m| m.multi_payer)?;
+    [
+        (Tier::Tier1, &order.tier1_id),
+        (Tier::Tier2, &order.tier2_id),
+    ]
+    .into_iter()
+    .find_map(|(tier, id)| {
+        let id = id.as_ref()?.as_str();
+        let layer = section.opcos.get(id)?;
+        Some((
+            layer,
+            Origin::Opco {
+                tier,
+                id: id.to_owned(),
+            },
+        ))
+    })
+}
+
+impl Rules {
+    /// The business model resolved for `order` (docs/contract.md §4), each setting with its origin.
+    ///
+    /// # Errors
+    /// A [`Rejection`] for an order that gets no account: unsupported order mode, a connection
+    /// type with no payer, an unusable configuration parameter, a bad ECAM email or IAM user
+    /// name.
+    pub fn resolve(&self, order: &PurchaseRequest) -> Result<Plan, Rejection> {
+        if let OrderMode::Other(mode) = &order.order_mode {
+            return Err(Rejection::new(
+                FailureCode::UnsupportedOrderMode,
+                format!(
+                    "order_mode `{mode}` is not supported: this worker only provisions new_account orders"
+                ),
+            ));
+        }
+        let routing = self.connections.route(&order.connection);
+        if routing == Routing::Refused {
+            let message = match &order.connection {
+                // The type is input: at most 64 characters of it go into the event.
+                ConnectionType::Other(kind) => format!(
+                    "connection type `{}` is neither production, test nor preview; no account is created",
+                    kind.chars().take(64).collect::<String>()
+                ),
+                kind => format!(
+                    "a {kind} order is provisioned only in the payer that connections.{kind} names, and none is configured; no account is created",
+                    kind = kind.as_str()
+                ),
+            };
+            return Err(Rejection::new(FailureCode::ConnectionNotAllowed, message));
+        }
+        let marketplace = self.marketplaces.get(order.marketplace_id.as_str());
+        let layers = Layers {
+            opco: opco_layer(marketplace, order),
+            marketplace: marketplace.map(|m| (&m.settings, order.marketplace_id.as_str())),
+            global: &self.global,
+        };
+        let params = &order.configuration;
+
+        let requested_model = match params.account_model.as_deref() {
+            Some(raw) => Some((
+                AccountModel::parse(raw).ok_or_else(|| {
+                    invalid_configuration(format!(
+                        "awsAccountModel `{raw}` is neither SPAM nor ECAM"
+                    ))
+                })?,
+                "awsAccountModel",
+            )),
+            None => None,
+        };
+        let (model, origin) = layers
+            .pick_with_request(requested_model, |s| s.account_model)
+            .ok_or_else(|| invalid_configuration("no account model is configured".into()))?;
+
+        let mut plan =
+            plan_for(order, &layers, model).map_err(|rejection| rejection.under(model))?;
+        plan.origins.insert("account_model", origin);
+        if let Routing::Payer { key, payer } = routing {
+            if plan.payer != payer {
+                let layers_payer = std::mem::replace(&mut plan.payer, payer.to_owned());
+                let not_applied = Origin::NotForConnection { layers_payer };
+                if plan.organizational_unit_id.take().is_some() {
+                    plan.origins
+                        .insert("organizational_unit_id", not_applied.clone());
+                }
+                if !std::mem::take(&mut plan.service_control_policies).is_empty() {
+                    plan.origins.insert("service_control_policies", not_applied);
+                }
+            }
+            plan.origins.insert("payer", Origin::Connection(key));
+            plan.origins.insert("connection", Origin::Connection(key));
+        }
+        Ok(plan)
     }
-    let marketplace = marketplaces.get(order.marketplace_id.as_str());
-    let opco = marketplace
-        .filter(|m| m.multi_payer)
-        .zip(order.tier1_id.as_ref())
-        .and_then(|(m, tier1)| m.opcos.get(tier1.as_str()));
-    let layers = Layers {
-        opco,
-        marketplace: marketplace.map(|m| &m.settings),
-        global,
-    };
-    let params = &order.configuration;
-
-    let requested_model = match params.account_model.as_deref() {
-        Some(raw) => Some(AccountModel::parse(raw).ok_or_else(|| {
-            invalid_configuration(format!("awsAccountModel `{raw}` is neither SPAM nor ECAM"))
-        })?),
-        None => None,
-    };
-    let model = layers
-        .pick_with_request(requested_model, |s| s.account_model)
-        .ok_or_else(|| invalid_configuration("no account model is configured".into()))?;
-
-    plan_for(order, &layers, model).map_err(|rejection| rejection.under(model))
 }
 
 /// The rest of the plan, once the model is known.
@@ -353,28 +565,34 @@ fn plan_for(
     layers: &Layers<'_>,
     model: AccountModel,
 ) -> Result<Plan, Rejection> {
+    let mut origins = BTreeMap::new();
     let params = &order.configuration;
     let requested_root = match params.provide_root_user_for_ecam.as_deref() {
-        Some(raw) => Some(parse_yes_no(raw).ok_or_else(|| {
-            invalid_configuration(format!(
-                "provideRootUserForECAM `{raw}` is neither Yes nor No"
-            ))
-        })?),
+        Some(raw) => Some((
+            parse_yes_no(raw).ok_or_else(|| {
+                invalid_configuration(format!(
+                    "provideRootUserForECAM `{raw}` is neither Yes nor No"
+                ))
+            })?,
+            "provideRootUserForECAM",
+        )),
         None => None,
     };
-    let root_for_ecam = layers
+    let (root_for_ecam, root_origin) = layers
         .pick_with_request(requested_root, |s| s.provide_root_user_for_ecam)
-        .unwrap_or(false);
+        .unwrap_or((false, Origin::Fallback));
 
-    let requested_scps =
-        match params.service_control_policies.as_deref() {
-            Some(raw) => Some(PolicyId::parse_list(raw).map_err(|e| {
+    let requested_scps = match params.service_control_policies.as_deref() {
+        Some(raw) => Some((
+            PolicyId::parse_list(raw).map_err(|e| {
                 invalid_configuration(format!("provisionServiceControlPolicies: {e}"))
-            })?),
-            None => None,
-        };
+            })?,
+            "provisionServiceControlPolicies",
+        )),
+        None => None,
+    };
     // Configured ids were validated at start-up.
-    let service_control_policies = layers
+    let (service_control_policies, origin) = layers
         .pick_with_request(requested_scps, |s| {
             let ids = s.service_control_policies.as_ref()?;
             Some(
@@ -383,39 +601,81 @@ fn plan_for(
                     .collect(),
             )
         })
-        .unwrap_or_default();
+        .unwrap_or((Vec::new(), Origin::Fallback));
+    origins.insert("service_control_policies", origin);
 
-    let provider_domain = layers
+    let (provider_domain, origin) = layers
         .pick(|s| s.provider_email_domain.clone())
         .ok_or_else(|| invalid_configuration("no provider_email_domain is configured".into()))?;
-    let email = match model {
+    origins.insert("provider_email_domain", origin);
+    let (email, origin) = match model {
         AccountModel::Spam => spam_email(order, layers, &provider_domain)?,
-        AccountModel::Ecam => ecam_email(order, &provider_domain)?,
+        AccountModel::Ecam => (
+            ecam_email(order, &provider_domain)?,
+            Origin::Request("aws_account_email"),
+        ),
     };
+    origins.insert("account_email", origin);
 
     let access = if model == AccountModel::Ecam && root_for_ecam {
+        origins.insert("access", root_origin);
         Access::RootUser
     } else {
+        origins.insert(
+            "access",
+            match model {
+                AccountModel::Spam => Origin::Rule("SPAM always gives an IAM user"),
+                AccountModel::Ecam => root_origin,
+            },
+        );
         let user_name = match order.iam_user_name.as_deref() {
-            Some(requested) => IamUserName::parse(requested)
-                .map_err(|e| Rejection::new(FailureCode::InvalidIamUserName, e.to_string()))?,
-            None => IamUserName::derive(&order.customer.name, order.customer.id.as_str()),
+            Some(requested) => {
+                origins.insert("iam_user_name", Origin::Request("iam_user_name"));
+                IamUserName::parse(requested)
+                    .map_err(|e| Rejection::new(FailureCode::InvalidIamUserName, e.to_string()))?
+            }
+            None => {
+                origins.insert("iam_user_name", Origin::Derived);
+                IamUserName::derive(&order.customer.name, order.customer.id.as_str())
+            }
         };
+        let (policy_arns, origin) = layers
+            .pick(|s| s.iam_user_policy_arns.clone())
+            .unwrap_or((Vec::new(), Origin::Fallback));
+        origins.insert("iam_user_policy_arns", origin);
         Access::IamUser {
             user_name,
-            policy_arns: layers
-                .pick(|s| s.iam_user_policy_arns.clone())
-                .unwrap_or_default(),
+            policy_arns,
         }
     };
-    let template_id = match access {
+    let (template_id, origin) = match access {
         Access::IamUser { .. } => layers.pick(|s| s.iam_user_template_id.clone()),
         Access::RootUser => layers.pick(|s| s.root_user_template_id.clone()),
-    };
+    }
+    .map_or((None, Origin::Fallback), |(id, origin)| (Some(id), origin));
+    origins.insert("template_id", origin);
+    let (payer, origin) = layers
+        .pick(|s| s.payer.clone())
+        .unwrap_or_else(|| ("default".to_owned(), Origin::Fallback));
+    origins.insert("payer", origin);
+    let (organizational_unit_id, origin) = layers
+        .pick(|s| s.organizational_unit_id.clone())
+        .map_or((None, Origin::Fallback), |(id, origin)| (Some(id), origin));
+    origins.insert("organizational_unit_id", origin);
+    origins.insert(
+        "account_name",
+        if order.aws_account_name.is_some() {
+            Origin::Request("aws_account_name")
+        } else {
+            Origin::Derived
+        },
+    );
+    origins.insert("connection", Origin::Order);
 
     Ok(Plan {
         model,
         email,
+        provider_email_domain: provider_domain,
         account_name: AccountName::derive(
             order.aws_account_name.as_deref(),
             order.asset_id.as_str(),
@@ -424,20 +684,21 @@ fn plan_for(
         ),
         access,
         service_control_policies,
-        payer: layers
-            .pick(|s| s.payer.clone())
-            .unwrap_or_else(|| "default".to_owned()),
-        organizational_unit_id: layers.pick(|s| s.organizational_unit_id.clone()),
+        payer,
+        organizational_unit_id,
         template_id,
+        connection: order.connection.clone(),
+        origins,
     })
 }
 
+/// The SPAM email rendered from the layers' template, with the template's origin.
 fn spam_email(
     order: &PurchaseRequest,
     layers: &Layers<'_>,
     domain: &str,
-) -> Result<AccountEmail, Rejection> {
-    let template = layers
+) -> Result<(AccountEmail, Origin), Rejection> {
+    let (template, origin) = layers
         .pick(|s| s.spam_email_template.clone())
         .ok_or_else(|| invalid_configuration("no spam_email_template is configured".into()))?;
     let external_id = order.customer.external_id.as_deref();
@@ -461,7 +722,7 @@ fn spam_email(
             "the SPAM email `{email}` is not on the provider's domain `{domain}`"
         )));
     }
-    Ok(email)
+    Ok((email, origin))
 }
 
 fn ecam_email(order: &PurchaseRequest, provider_domain: &str) -> Result<AccountEmail, Rejection> {
@@ -506,6 +767,20 @@ mod tests {
             }
         });
         parse(body.to_string().as_bytes()).expect("test order is valid")
+    }
+
+    /// Resolution with these layers and no `[connections]`.
+    fn resolve(
+        order: &PurchaseRequest,
+        global: &ModelSettings,
+        marketplaces: &BTreeMap<String, MarketplaceSettings>,
+    ) -> Result<Plan, Rejection> {
+        Rules {
+            global: global.clone(),
+            marketplaces: marketplaces.clone(),
+            connections: Connections::default(),
+        }
+        .resolve(order)
     }
 
     fn params(pairs: &[(&str, &str)]) -> Value {
@@ -679,6 +954,186 @@ mod tests {
         );
         assert_eq!(without.payer, "default");
         assert_eq!(without.template_id.as_deref(), Some("TL-111-111"));
+    }
+
+    /// A root-user ECAM order from these tiers, through this connection type.
+    fn order_from(tiers: Value, connection: Option<&str>) -> PurchaseRequest {
+        let mut body = json!({
+            "id": "PR-5852-1608-1567-000",
+            "type": "purchase",
+            "asset": {
+                "id": "AS-8790-0160-2196",
+                "marketplace": {"id": MP},
+                "tiers": tiers,
+                "params": [{"id": "aws_account_email", "value": "jane@customer.org"}],
+                "configuration": {"params": []}
+            }
+        });
+        if let Some(kind) = connection {
+            body["asset"]["connection"] = json!({"type": kind});
+        }
+        parse(body.to_string().as_bytes()).expect("test order is valid")
+    }
+
+    const TIER2: &str = "TA-0-1111-2222-3333";
+
+    fn customer_tiers(tier1: Option<&str>, tier2: Option<&str>) -> Value {
+        let tier = |id: Option<&str>| id.map_or_else(|| json!({}), |id| json!({"id": id}));
+        json!({
+            "customer": {"id": "TA-0-7304-8514-7852", "name": "Hospitaller Ltd"},
+            "tier1": tier(tier1),
+            "tier2": tier(tier2)
+        })
+    }
+
+    fn opco_with_payer(payer: &str) -> ModelSettings {
+        ModelSettings {
+            payer: Some(payer.into()),
+            ..ModelSettings::default()
+        }
+    }
+
+    #[test]
+    fn opco_overrides_are_keyed_by_tier1_or_tier2_tier1_winning() {
+        let section = MarketplaceSettings {
+            multi_payer: true,
+            opcos: BTreeMap::from([
+                (OPCO.to_owned(), opco_with_payer("by-tier1")),
+                (TIER2.to_owned(), opco_with_payer("by-tier2")),
+            ]),
+            settings: ModelSettings::default(),
+        };
+        let marketplaces = BTreeMap::from([(MP.to_owned(), section)]);
+        let other = "TA-0-5555-6666-7777";
+        // (tier1, tier2, expected payer, expected origin)
+        let cases = [
+            (
+                Some(OPCO),
+                Some(TIER2),
+                "by-tier1",
+                Some((Tier::Tier1, OPCO)),
+            ),
+            (
+                Some(other),
+                Some(TIER2),
+                "by-tier2",
+                Some((Tier::Tier2, TIER2)),
+            ),
+            (None, Some(TIER2), "by-tier2", Some((Tier::Tier2, TIER2))),
+            (Some(OPCO), None, "by-tier1", Some((Tier::Tier1, OPCO))),
+            (Some(other), None, "default", None),
+        ];
+        for (tier1, tier2, payer, origin) in cases {
+            let plan = resolve(
+                &order_from(customer_tiers(tier1, tier2), None),
+                &global(),
+                &marketplaces,
+            )
+            .expect("plan");
+            assert_eq!(plan.payer, payer, "{tier1:?} {tier2:?}");
+            let expected = origin.map_or(Origin::Global, |(tier, id)| Origin::Opco {
+                tier,
+                id: id.to_owned(),
+            });
+            assert_eq!(plan.origins["payer"], expected, "{tier1:?} {tier2:?}");
+        }
+    }
+
+    #[test]
+    fn test_and_preview_orders_go_only_where_connections_send_them() {
+        let rules = |connections: Connections| Rules {
+            global: ModelSettings {
+                organizational_unit_id: Some("ou-ab12-cdef3456".into()),
+                ..global()
+            },
+            marketplaces: BTreeMap::new(),
+            connections,
+        };
+        let tiers = || customer_tiers(Some(OPCO), None);
+        for kind in ["test", "preview", "staging"] {
+            let rejection = rules(Connections::default())
+                .resolve(&order_from(tiers(), Some(kind)))
+                .expect_err("no payer for it");
+            assert_eq!(rejection.code, FailureCode::ConnectionNotAllowed, "{kind}");
+            assert_eq!(
+                rejection.action(),
+                (super::super::outcome::Action::Fail, None)
+            );
+        }
+        let sandbox = rules(Connections {
+            test: Some("sandbox".into()),
+            preview: None,
+        });
+        let plan = sandbox
+            .resolve(&order_from(tiers(), Some("test")))
+            .expect("routed");
+        assert_eq!(plan.payer, "sandbox");
+        assert_eq!(plan.origins["payer"], Origin::Connection("test"));
+        assert_eq!(plan.connection, ConnectionType::Test);
+        assert_eq!(
+            (plan.organizational_unit_id, plan.service_control_policies),
+            (None, vec![]),
+            "the production organization's OU and SCPs do not exist in the sandbox"
+        );
+        assert_eq!(
+            plan.origins["service_control_policies"],
+            Origin::NotForConnection {
+                layers_payer: "default".into()
+            }
+        );
+        assert!(
+            sandbox
+                .resolve(&order_from(tiers(), Some("preview")))
+                .is_err(),
+            "preview is not routed by test"
+        );
+        // Production orders ignore [connections].
+        let plan = sandbox
+            .resolve(&order_from(tiers(), Some("production")))
+            .expect("production");
+        assert_eq!(plan.payer, "default");
+        assert_eq!(plan.service_control_policies.len(), 1);
+        // A connection named to the layers' own payer keeps what is configured for it.
+        let same = rules(Connections {
+            test: Some("default".into()),
+            preview: None,
+        });
+        let plan = same
+            .resolve(&order_from(tiers(), Some("test")))
+            .expect("plan");
+        assert_eq!(
+            plan.organizational_unit_id.as_deref(),
+            Some("ou-ab12-cdef3456")
+        );
+        assert_eq!(plan.service_control_policies.len(), 1);
+    }
+
+    #[test]
+    fn every_setting_records_its_origin() {
+        let mp = ModelSettings {
+            iam_user_template_id: Some("TL-444-444".into()),
+            ..ModelSettings::default()
+        };
+        let plan = resolve(
+            &order(
+                params(&[("iam_user_name", "jane.admin")]),
+                params(&[("awsAccountModel", "SPAM")]),
+            ),
+            &global(),
+            &marketplaces(false, mp, ModelSettings::default()),
+        )
+        .expect("plan");
+        for setting in SETTINGS {
+            assert!(plan.origins.contains_key(setting), "{setting}");
+        }
+        let origin = |key: &str| plan.origins[key].to_string();
+        assert_eq!(origin("account_model"), "request parameter awsAccountModel");
+        assert_eq!(origin("account_email"), "global default");
+        assert_eq!(origin("access"), "rule: SPAM always gives an IAM user");
+        assert_eq!(origin("iam_user_name"), "request parameter iam_user_name");
+        assert_eq!(origin("template_id"), "marketplace MP-91673");
+        assert_eq!(origin("organizational_unit_id"), "not configured");
+        assert_eq!(origin("account_name"), "derived from the order");
     }
 
     #[test]

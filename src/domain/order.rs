@@ -24,6 +24,11 @@ pub struct PurchaseRequest {
     pub customer: Customer,
     /// `asset.tiers.tier1.id`: the reseller (OPCO) that sold the order, when there is one.
     pub tier1_id: Option<TierAccountId>,
+    /// `asset.tiers.tier2.id`: the tier below tier1 (often a distributor's regional entity,
+    /// the OPCO, when a reseller sits below it), when there is one.
+    pub tier2_id: Option<TierAccountId>,
+    /// `asset.connection.type`; absent means production.
+    pub connection: ConnectionType,
     /// `order_mode`; absent or empty means `new_account`.
     pub order_mode: OrderMode,
     /// Ordering parameter `aws_account_email`, as given (blank means absent).
@@ -45,6 +50,45 @@ pub struct Customer {
     pub name: String,
     /// `external_id`, when present (Connect sends it as a string or a number).
     pub external_id: Option<String>,
+}
+
+/// The kind of Connect connection an order came through (`asset.connection.type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionType {
+    /// A real customer's order (also when the field is absent).
+    Production,
+    /// A test connection.
+    Test,
+    /// A vendor previewing the product.
+    Preview,
+    /// Any other value, kept as sent: never treated as production.
+    Other(String),
+}
+
+impl ConnectionType {
+    /// Reads `production`, `test` or `preview` (ignoring case and blanks); absent or blank is
+    /// production.
+    pub fn parse(raw: Option<&str>) -> Self {
+        let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else {
+            return Self::Production;
+        };
+        match raw.to_ascii_lowercase().as_str() {
+            "production" => Self::Production,
+            "test" => Self::Test,
+            "preview" => Self::Preview,
+            _ => Self::Other(raw.to_owned()),
+        }
+    }
+
+    /// The type as Connect writes it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Production => "production",
+            Self::Test => "test",
+            Self::Preview => "preview",
+            Self::Other(raw) => raw,
+        }
+    }
 }
 
 /// What the order asks for.
@@ -193,6 +237,13 @@ struct RawAsset {
     #[serde(default, deserialize_with = "null_as_default")]
     params: Vec<RawParam>,
     configuration: Option<RawConfiguration>,
+    connection: Option<RawConnection>,
+}
+
+#[derive(Deserialize)]
+struct RawConnection {
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +255,7 @@ struct RawRef {
 struct RawTiers {
     customer: Option<RawTier>,
     tier1: Option<RawTier>,
+    tier2: Option<RawTier>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +275,7 @@ struct RawConfiguration {
 struct RawParam {
     id: String,
     value: Option<Value>,
+    structured_value: Option<Value>,
 }
 
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -244,11 +297,44 @@ fn value_text(value: Option<&Value>) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// A `structured_value` as text: a scalar as [`value_text`] writes it; a list of scalars, or
+/// the options of a checkbox (an object of booleans) that are checked, joined by commas.
+/// Anything else (an object of other values) is not readable as one parameter value.
+fn structured_text(value: Option<&Value>) -> Option<String> {
+    let items: Vec<String> = match value? {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|item| value_text(Some(item)))
+            .collect(),
+        Value::Object(options) if options.values().all(Value::is_boolean) => options
+            .iter()
+            .filter(|(_, checked)| checked.as_bool() == Some(true))
+            .map(|(option, _)| option.trim().to_owned())
+            .filter(|option| !option.is_empty())
+            .collect(),
+        Value::Object(_) => return None,
+        scalar => return value_text(Some(scalar)),
+    };
+    (!items.is_empty()).then(|| items.join(","))
+}
+
+/// The parameter `id`: its `value`, or where that is empty, its `structured_value`.
 fn param(params: &[RawParam], id: &str) -> Option<String> {
-    params
-        .iter()
-        .find(|p| p.id == id)
-        .and_then(|p| value_text(p.value.as_ref()))
+    let found = params.iter().find(|p| p.id == id)?;
+    value_text(found.value.as_ref()).or_else(|| structured_text(found.structured_value.as_ref()))
+}
+
+/// An optional tier's id: a tier without one (Connect sends `{}` for absent tiers) is none.
+fn tier_id(
+    tier: Option<RawTier>,
+    field: &'static str,
+) -> Result<Option<TierAccountId>, OrderError> {
+    match tier.and_then(|t| t.id).filter(|id| !id.is_empty()) {
+        Some(raw) => TierAccountId::parse(&raw)
+            .map(Some)
+            .map_err(|source| OrderError::InvalidId { field, source }),
+        None => Ok(None),
+    }
 }
 
 fn required<'a>(value: Option<&'a str>, field: &'static str) -> Result<&'a str, OrderError> {
@@ -298,18 +384,9 @@ impl RawRequest {
             name: raw_customer.name.unwrap_or_default(),
             external_id: value_text(raw_customer.external_id.as_ref()),
         };
-        // A tier1 without an id (Connect sends `{}` for absent tiers) counts as no tier1.
-        let tier1_id = match tiers.tier1.and_then(|t| t.id).filter(|id| !id.is_empty()) {
-            Some(raw) => {
-                Some(
-                    TierAccountId::parse(&raw).map_err(|source| OrderError::InvalidId {
-                        field: "asset.tiers.tier1.id",
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
+        let tier1_id = tier_id(tiers.tier1, "asset.tiers.tier1.id")?;
+        let tier2_id = tier_id(tiers.tier2, "asset.tiers.tier2.id")?;
+        let connection = ConnectionType::parse(asset.connection.and_then(|c| c.kind).as_deref());
         let params = &asset.params;
         let order_mode = match param(params, "order_mode") {
             None => OrderMode::NewAccount,
@@ -323,6 +400,8 @@ impl RawRequest {
             marketplace_id,
             customer,
             tier1_id,
+            tier2_id,
+            connection,
             order_mode,
             aws_account_email: param(params, "aws_account_email"),
             aws_account_name: param(params, "aws_account_name"),
@@ -480,6 +559,103 @@ mod tests {
         assert_eq!(err.ids.request_id.as_deref(), Some("PR-5852-1608-1567-000"));
         assert_eq!(err.ids.asset_id.as_deref(), Some("AS-8790-0160-2196"));
         assert_eq!(err.ids.marketplace_id.as_deref(), Some("MP-91673"));
+    }
+
+    #[test]
+    fn reads_tier2_and_the_connection_type() {
+        let mut value = base();
+        value["asset"]["tiers"]["tier2"] =
+            json!({"id": "TA-0-1111-2222-3333", "name": "Distributor"});
+        value["asset"]["connection"] = json!({"id": "CT-0000-0000-0000", "type": "test"});
+        let order = parse_value(&value).expect("valid");
+        assert_eq!(
+            order.tier2_id.as_ref().map(|t| t.as_str()),
+            Some("TA-0-1111-2222-3333")
+        );
+        assert_eq!(order.connection, ConnectionType::Test);
+        assert_eq!(
+            parse_value(&base()).expect("valid").connection,
+            ConnectionType::Production,
+            "absent is production"
+        );
+        for (raw, expected) in [
+            (json!("production"), ConnectionType::Production),
+            (json!("Preview"), ConnectionType::Preview),
+            (json!(""), ConnectionType::Production),
+            (json!(null), ConnectionType::Production),
+            (json!("staging"), ConnectionType::Other("staging".into())),
+        ] {
+            let mut value = base();
+            value["asset"]["connection"] = json!({"type": raw});
+            assert_eq!(
+                parse_value(&value).expect("valid").connection,
+                expected,
+                "{raw}"
+            );
+        }
+        let mut bad_tier2 = base();
+        bad_tier2["asset"]["tiers"]["tier2"] = json!({"id": "XX-1"});
+        assert_eq!(
+            parse_value(&bad_tier2).expect_err("bad id").error.code(),
+            "INVALID_ID"
+        );
+    }
+
+    #[test]
+    fn structured_values_are_read_where_the_value_is_empty() {
+        let mut value = base();
+        value["asset"]["params"] = json!([
+            {"id": "aws_account_email", "value": "", "structured_value": "jane@customer.org"},
+            {"id": "iam_user_name", "structured_value": "jane.admin"},
+            {"id": "aws_account_name", "value": "Given", "structured_value": "ignored"}
+        ]);
+        value["asset"]["configuration"]["params"] = json!([
+            {"id": "awsAccountModel", "value": null, "structured_value": "ECAM"},
+            {"id": "provideRootUserForECAM", "value": "", "structured_value": true},
+            {"id": "provisionServiceControlPolicies", "value": "",
+             "structured_value": {"p-abcd1234": true, "p-unticked1": false, "p-efgh5678": true}}
+        ]);
+        let order = parse_value(&value).expect("valid");
+        assert_eq!(
+            order.aws_account_email.as_deref(),
+            Some("jane@customer.org")
+        );
+        assert_eq!(order.iam_user_name.as_deref(), Some("jane.admin"));
+        assert_eq!(
+            order.aws_account_name.as_deref(),
+            Some("Given"),
+            "value wins"
+        );
+        let config = &order.configuration;
+        assert_eq!(config.account_model.as_deref(), Some("ECAM"));
+        assert_eq!(config.provide_root_user_for_ecam.as_deref(), Some("true"));
+        assert_eq!(
+            config.service_control_policies.as_deref(),
+            Some("p-abcd1234,p-efgh5678"),
+            "a checkbox's ticked options"
+        );
+        // A list, an object that is not a checkbox, and nothing ticked.
+        let cases = [
+            (
+                json!(["p-abcd1234", "p-efgh5678"]),
+                Some("p-abcd1234,p-efgh5678"),
+            ),
+            (json!({"nested": {"a": 1}}), None),
+            (json!({"p-abcd1234": false}), None),
+            (json!([]), None),
+        ];
+        for (structured, expected) in cases {
+            let mut value = base();
+            value["asset"]["configuration"]["params"] = json!([
+                {"id": "provisionServiceControlPolicies", "value": "", "structured_value": structured}
+            ]);
+            let order = parse_value(&value).expect("valid");
+            assert_eq!(
+                order.configuration.service_control_policies.as_deref(),
+                expected,
+                "{structured}"
+            );
+        }
     }
 
     fn not_purchase_ids() -> Value {

@@ -13,6 +13,8 @@ pub enum FailureCode {
     InvalidIamUserName,
     /// `order_mode` is not `new_account`.
     UnsupportedOrderMode,
+    /// A `test` or `preview` order (or an unknown connection type) with no payer named for it.
+    ConnectionNotAllowed,
     /// A configuration parameter in the request is unusable.
     InvalidConfiguration,
     /// AWS ended the creation FAILED for this reason (as AWS spells it).
@@ -27,6 +29,7 @@ impl FailureCode {
             Self::EmailAlreadyExists => "EMAIL_ALREADY_EXISTS",
             Self::InvalidIamUserName => "INVALID_IAM_USER_NAME",
             Self::UnsupportedOrderMode => "UNSUPPORTED_ORDER_MODE",
+            Self::ConnectionNotAllowed => "CONNECTION_NOT_ALLOWED",
             Self::InvalidConfiguration => "INVALID_CONFIGURATION",
             Self::Aws(reason) => reason,
         }
@@ -116,6 +119,7 @@ mod tests {
                 (Action::Inquire, Some("iam_user_name")),
             ),
             (FailureCode::UnsupportedOrderMode, None, fail),
+            (FailureCode::ConnectionNotAllowed, None, fail),
             (FailureCode::InvalidConfiguration, Some(Ecam), fail),
             (
                 FailureCode::Aws("ACCOUNT_LIMIT_EXCEEDED".into()),

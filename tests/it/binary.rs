@@ -97,6 +97,21 @@ fn configuration_errors_exit_2_naming_the_key() {
             "--config",
         ),
         (
+            vec!["--config".into(), path(&ok), "run".into()],
+            vec![("WORKER__CONNECTIONS__TEST", "sandbox")],
+            "connections.test",
+        ),
+        (
+            vec![
+                "--config".into(),
+                path(&ok),
+                "explain".into(),
+                "order.json".into(),
+            ],
+            vec![("WORKER__CONNECTIONS__PREVIEW", "nobody")],
+            "connections.preview",
+        ),
+        (
             vec!["--log-format".into(), "xml".into(), "run".into()],
             vec![],
             "--log-format",

@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP proxy in front of moto, for what moto cannot do: throttling a share of
 //! calls, answering `ConcurrentModificationException`, keeping `CreateAccount` IN_PROGRESS for
-//! some polls or some time before it ends SUCCEEDED or FAILED, and delaying answers. It counts
-//! the creations in progress at once. The worker reaches it through `AWS_ENDPOINT_URL` (or the
+//! some polls or some time before it ends SUCCEEDED or FAILED, delaying answers, and refusing
+//! every IAM call (as an SCP that denies IAM actions in a member account would: moto evaluates
+//! no SCP). It counts the creations in progress at once and records the roles assumed. The worker reaches it through `AWS_ENDPOINT_URL` (or the
 //! SDK config's endpoint), exactly as it would reach AWS.
 
 use std::collections::HashMap;
@@ -56,6 +57,9 @@ pub struct Faults {
     pub delay: Duration,
     /// How `CreateAccount` behaves.
     pub creation: Creation,
+    /// Answer every IAM call (the worker makes them only inside member accounts) with
+    /// `AccessDenied`, not forwarded.
+    pub deny_iam: bool,
 }
 
 impl Default for Faults {
@@ -65,6 +69,7 @@ impl Default for Faults {
             concurrent_modification_share: 0.0,
             delay: Duration::ZERO,
             creation: Creation::Immediate,
+            deny_iam: false,
         }
     }
 }
@@ -82,6 +87,13 @@ pub struct Stats {
     pub creations: u64,
     /// The most creations in progress at one time.
     pub max_in_progress: usize,
+    /// The `RoleArn` of every `AssumeRole`, in order.
+    pub assumed_roles: Vec<String>,
+    /// `RoleName` and `IamUserAccessToBilling` of every `CreateAccount` request (empty when
+    /// not sent), in order.
+    pub create_options: Vec<(String, String)>,
+    /// IAM calls answered `AccessDenied`, by action.
+    pub denied_iam: Vec<String>,
 }
 
 /// A scripted creation in progress.
@@ -243,6 +255,44 @@ fn operation(request: &hyper::http::request::Parts, body: &[u8]) -> (String, boo
     (action.to_owned(), false)
 }
 
+/// The value of `key` in a form body, percent-decoded.
+fn form_value(body: &[u8], key: &str) -> Option<String> {
+    let form = String::from_utf8_lossy(body);
+    let raw = form
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                decoded.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            b => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// Whether a request is signed for IAM (its credential scope ends `/iam/aws4_request`).
+fn is_iam(request: &hyper::http::request::Parts) -> bool {
+    request
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|auth| auth.contains("/iam/aws4_request"))
+}
+
 fn respond(
     status: StatusCode,
     content_type: &str,
@@ -328,6 +378,29 @@ impl State {
                 json,
                 "ConcurrentModificationException",
                 "The target of the operation is being modified by another request",
+            );
+        }
+        if op == "CreateAccount" {
+            let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let text = |key: &str| request[key].as_str().unwrap_or_default().to_owned();
+            lock(&self.book)
+                .stats
+                .create_options
+                .push((text("RoleName"), text("IamUserAccessToBilling")));
+        }
+        if op == "AssumeRole"
+            && let Some(role) = form_value(&body, "RoleArn")
+        {
+            lock(&self.book).stats.assumed_roles.push(role);
+        }
+        if faults.deny_iam && is_iam(&parts) {
+            lock(&self.book).stats.denied_iam.push(op.clone());
+            return error(
+                false,
+                "AccessDenied",
+                &format!(
+                    "User is not authorized to perform: iam:{op} with an explicit deny in a service control policy"
+                ),
             );
         }
         let answer = match (op.as_str(), &faults.creation) {

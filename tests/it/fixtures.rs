@@ -57,3 +57,22 @@ fn with_object_assignee_and_top_level_marketplace() {
     assert_eq!(order.marketplace_id.as_str(), "MP-91673");
     assert_eq!(order.iam_user_name.as_deref(), Some("marc.serrat"));
 }
+
+#[test]
+fn an_opco_on_tier2_with_structured_values() {
+    let order = order::parse(&fixture("purchase_tier2_opco.json")).expect("valid");
+    assert_eq!(
+        order.tier2_id.as_ref().map(|t| t.as_str()),
+        Some("TA-0-1111-2222-3333")
+    );
+    assert_eq!(
+        order.aws_account_email.as_deref(),
+        Some("it-admin@hospitaller.example"),
+        "read from structured_value"
+    );
+    assert_eq!(
+        order.configuration.service_control_policies.as_deref(),
+        Some("p-abcd1234"),
+        "the ticked option of a checkbox"
+    );
+}

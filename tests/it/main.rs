@@ -5,9 +5,11 @@
 
 mod binary;
 mod check;
+mod connections;
 mod deploy;
 mod disruptive;
 mod docs;
+mod explain;
 mod faults;
 mod fixtures;
 mod malformed;

@@ -329,7 +329,7 @@ impl TestEnv {
         let payers = sdk::payers(
             &self.aws,
             &self.settings.payers,
-            &self.settings.aws.member_role_name,
+            &self.settings.member_access(),
             &observed.metrics,
         )
         .await;
