@@ -181,7 +181,7 @@ provider_email_domain = "provider.example"
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare(&channel, &settings.amqp, &settings.retry).await?;
+        topology::declare(&connection, &settings.amqp, &settings.retry).await?;
         let events_queue = format!("bench.events.{id}");
         channel
             .queue_declare(

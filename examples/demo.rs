@@ -99,7 +99,7 @@ async fn publish(files: &[String]) -> anyhow::Result<()> {
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    topology::declare(&channel, amqp, &settings.retry).await?;
+    topology::declare(&connection, amqp, &settings.retry).await?;
     let events = channel
         .queue_declare(
             "".into(),

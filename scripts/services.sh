@@ -81,6 +81,21 @@ if ! amqp_up; then
   done
 fi
 
+# `check` reads the policies in force through RabbitMQ's management API; enabling the plugin on
+# a running node does not restart it.
+RABBIT_MANAGEMENT_PORT=15672
+if ! tcp_up "$RABBIT_HOST" "$RABBIT_MANAGEMENT_PORT"; then
+  command -v rabbitmq-plugins >/dev/null 2>&1 \
+    || die "the management API is not answering on ${RABBIT_HOST}:${RABBIT_MANAGEMENT_PORT} and rabbitmq-plugins is not installed"
+  log "enabling rabbitmq_management"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null || die "rabbitmq-plugins enable rabbitmq_management failed"
+  deadline=$((SECONDS + RABBIT_WAIT_SECS))
+  until tcp_up "$RABBIT_HOST" "$RABBIT_MANAGEMENT_PORT"; do
+    ((SECONDS < deadline)) || die "the management API did not answer on ${RABBIT_HOST}:${RABBIT_MANAGEMENT_PORT} within ${RABBIT_WAIT_SECS}s"
+    sleep 1
+  done
+fi
+
 # --- moto ----------------------------------------------------------------------
 
 moto_installed_version() {
@@ -95,6 +110,15 @@ if [[ ! -x "$VENV/bin/moto_server" || "$(moto_installed_version)" != "$MOTO_VERS
   log "installing moto[server]==${MOTO_VERSION} into $VENV (may take a minute)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}" \
     || die "pip install moto[server]==${MOTO_VERSION} failed"
+fi
+# tests/it/deploy.rs validates the Kubernetes manifests with kubernetes-validate (it ships the
+# Kubernetes JSON schemas, so it needs no network) through scripts/validate-manifests.py.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if ! "$VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("kubernetes-validate") != sys.argv[1])' \
+    "$KUBERNETES_VALIDATE_VERSION" 2>/dev/null; then
+  log "installing kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" \
+    || die "pip install kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} failed"
 fi
 installed="$(moto_installed_version)"
 [[ "$installed" == "$MOTO_VERSION" ]] || die "expected moto ${MOTO_VERSION} in $VENV, found '${installed:-none}'"

@@ -87,7 +87,7 @@ impl Session {
         let amqp = &settings.amqp;
         let connection = Arc::new(connect(&amqp.url).await?);
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, amqp, &settings.retry).await?;
+        topology::declare(&connection, amqp, &settings.retry).await?;
         channel
             .basic_qos(amqp.prefetch, BasicQosOptions::default())
             .await?;

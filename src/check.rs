@@ -1,7 +1,7 @@
-//! `aws-account-worker check`: tries a deployment before it takes orders. Eight checks run in a
+//! `aws-account-worker check`: tries a deployment before it takes orders. Nine checks run in a
 //! fixed order and each reports one [`Line`] (the organization check one per payer):
 //! `ok   <check>: <detail>`, `FAIL <check>: <reason>; <what to do>`, or `skip <check>: <why not>`
-//! when a check depends on one that failed (the topology needs the broker; the organization
+//! when a check depends on one that failed (the topology needs the broker, the policies the topology; the organization
 //! needs AWS credentials; the SCP ids need the organization). A skipped check is not a failure
 //! of its own: the check it depends on already failed. The configuration itself was loaded and
 //! validated before any of this runs: a configuration that does not load exits 2 naming the
@@ -14,6 +14,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::aws::probe::{OrganizationInfo, Probe, ProbeError, ProbeFailure, SdkProbe};
+use crate::broker::in_force::{self, QueueState};
+use crate::broker::management::Management;
 use crate::broker::{self, topology};
 use crate::config::{ENV_PREFIX, Settings};
 use crate::domain::model::ModelSettings;
@@ -22,12 +24,13 @@ use crate::domain::model::ModelSettings;
 pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The checks, in the order they run.
-pub const CHECKS: [&str; 8] = [
+pub const CHECKS: [&str; 9] = [
     CONFIGURATION,
     CONNECTIONS,
     IAM_NAMES,
     BROKER,
     TOPOLOGY,
+    POLICIES,
     AWS_CREDENTIALS,
     ORGANIZATION,
     SCPS,
@@ -42,6 +45,8 @@ pub const IAM_NAMES: &str = "iam names";
 pub const BROKER: &str = "broker";
 /// Every exchange and queue the worker uses exists.
 pub const TOPOLOGY: &str = "topology";
+/// The RabbitMQ policies in force on the worker's queues are the ones it expects.
+pub const POLICIES: &str = "policies";
 /// The SDK's credentials work (STS `GetCallerIdentity`).
 pub const AWS_CREDENTIALS: &str = "aws credentials";
 /// The caller manages an organization with all features and SCPs enabled.
@@ -274,14 +279,27 @@ pub async fn run<P: Probe>(
     };
     match &connection {
         Some(connection) => {
-            report(topology_line(connection, settings).await);
+            let topology = topology_line(connection, settings).await;
+            let complete = topology.status == Status::Ok;
+            report(topology);
             // The answers are in; a close that fails changes nothing.
             let _ = connection.close(200, "check done".into()).await;
+            report(if complete {
+                policies_line(settings).await
+            } else {
+                Line::skip(POLICIES, "not checked: the topology is incomplete")
+            });
         }
-        None => report(Line::skip(
-            TOPOLOGY,
-            "not checked: the broker is not reachable",
-        )),
+        None => {
+            report(Line::skip(
+                TOPOLOGY,
+                "not checked: the broker is not reachable",
+            ));
+            report(Line::skip(
+                POLICIES,
+                "not checked: the broker is not reachable",
+            ));
+        }
     }
 
     let identity = match probes.own.caller_identity().await {
@@ -525,6 +543,38 @@ async fn topology_line(connection: &lapin::Connection, settings: &Settings) -> L
             TOPOLOGY,
             format!("cannot look for the exchanges and queues: {e}"),
             "check the broker user's permissions on the vhost",
+        ),
+    }
+}
+
+/// Check 5: the policies in force on every queue, read through the management API.
+async fn policies_line(settings: &Settings) -> Line {
+    let management = match Management::from_settings(&settings.amqp) {
+        Ok(management) => management,
+        Err(e) => return Line::fail(POLICIES, e, "fix amqp.management_url"),
+    };
+    let mut queues = Vec::new();
+    for name in topology::names(&settings.amqp, &settings.retry).queues {
+        match management.queue(&name).await {
+            Ok(queue) => queues.push((name, queue.as_ref().map(QueueState::from_api))),
+            Err(e) => {
+                return Line::fail(
+                    POLICIES,
+                    format!(
+                        "cannot read the policies through the management API at {}: {e}",
+                        management.address()
+                    ),
+                    "enable the rabbitmq_management plugin, give the user the monitoring tag, or set amqp.management_url",
+                );
+            }
+        }
+    }
+    match in_force::compare(&settings.amqp, &queues) {
+        Ok(summary) => Line::ok(POLICIES, summary),
+        Err(problems) => Line::fail(
+            POLICIES,
+            problems.join("; "),
+            "apply the policies of deploy/rabbitmq/definitions.json (names, patterns, priority 10), with the values the configuration expects",
         ),
     }
 }

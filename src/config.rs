@@ -112,8 +112,13 @@ pub struct AmqpSettings {
     pub unrouted_queue: String,
     /// Unacknowledged orders one worker holds.
     pub prefetch: u16,
-    /// `x-delivery-limit` of the orders queue.
+    /// The orders queue's delivery limit, set by a RabbitMQ policy (`check` compares).
     pub delivery_limit: u32,
+    /// RabbitMQ's management API (`http://[user:password@]host[:port][/prefix]`), where `check`
+    /// reads the policies in force; empty: `amqp.url`'s host, port 15672, its user. It may hold
+    /// a password, so it is secret.
+    #[serde(serialize_with = "redacted")]
+    pub management_url: SecretString,
 }
 
 /// `[retry]`.
@@ -284,6 +289,12 @@ impl Settings {
         if amqp.delivery_limit == 0 {
             return Err(invalid("amqp.delivery_limit", "must be at least 1"));
         }
+        crate::broker::management::Management::from_settings(amqp).map_err(|_| {
+            invalid(
+                "amqp.management_url",
+                "not http://[user:password@]host[:port][/prefix]",
+            )
+        })?;
         let retry = &self.retry;
         if retry.initial_delay_ms == 0 {
             return Err(invalid("retry.initial_delay_ms", "must be at least 1"));

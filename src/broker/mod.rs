@@ -4,6 +4,8 @@
 
 pub mod exclusive;
 pub mod headers;
+pub mod in_force;
+pub mod management;
 pub mod publisher;
 pub mod settle;
 pub mod slots;

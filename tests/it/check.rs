@@ -10,8 +10,9 @@ use aws_sdk_organizations::types::{OrganizationFeatureSet, PolicyType};
 use aws_sdk_sts::config::Credentials;
 
 use crate::support::{
-    BIN, PROVIDER_DOMAIN, Payer, TestEnv, amqp_section, assume, digits, moto_config,
-    moto_fast_endpoint, write_config,
+    BIN, PROVIDER_DOMAIN, Payer, TestEnv, amqp_section, apply_policies, assume, delete_policy,
+    digits, moto_config, moto_fast_endpoint, put_policy, remove_policies, wait_for_policy,
+    write_config,
 };
 
 /// What one run of `check` printed, and how it ended.
@@ -132,10 +133,12 @@ async fn run_check_as(
 /// A test environment (declared topology, a payer with an organization and an SCP) in the moto
 /// without managed policies, with the payer's SCP configured and `extra` TOML.
 async fn healthy(extra: &str) -> TestEnv {
-    TestEnv::fast(&format!(
+    let env = TestEnv::fast(&format!(
         "[business_model]\nservice_control_policies = [\"{{scp}}\"]\n{extra}"
     ))
-    .await
+    .await;
+    apply_policies(&env.settings).await;
+    env
 }
 
 /// A port nothing listens on.
@@ -187,6 +190,14 @@ async fn a_healthy_deployment_passes_every_check() {
     );
     checked.expect("broker", "ok  ", &["connected to 127.0.0.1:5672"]);
     checked.expect("topology", "ok  ", &["all 4 exchanges and"]);
+    checked.expect(
+        "policies",
+        "ok  ",
+        &[
+            &format!("delivery limit 20 on {}", env.settings.amqp.orders_queue),
+            "bounded to 100000 events and 168 hours",
+        ],
+    );
     checked.expect("aws credentials", "ok  ", &[&env.payer.account_id]);
     checked.expect(
         "organization",
@@ -225,6 +236,7 @@ async fn an_unreachable_broker_fails_skips_the_topology_and_aws_is_still_checked
         &["cannot connect to 127.0.0.1:", "refused", "check amqp.url"],
     );
     checked.expect("topology", "skip", &["the broker is not reachable"]);
+    checked.expect("policies", "skip", &["the broker is not reachable"]);
     checked.expect("aws credentials", "ok  ", &[]);
     checked.expect("organization", "ok  ", &[]);
     checked.expect("service control policies", "ok  ", &[]);
@@ -507,7 +519,9 @@ async fn two_payers(b_scps: &str) -> (TestEnv, Payer) {
         b_scps = b_scps.replace("{b_scp}", &b.scp_id),
     );
     let config = a.config.clone();
-    (TestEnv::with_aws(&toml, a, config).await, b)
+    let env = TestEnv::with_aws(&toml, a, config).await;
+    apply_policies(&env.settings).await;
+    (env, b)
 }
 
 /// The `organization` lines, one per payer.
@@ -638,4 +652,104 @@ async fn run_check_json(env: &TestEnv, url: &str) -> Checked {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_mistyped_and_shadowed_policies_fail_the_policies_check() {
+    let env = healthy("").await;
+    let amqp = &env.settings.amqp;
+    let run = || run_check(&env.toml, &env.payer.credentials, &env.payer.endpoint, &[]);
+
+    // Missing: the worker's own policies were never applied.
+    remove_policies(&env.settings).await;
+    for policy in aws_account_worker::broker::topology::policies(amqp) {
+        wait_for_policy(&env.settings, &policy.queue, None).await;
+    }
+    let checked = run().await;
+    checked.expect_shape(1);
+    checked.expect(
+        "policies",
+        "FAIL",
+        &[
+            &format!("queue {} is under no policy", amqp.orders_queue),
+            &format!(
+                "the delivery limit in force on {} is none, the worker expects amqp.delivery_limit = 20",
+                amqp.orders_queue
+            ),
+            "deploy/rabbitmq/definitions.json",
+        ],
+    );
+    checked.expect("topology", "ok  ", &[]);
+
+    // Mistyped value: the worker expects another delivery limit than the policy gives.
+    apply_policies(&env.settings).await;
+    let checked = run_check(
+        &env.toml,
+        &env.payer.credentials,
+        &env.payer.endpoint,
+        &[("WORKER__AMQP__DELIVERY_LIMIT", "7")],
+    )
+    .await;
+    checked.expect(
+        "policies",
+        "FAIL",
+        &["is 20, the worker expects amqp.delivery_limit = 7"],
+    );
+
+    // Shadowed: a catch-all policy of this test at a higher priority takes the orders queue,
+    // and would drop orders when full.
+    let shadow = format!("{}.shadow", amqp.orders_queue);
+    let pattern = format!("^{}", amqp.orders_queue.replace('.', "\\."));
+    put_policy(
+        &env.settings,
+        &shadow,
+        &pattern,
+        50,
+        &serde_json::json!({"overflow": "drop-head", "max-length": 1000}),
+        &amqp.orders_queue,
+    )
+    .await;
+    let checked = run().await;
+    checked.expect(
+        "policies",
+        "FAIL",
+        &[
+            &format!(
+                "queue {} is under policy {shadow}, not {}: a policy of higher priority shadows it",
+                amqp.orders_queue, amqp.orders_queue
+            ),
+            &format!(
+                "policy {shadow} sets overflow = \"drop-head\" on queue {}",
+                amqp.orders_queue
+            ),
+            "sets max-length = 1000 on queue",
+        ],
+    );
+    delete_policy(&env.settings, &shadow).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_management_api_fails_the_policies_check_and_names_the_fix() {
+    let env = healthy("").await;
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let checked = run_check(
+        &env.toml,
+        &env.payer.credentials,
+        &env.payer.endpoint,
+        &[("WORKER__AMQP__MANAGEMENT_URL", &url)],
+    )
+    .await;
+    checked.expect_shape(1);
+    checked.expect(
+        "policies",
+        "FAIL",
+        &[
+            "cannot read the policies through the management API at 127.0.0.1:",
+            "enable the rabbitmq_management plugin",
+            "amqp.management_url",
+        ],
+    );
+    checked.expect("topology", "ok  ", &[]);
+    env.cleanup().await;
 }

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aws_account_worker::broker::topology::{retry_delays, retry_queue};
+use aws_account_worker::broker::topology::{
+    self, POLICY_PRIORITY, UNROUTED_MAX_LENGTH_CEILING, UNROUTED_MESSAGE_TTL_CEILING_MS,
+    retry_delays, retry_queue,
+};
 use aws_account_worker::config::{DEFAULTS, Settings};
 use figment::Figment;
 use figment::providers::{Format, Toml};
@@ -116,10 +119,21 @@ fn secret_ref(container: &Value, variable: &str) -> (String, String) {
     )
 }
 
-/// The ConfigMap's embedded config.toml.
+/// The kustomization's configMapGenerator entry named `name`.
+fn generator(name: &str) -> Value {
+    let kustomization = yaml("deploy/k8s/kustomization.yaml");
+    at(&kustomization, "/configMapGenerator", "kustomization")
+        .as_array()
+        .expect("configMapGenerator list")
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap_or_else(|| panic!("kustomization: no configMapGenerator {name}"))
+        .clone()
+}
+
+/// The worker's config.toml, which the kustomization turns into its ConfigMap.
 fn configmap_toml() -> String {
-    let configmap = yaml("deploy/k8s/configmap.yaml");
-    text(&configmap, "/data/config.toml", "configmap").to_owned()
+    read("deploy/k8s/config.toml")
 }
 
 #[test]
@@ -148,7 +162,11 @@ fn every_yaml_and_json_file_parses_and_says_what_it_is_for() {
     }
     for expected in [
         "deploy/k8s/deployment.yaml",
-        "deploy/k8s/configmap.yaml",
+        "deploy/k8s/config.toml",
+        "deploy/k8s/servicemonitor.yaml",
+        "deploy/k8s/prometheusrule.yaml",
+        "deploy/k8s/networkpolicy.yaml",
+        "deploy/k8s/grafana-dashboard.json",
         "deploy/k8s/serviceaccount.yaml",
         "deploy/k8s/poddisruptionbudget.yaml",
         "deploy/k8s/scaledobject.yaml",
@@ -248,9 +266,19 @@ fn the_deployment_runs_the_worker_with_the_configmap_the_secret_and_the_service_
         .and_then(|i| args.get(i + 1))
         .expect("--config FILE");
 
-    // --config names config.toml in the directory where the ConfigMap is mounted.
-    let configmap = yaml("deploy/k8s/configmap.yaml");
-    let configmap_name = text(&configmap, "/metadata/name", "configmap");
+    // --config names config.toml in the directory where the generated ConfigMap is mounted.
+    let configmap_name = "aws-account-worker-config";
+    let generated = generator(configmap_name);
+    assert!(
+        generated.pointer("/options/disableNameSuffixHash") != Some(&json!(true)),
+        "the config ConfigMap's name carries its content hash, so an edit rolls the pods"
+    );
+    let files: Vec<&str> = at(&generated, "/files", "configMapGenerator")
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f.as_str().expect("file name"))
+        .collect();
     let volumes = at(&deployment, "/spec/template/spec/volumes", "deployment")
         .as_array()
         .expect("volumes");
@@ -269,9 +297,12 @@ fn the_deployment_runs_the_worker_with_the_configmap_the_secret_and_the_service_
         .unwrap_or_else(|_| panic!("--config {config} is not under {}", mounted.display()));
     let key = file.to_str().expect("utf-8");
     assert!(
-        configmap.pointer(&format!("/data/{key}")).is_some(),
-        "the ConfigMap has no key {key}"
+        files.contains(&key),
+        "the ConfigMap has no key {key}: {files:?}"
     );
+    for file in files {
+        assert!(repo(&format!("deploy/k8s/{file}")).is_file(), "{file}");
+    }
 
     // The broker URL comes from the Secret whose shape secret.example.yaml shows.
     let (secret, secret_key) = secret_ref(worker, "WORKER__AMQP__URL");
@@ -357,6 +388,11 @@ fn the_pdb_and_the_service_select_the_deployments_pods() {
             || pdb.pointer("/spec/minAvailable").is_some(),
         "the PDB bounds disruptions"
     );
+    assert_eq!(
+        text(&pdb, "/spec/unhealthyPodEvictionPolicy", "pdb"),
+        "AlwaysAllow",
+        "unready pods (every pod while the broker is down) must not block node drains"
+    );
 
     let service = yaml("deploy/k8s/service.yaml");
     assert_eq!(at(&service, "/spec/selector", "service"), selector);
@@ -404,12 +440,44 @@ fn keda_scales_the_deployment_on_the_orders_queue() {
         settings.amqp.orders_queue
     );
     assert_eq!(text(trigger, "/metadata/mode", what), "QueueLength");
+    // Over AMQP, QueueLength counts ready orders only, and a worker holds up to amqp.prefetch
+    // unacknowledged ones: the management API (http) counts both, one replica per prefetch.
+    assert_eq!(text(trigger, "/metadata/protocol", what), "http");
+    assert_eq!(
+        text(trigger, "/metadata/excludeUnacknowledged", what),
+        "false"
+    );
     let value: u64 = text(trigger, "/metadata/value", what)
         .parse()
         .expect("value is a number in a string");
-    assert!(value > 0);
+    assert_eq!(
+        value,
+        u64::from(settings.amqp.prefetch),
+        "one replica per prefetch"
+    );
 
-    // The trigger's host is the workers' own broker URL, from the same Secret.
+    // cooldownPeriod only applies to scaling to zero: the slow scale-down is the HPA's.
+    let down = at(
+        &scaled,
+        "/spec/advanced/horizontalPodAutoscalerConfig/behavior/scaleDown",
+        what,
+    );
+    let window = at(down, "/stabilizationWindowSeconds", what)
+        .as_u64()
+        .expect("stabilizationWindowSeconds");
+    assert!(
+        window >= 300,
+        "scale down on at least 5 minutes of history: {window}"
+    );
+    let policies = at(down, "/policies", what).as_array().expect("policies");
+    assert!(
+        policies
+            .iter()
+            .all(|p| p["type"] == "Pods" && p["value"] == json!(1)),
+        "one pod at a time: {policies:?}"
+    );
+
+    // The trigger's host is the workers' own management API URL, from the same Secret.
     let auth = yaml("deploy/k8s/triggerauthentication.yaml");
     assert_eq!(
         at(trigger, "/authenticationRef/name", what),
@@ -422,7 +490,7 @@ fn keda_scales_the_deployment_on_the_orders_queue() {
         .iter()
         .find(|r| r["parameter"] == "host")
         .expect("the host parameter comes from a Secret");
-    let (secret, key) = secret_ref(container(&deployment), "WORKER__AMQP__URL");
+    let (secret, key) = secret_ref(container(&deployment), "WORKER__AMQP__MANAGEMENT_URL");
     assert_eq!(host["name"], json!(secret));
     assert_eq!(host["key"], json!(key));
 }
@@ -484,9 +552,9 @@ fn declared_topology(settings: &Settings) -> (Vec<Value>, Vec<Value>, Vec<Value>
         queue(&amqp.dead_letter_queue, quorum(json!({}))),
         queue(
             &amqp.orders_queue,
+            // The delivery limit is a policy, not an argument.
             quorum(json!({
                 "x-dead-letter-exchange": amqp.dead_letter_exchange,
-                "x-delivery-limit": amqp.delivery_limit,
             })),
         ),
     ];
@@ -500,7 +568,13 @@ fn declared_topology(settings: &Settings) -> (Vec<Value>, Vec<Value>, Vec<Value>
             })),
         ));
     }
-    queues.push(queue(&amqp.unrouted_queue, quorum(json!({}))));
+    queues.push(queue(
+        &amqp.unrouted_queue,
+        quorum(json!({
+            "x-max-length": UNROUTED_MAX_LENGTH_CEILING,
+            "x-message-ttl": UNROUTED_MESSAGE_TTL_CEILING_MS,
+        })),
+    ));
     let bindings = vec![
         binding(&amqp.dead_letter_exchange, &amqp.dead_letter_queue, ""),
         binding(
@@ -573,6 +647,50 @@ fn the_definitions_are_the_topology_the_worker_declares() {
             assert_eq!(&found[name], want, "{section}: {name}");
         }
     }
+    // The policies are the worker's (names, patterns, values), each matching its one queue and
+    // no other queue of the definitions.
+    let policies = at(&definitions, "/policies", "definitions")
+        .as_array()
+        .expect("policies list");
+    let expected = topology::policies(&settings.amqp);
+    assert_eq!(
+        policies.len(),
+        expected.len(),
+        "one policy per tunable queue"
+    );
+    let queue_names: Vec<&str> = at(&definitions, "/queues", "definitions")
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| q["name"].as_str().expect("queue name"))
+        .collect();
+    for want in &expected {
+        let found = policies
+            .iter()
+            .find(|p| p["name"] == want.name.as_str())
+            .unwrap_or_else(|| panic!("no policy {}", want.name));
+        assert_eq!(found["vhost"], "/", "{}", want.name);
+        assert_eq!(found["pattern"], want.pattern.as_str(), "{}", want.name);
+        assert_eq!(found["apply-to"], "queues", "{}", want.name);
+        assert_eq!(found["priority"], json!(POLICY_PRIORITY), "{}", want.name);
+        assert_eq!(
+            found["definition"],
+            Value::Object(want.definition.clone()),
+            "{}",
+            want.name
+        );
+        let matched: Vec<&&str> = queue_names
+            .iter()
+            .filter(|q| exact_match(&want.pattern, q))
+            .collect();
+        assert_eq!(
+            matched,
+            [&want.queue.as_str()],
+            "{} matches only its queue",
+            want.name
+        );
+    }
+
     let vhosts = at(&definitions, "/vhosts", "definitions");
     assert!(
         vhosts
@@ -580,6 +698,29 @@ fn the_definitions_are_the_topology_the_worker_declares() {
             .is_some_and(|v| v.iter().any(|h| h["name"] == "/")),
         "the / vhost is defined"
     );
+}
+
+/// Whether `pattern`, of the form `^…$` with `\` escaping the characters after it, matches
+/// exactly `name` (the worker's policies use nothing else).
+fn exact_match(pattern: &str, name: &str) -> bool {
+    let Some(body) = pattern.strip_prefix('^').and_then(|p| p.strip_suffix('$')) else {
+        return false;
+    };
+    let mut literal = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped) => literal.push(escaped),
+                None => return false,
+            },
+            '.' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' => {
+                return false;
+            }
+            other => literal.push(other),
+        }
+    }
+    literal == name
 }
 
 /// The user of an `amqp://user:password@host…` URL.
@@ -911,5 +1052,401 @@ fn the_dockerfile_builds_in_stages_runs_unprivileged_and_checks_health() {
             .iter()
             .any(|c| c.contains("config/default.toml")),
         "the configuration is in the image"
+    );
+}
+
+/// The project's Python (scripts/services.sh makes it and installs kubernetes-validate there).
+fn venv_python() -> PathBuf {
+    let python = repo(".venv/bin/python");
+    let has_validator = python.is_file()
+        && std::process::Command::new(&python)
+            .args(["-c", "import kubernetes_validate, jsonschema, yaml"])
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        has_validator,
+        "{} lacks kubernetes-validate: run scripts/services.sh",
+        python.display()
+    );
+    python
+}
+
+/// Runs scripts/validate-manifests.py on `dir`: (exit code, output).
+fn validate_manifests(dir: &Path) -> (Option<i32>, String) {
+    let output = std::process::Command::new(venv_python())
+        .arg(repo("scripts/validate-manifests.py"))
+        .arg(dir)
+        .output()
+        .expect("run scripts/validate-manifests.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
+#[test]
+fn every_manifest_validates_against_its_schema_and_a_broken_one_fails() {
+    let (code, output) = validate_manifests(&repo("deploy/k8s"));
+    assert_eq!(code, Some(0), "{output}");
+    let manifests = deploy_files()
+        .iter()
+        .filter(|f| {
+            f.strip_prefix("deploy/k8s/")
+                .is_some_and(|f| !f.contains('/') && (is_yaml(f) || f.ends_with(".json")))
+        })
+        .count();
+    assert!(manifests >= 12, "{manifests} manifests");
+    assert!(
+        output.contains(&format!("{manifests} passed, 0 failed")),
+        "every manifest was validated:\n{output}"
+    );
+
+    // The same files with one mistake each: every one is caught.
+    let broken = tempfile::tempdir().expect("temp dir");
+    for file in deploy_files() {
+        if let Some(name) = file.strip_prefix("deploy/k8s/") {
+            let target = broken.path().join(name);
+            std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(repo(&file), target).expect("copy");
+        }
+    }
+    let spoil = |name: &str, from: &str, to: &str| {
+        let path = broken.path().join(name);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains(from), "{name} holds {from}");
+        std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+    };
+    spoil("deployment.yaml", "maxUnavailable: 0", "maxUnavalable: 0");
+    spoil("service.yaml", "port: 9898", "port: \"ninety\"");
+    spoil(
+        "scaledobject.yaml",
+        "stabilizationWindowSeconds: 600",
+        "stabilisationWindowSeconds: 600",
+    );
+    spoil("prometheusrule.yaml", "for: 10m", "for: ten minutes");
+    spoil("servicemonitor.yaml", "endpoints:", "endpoint:");
+    spoil("grafana-dashboard.json", "\"refId\"", "\"refid\"");
+    let (code, output) = validate_manifests(broken.path());
+    assert_eq!(code, Some(1), "{output}");
+    for name in [
+        "deployment.yaml",
+        "service.yaml",
+        "scaledobject.yaml",
+        "prometheusrule.yaml",
+        "servicemonitor.yaml",
+        "grafana-dashboard.json",
+    ] {
+        assert!(
+            output.contains(&format!("FAIL {name}")),
+            "{name} fails:\n{output}"
+        );
+    }
+}
+
+/// Metrics the metrics-server work adds (agreed names); listed here until the worker renders
+/// them, so the alerts and the dashboard may use them.
+const AGREED_METRICS: &[&str] = &[
+    "aws_account_worker_build_info",
+    "aws_account_worker_broker_connected",
+    "aws_account_worker_creation_slots_held",
+    "aws_account_worker_creation_slot_waiters",
+    "aws_account_worker_order_locks_held",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+];
+
+/// RabbitMQ's own exporter's per-queue metrics that the alerts and the dashboard use.
+const RABBITMQ_METRICS: &[&str] = &[
+    "rabbitmq_queue_messages",
+    "rabbitmq_queue_messages_ready",
+    "rabbitmq_queue_messages_unacked",
+];
+
+/// Every series name the worker's /metrics shows, from its `# TYPE` lines (each labelled family
+/// counted once, so that it shows).
+fn exported_metrics() -> BTreeSet<String> {
+    let metrics = aws_account_worker::observability::Metrics::new();
+    metrics.failed("INVALID_EMAIL");
+    metrics.retried("ORDER_BUSY");
+    metrics.dead_lettered("AWS_UNREACHABLE");
+    metrics.aws_call("CreateAccount", "ok");
+    let rendered = metrics.render();
+    let mut names = BTreeSet::new();
+    for line in rendered.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        for suffix in suffixes {
+            names.insert(format!("{name}{suffix}"));
+        }
+    }
+    names
+}
+
+/// The metric names an expression selects.
+fn selected_metrics(expr: &promql_parser::parser::Expr, out: &mut Vec<String>) {
+    use promql_parser::parser::Expr;
+    let vector = |vs: &promql_parser::parser::VectorSelector, out: &mut Vec<String>| match &vs.name
+    {
+        Some(name) => out.push(name.clone()),
+        None => out.extend(
+            vs.matchers
+                .matchers
+                .iter()
+                .filter(|m| m.name == "__name__")
+                .map(|m| m.value.clone()),
+        ),
+    };
+    match expr {
+        Expr::Aggregate(a) => {
+            selected_metrics(&a.expr, out);
+            if let Some(param) = &a.param {
+                selected_metrics(param, out);
+            }
+        }
+        Expr::Unary(u) => selected_metrics(&u.expr, out),
+        Expr::Binary(b) => {
+            selected_metrics(&b.lhs, out);
+            selected_metrics(&b.rhs, out);
+        }
+        Expr::Paren(p) => selected_metrics(&p.expr, out),
+        Expr::Subquery(s) => selected_metrics(&s.expr, out),
+        Expr::VectorSelector(vs) => vector(vs, out),
+        Expr::MatrixSelector(ms) => vector(&ms.vs, out),
+        Expr::Call(call) => {
+            for arg in &call.args.args {
+                selected_metrics(arg, out);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// What is wrong with one expression: it does not parse, selects no metric, or selects one
+/// that neither the worker nor RabbitMQ exports.
+fn expression_problems(expr: &str, known: &BTreeSet<String>) -> Vec<String> {
+    let parsed = match promql_parser::parser::parse(expr) {
+        Ok(parsed) => parsed,
+        Err(e) => return vec![format!("does not parse: {e}")],
+    };
+    let mut metrics = Vec::new();
+    selected_metrics(&parsed, &mut metrics);
+    if metrics.is_empty() {
+        return vec!["selects no metric".to_owned()];
+    }
+    metrics
+        .into_iter()
+        .filter(|m| !known.contains(m))
+        .map(|m| format!("{m} is not exported by the worker or RabbitMQ"))
+        .collect()
+}
+
+/// Every PromQL expression of the alert rules and the dashboard, with where it is.
+fn promql_expressions() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let rules = yaml("deploy/k8s/prometheusrule.yaml");
+    for group in at(&rules, "/spec/groups", "prometheusrule")
+        .as_array()
+        .expect("groups")
+    {
+        for rule in group["rules"].as_array().expect("rules") {
+            let name = rule["alert"].as_str().expect("alert name");
+            let expr = rule["expr"].as_str().expect("expr");
+            assert!(
+                ["critical", "warning", "info"]
+                    .contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+                "{name}: a severity"
+            );
+            assert!(
+                rule["annotations"]["summary"].is_string(),
+                "{name}: a summary"
+            );
+            found.push((format!("alert {name}"), expr.to_owned()));
+        }
+    }
+    let dashboard = json_file("deploy/k8s/grafana-dashboard.json");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("title");
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            found.push((format!("panel {title}"), expr.to_owned()));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_alerts_and_the_dashboard_parse_and_use_only_exported_metrics() {
+    let exported = exported_metrics();
+    for name in [
+        "aws_account_worker_orders_received_total",
+        "aws_account_worker_order_processing_seconds_bucket",
+        "aws_account_worker_orders_in_flight",
+    ] {
+        assert!(exported.contains(name), "{name} in {exported:?}");
+    }
+    let mut known = exported.clone();
+    known.extend(AGREED_METRICS.iter().map(|m| (*m).to_owned()));
+    known.extend(RABBITMQ_METRICS.iter().map(|m| (*m).to_owned()));
+
+    let expressions = promql_expressions();
+    assert!(expressions.len() >= 20, "{} expressions", expressions.len());
+    let mut problems = Vec::new();
+    for (place, expr) in &expressions {
+        for problem in expression_problems(expr, &known) {
+            problems.push(format!("{place}: {problem}: {expr}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The dashboard covers what operators look at.
+    let all: String = expressions.iter().map(|(_, e)| e.as_str()).collect();
+    for needed in [
+        "orders_provisioned_total",
+        "orders_failed_total",
+        "orders_retried_total",
+        "orders_dead_lettered_total",
+        "aws-account-orders.dlq",
+        "creation_slots_held",
+        "aws_calls_total",
+        "order_processing_seconds_bucket",
+    ] {
+        assert!(all.contains(needed), "nothing shows {needed}");
+    }
+
+    // And the check itself catches what it is for.
+    assert!(
+        expression_problems(
+            "sum(rate(aws_account_worker_orders_received_total[5m])",
+            &known
+        )[0]
+        .contains("does not parse")
+    );
+    assert!(
+        expression_problems(
+            "rate(aws_account_worker_orders_receved_total[5m]) > 0",
+            &known
+        )[0]
+        .contains("aws_account_worker_orders_receved_total is not exported")
+    );
+    assert!(expression_problems("vector(1)", &known)[0].contains("selects no metric"));
+    assert!(
+        expression_problems("{__name__=\"rabbitmq_nope\"}", &known)[0].contains("rabbitmq_nope")
+    );
+}
+
+/// The default of `NAME = os.environ.get("NAME", "default")` in a Python script.
+fn python_default(source: &str, name: &str) -> String {
+    let start = format!("{name} = os.environ.get(\"{name}\", \"");
+    source
+        .split_once(&start)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(value, _)| value.to_owned())
+        .unwrap_or_else(|| panic!("no default for {name}"))
+}
+
+#[test]
+fn the_compose_stack_publishes_the_sample_orders_once_the_workers_consume_and_prints_events() {
+    let settings = defaults();
+    let compose = yaml("docker-compose.yml");
+    let what = "docker-compose.yml";
+    let services = at(&compose, "/services", what);
+
+    // The workers are healthy once consuming.
+    let check = at(&services["worker"], "/healthcheck/test", what).to_string();
+    assert!(check.contains("/readyz"), "{check}");
+
+    for (name, script) in [
+        ("publish-orders", "deploy/compose/publish-orders.py"),
+        ("print-events", "deploy/compose/print-events.py"),
+    ] {
+        let service = &services[name];
+        let context = text(service, "/build/context", name);
+        let dockerfile = text(service, "/build/dockerfile", name);
+        assert!(
+            repo(context).join(dockerfile).is_file(),
+            "{name}: {context}/{dockerfile}"
+        );
+        let mounts: Vec<&str> = service["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .map(|v| v.as_str().expect("short syntax"))
+            .collect();
+        for mount in &mounts {
+            let source = mount.split(':').next().expect("source");
+            assert!(repo(source).exists(), "{name}: {mount}");
+            assert!(mount.ends_with(":ro"), "{name}: {mount} read-only");
+        }
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.trim_start_matches("./").starts_with(script)),
+            "{name} runs {script}"
+        );
+        let command = at(service, "/command", name).to_string();
+        let in_container = mounts
+            .iter()
+            .find(|m| m.trim_start_matches("./").starts_with(script))
+            .and_then(|m| m.split(':').nth(1))
+            .expect("mount target");
+        assert!(command.contains(in_container), "{name}: {command}");
+        let url = text(service, "/environment/AMQP_URL", name);
+        assert!(url.contains("@rabbitmq:5672"), "{name}: {url}");
+
+        // The script's defaults are the worker's default names.
+        let source = read(script);
+        assert_eq!(
+            python_default(&source, "RESULTS_EXCHANGE"),
+            settings.amqp.results_exchange
+        );
+        if name == "publish-orders" {
+            assert_eq!(
+                python_default(&source, "ORDERS_EXCHANGE"),
+                settings.amqp.orders_exchange
+            );
+            assert_eq!(
+                python_default(&source, "ORDERS_ROUTING_KEY"),
+                settings.amqp.orders_routing_key
+            );
+        }
+    }
+
+    let publish = &services["publish-orders"];
+    assert_eq!(
+        text(publish, "/depends_on/worker/condition", what),
+        "service_healthy",
+        "orders are published once the workers consume"
+    );
+    assert_eq!(text(publish, "/restart", what), "no", "one-shot");
+    let orders_dir = text(publish, "/environment/ORDERS_DIR", what);
+    let mounted = publish["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|m| m == format!("./examples/orders:{orders_dir}:ro"));
+    assert!(mounted, "examples/orders is mounted at {orders_dir}");
+    assert!(
+        std::fs::read_dir(repo("examples/orders"))
+            .expect("examples/orders")
+            .filter_map(Result::ok)
+            .any(|f| f.path().extension().is_some_and(|e| e == "json")),
+        "sample orders to publish"
     );
 }

@@ -21,3 +21,4 @@ mod retries;
 mod safety;
 mod scale;
 mod support;
+mod topology;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_account_worker::app::{Observed, Worker};
 use aws_account_worker::aws::sdk;
+use aws_account_worker::broker::management::{Management, encode};
 use aws_account_worker::broker::topology;
 use aws_account_worker::config::Settings;
 use aws_account_worker::observability;
@@ -457,7 +458,90 @@ impl TestEnv {
             )
             .await;
         let _ = topology::delete(&self.channel, &self.settings.amqp, &self.settings.retry).await;
+        remove_policies(&self.settings).await;
         let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+/// The management API of the test broker, as the settings' user.
+pub fn management(settings: &Settings) -> Management {
+    Management::from_settings(&settings.amqp).expect("management API settings")
+}
+
+/// Puts policy `name` (priority `priority`, applying to queues) on the test broker's vhost and
+/// waits until queue `queue` is under it. Names and patterns are a test's own.
+pub async fn put_policy(
+    settings: &Settings,
+    name: &str,
+    pattern: &str,
+    priority: i64,
+    definition: &Value,
+    queue: &str,
+) {
+    let api = management(settings);
+    let body = json!({"pattern": pattern, "definition": definition, "priority": priority,
+                      "apply-to": "queues"});
+    let path = format!("/policies/{}/{}", encode(&api.vhost), encode(name));
+    let (status, answer) = api
+        .request("PUT", &path, Some(&body))
+        .await
+        .expect("the management API answers (scripts/services.sh enables it)");
+    assert!(
+        status == 201 || status == 204,
+        "PUT {path}: {status} {answer}"
+    );
+    wait_for_policy(settings, queue, Some(name)).await;
+}
+
+/// Waits until the management API shows queue `queue` under policy `name` (`None`: under
+/// none). The API shows a policy change a few seconds late (it comes with the statistics).
+pub async fn wait_for_policy(settings: &Settings, queue: &str, name: Option<&str>) {
+    let api = management(settings);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let state = api.queue(queue).await.expect("queue state");
+        let applied = state
+            .as_ref()
+            .and_then(|q| q["policy"].as_str())
+            .filter(|p| !p.is_empty());
+        if applied == name {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue {queue} never came under policy {name:?}: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deletes policy `name` from the test broker's vhost (absent is fine).
+pub async fn delete_policy(settings: &Settings, name: &str) {
+    let api = management(settings);
+    let path = format!("/policies/{}/{}", encode(&api.vhost), encode(name));
+    let _ = api.request("DELETE", &path, None).await;
+}
+
+/// Applies the worker's own policies (`topology::policies`) for this test's queues, as
+/// deploy/rabbitmq/definitions.json does for the default names.
+pub async fn apply_policies(settings: &Settings) {
+    for policy in topology::policies(&settings.amqp) {
+        put_policy(
+            settings,
+            &policy.name,
+            &policy.pattern,
+            topology::POLICY_PRIORITY,
+            &Value::Object(policy.definition.clone()),
+            &policy.queue,
+        )
+        .await;
+    }
+}
+
+/// Deletes the worker's policies for this test's queues.
+pub async fn remove_policies(settings: &Settings) {
+    for policy in topology::policies(&settings.amqp) {
+        delete_policy(settings, &policy.name).await;
     }
 }
 
@@ -509,7 +593,7 @@ async fn open_events(settings: &Settings, queue: &str) -> (Connection, Channel, 
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    topology::declare(&channel, &settings.amqp, &settings.retry)
+    topology::declare(&connection, &settings.amqp, &settings.retry)
         .await
         .expect("topology");
     let mut arguments = FieldTable::default();
