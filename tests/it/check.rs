@@ -592,8 +592,10 @@ async fn check_format_json_is_one_document_with_every_check_and_the_same_exit_co
         serde_json::from_str(&json.stdout).expect("standard output is one JSON document");
     assert_eq!(document["ok"], false, "{document}");
     assert_eq!(document["failed"], 1, "{document}");
-    assert_eq!(document["skipped"], 1, "{document}");
     let checks = document["checks"].as_array().expect("checks");
+    let skipped = checks.iter().filter(|c| c["status"] == "skip").count();
+    assert!(skipped >= 1, "what needs the broker is skipped: {document}");
+    assert_eq!(document["skipped"], skipped, "{document}");
     let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, CHECKS, "every check, in order: {document}");
     let status = |name: &str| {
