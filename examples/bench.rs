@@ -36,7 +36,7 @@ use faults::{Creation, End, FaultProxy, Faults, Span};
 
 /// What the fault proxy needs from the tests' support module.
 mod support {
-    use rand::Rng;
+    use rand::RngExt;
 
     /// Random decimal digits, the first not zero.
     pub fn digits(n: usize) -> String {

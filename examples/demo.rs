@@ -17,7 +17,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use rand::Rng;
+use rand::RngExt;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 

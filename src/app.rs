@@ -53,6 +53,14 @@ pub struct Observed {
     pub readiness: Readiness,
 }
 
+impl Observed {
+    /// Marks the worker consuming or not: `/readyz` and the broker-connected gauge.
+    fn consuming(&self, consuming: bool) {
+        self.readiness.set(consuming);
+        self.metrics.broker_connected(consuming);
+    }
+}
+
 /// One broker connection and what hangs on it; a lost connection is replaced by a new session.
 struct Session {
     connection: Arc<Connection>,
@@ -97,16 +105,18 @@ impl Session {
             &settings.retry,
             metrics,
         );
-        let exclusive = Exclusive::new(&connection, &format!("{}.busy", amqp.orders_queue));
+        let exclusive =
+            Exclusive::new(&connection, &format!("{}.busy", amqp.orders_queue), metrics);
         // The slots on a connection of their own: taking a slot fails by design (a refused
         // exclusive declare closes its channel), and lapin can hand such a refusal to another
         // channel opened at the same moment on the same connection (an order's key).
         let slots_connection = Arc::new(connect(&amqp.url).await?);
-        let slots = BrokerSlots::new(
+        let slots = BrokerSlots::observed(
             &slots_connection,
             &amqp.url,
             &format!("{}.slot", amqp.orders_queue),
             settings.slot_limits(),
+            metrics,
         );
         info!(queue = %amqp.orders_queue, prefetch = amqp.prefetch, "consuming orders");
         Ok(Self {
@@ -175,7 +185,7 @@ impl<O: Organizations> Worker<O> {
         observed: Observed,
     ) -> Result<Self, RunError> {
         let session = Session::open(settings, &observed.metrics).await?;
-        observed.readiness.set(true);
+        observed.consuming(true);
         Ok(Self {
             session,
             pipeline,
@@ -211,7 +221,7 @@ impl<O: Organizations> Worker<O> {
                     &observed.metrics,
                 )
                 .await;
-            observed.readiness.set(false);
+            observed.consuming(false);
             in_flight.close();
             match ended {
                 Ended::Shutdown => {
@@ -230,7 +240,7 @@ impl<O: Organizations> Worker<O> {
                     match reconnect(&settings, &observed.metrics, &mut shutdown).await {
                         Some(new) => {
                             session = new;
-                            observed.readiness.set(true);
+                            observed.consuming(true);
                         }
                         None => {
                             info!("stopped");

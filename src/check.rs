@@ -138,12 +138,60 @@ impl Summary {
     fn count(&self, status: Status) -> usize {
         self.lines.iter().filter(|l| l.status == status).count()
     }
+
+    /// The run as one JSON document (`check --format json`): `{"ok": bool, "failed": n,
+    /// "skipped": n, "checks": [{"name", "status": "ok"|"fail"|"skip", "detail"}, ...]}`, the
+    /// checks in the order they ran.
+    pub fn to_json(&self) -> serde_json::Value {
+        let checks: Vec<_> = self
+            .lines
+            .iter()
+            .map(|line| {
+                serde_json::json!({
+                    "name": line.check,
+                    "status": line.status.as_str(),
+                    "detail": line.text,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "ok": self.failed() == 0,
+            "failed": self.failed(),
+            "skipped": self.skipped(),
+            "checks": checks,
+        })
+    }
+}
+
+impl Status {
+    /// `ok`, `fail` or `skip`, as JSON output names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Fail => "fail",
+            Self::Skip => "skip",
+        }
+    }
 }
 
 /// Runs every check with the AWS SDK configuration `run` uses and [`BROKER_TIMEOUT`], writing
 /// each line to standard output as soon as it is known. `file` is the configuration file the
 /// settings were loaded from, if any (it is named in the first line).
 pub async fn run_and_print(settings: &Settings, file: Option<&Path>) -> Summary {
+    run_with_sdk(settings, file, |line| {
+        // A closed standard output (`check | head -1`) must not stop the checks.
+        let _ = writeln!(std::io::stdout(), "{line}");
+    })
+    .await
+}
+
+/// Runs every check as [`run_and_print`] does, handing each line to `emit` instead of printing
+/// it (`check --format json` prints the [`Summary`] once at the end).
+pub async fn run_with_sdk(
+    settings: &Settings,
+    file: Option<&Path>,
+    emit: impl FnMut(&Line),
+) -> Summary {
     let aws = crate::aws::sdk::load_config().await;
     let mut payers = BTreeMap::new();
     for (name, payer) in &settings.payers {
@@ -160,11 +208,7 @@ pub async fn run_and_print(settings: &Settings, file: Option<&Path>) -> Summary 
         own: SdkProbe::new(&aws),
         payers,
     };
-    run(settings, file, &probes, BROKER_TIMEOUT, |line| {
-        // A closed standard output (`check | head -1`) must not stop the checks.
-        let _ = writeln!(std::io::stdout(), "{line}");
-    })
-    .await
+    run(settings, file, &probes, BROKER_TIMEOUT, emit).await
 }
 
 /// What `check` asks AWS through: the SDK's own credentials, and each payer's.

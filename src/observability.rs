@@ -1,6 +1,8 @@
 //! What an operator sees from outside (docs/contract.md §9): Prometheus metrics on `/metrics`,
 //! liveness on `/healthz` and readiness on `/readyz` (ready while consuming), served on
-//! `observability.listen`.
+//! `observability.listen` by a small HTTP/1 server that cuts off clients slow to send their
+//! request headers, refuses connections beyond a cap, and stops on the worker's shutdown
+//! signal (docs/decisions.md: hyper rather than axum).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,14 +16,18 @@ use hyper::header::CONTENT_TYPE;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 /// Labels of a count by code (an event's failure code, a retry or dead-letter reason).
@@ -37,10 +43,26 @@ struct Call {
     outcome: String,
 }
 
+/// Labels of the build.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Build {
+    version: String,
+}
+
+/// Labels of a per-payer gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Payer {
+    payer: String,
+}
+
 /// The worker's metrics; cloning shares them.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    broker_connected: Gauge,
+    slots_held: Family<Payer, Gauge>,
+    slot_waiters: Family<Payer, Gauge>,
+    locks_held: Gauge,
     received: Counter,
     provisioned: Counter,
     failed: Family<Code, Counter>,
@@ -64,11 +86,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Fresh metrics, all at zero, registered under the prefix `aws_account_worker`.
+    /// Fresh metrics, all at zero, registered under the prefix `aws_account_worker`, and the
+    /// standard `process_*` metrics (read from `/proc` at each scrape, on Linux).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("aws_account_worker");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("aws_account_worker");
         let metrics = Self {
             registry: Arc::default(),
+            broker_connected: Gauge::default(),
+            slots_held: Family::default(),
+            slot_waiters: Family::default(),
+            locks_held: Gauge::default(),
             received: Counter::default(),
             provisioned: Counter::default(),
             failed: Family::default(),
@@ -119,10 +148,57 @@ impl Metrics {
             "Time from taking a delivery to settling it",
             metrics.processing.clone(),
         );
+        let build: Family<Build, Gauge> = Family::default();
+        build
+            .get_or_create(&Build {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The running version; always 1", build);
+        registry.register(
+            "broker_connected",
+            "1 while the orders connection is open and consuming, else 0",
+            metrics.broker_connected.clone(),
+        );
+        registry.register(
+            "creation_slots_held",
+            "Creation slots of a payer's organization held by this process's orders",
+            metrics.slots_held.clone(),
+        );
+        registry.register(
+            "creation_slot_waiters",
+            "Orders of this process waiting for a creation slot of a payer",
+            metrics.slot_waiters.clone(),
+        );
+        registry.register(
+            "order_locks_held",
+            "Exclusive per-order keys this process holds",
+            metrics.locks_held.clone(),
+        );
         Self {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             ..metrics
         }
+    }
+
+    /// Whether the orders connection is open and consuming.
+    pub fn broker_connected(&self, connected: bool) {
+        self.broker_connected.set(i64::from(connected));
+    }
+
+    /// Counts one creation slot of `payer` held while the guard lives.
+    pub fn slot_held(&self, payer: &str) -> Counted {
+        Counted::new(self.slots_held.get_or_create(&payer_label(payer)).clone())
+    }
+
+    /// Counts one order waiting for a creation slot of `payer` while the guard lives.
+    pub fn slot_waiter(&self, payer: &str) -> Counted {
+        Counted::new(self.slot_waiters.get_or_create(&payer_label(payer)).clone())
+    }
+
+    /// Counts one exclusive per-order key held while the guard lives.
+    pub fn lock_held(&self) -> Counted {
+        Counted::new(self.locks_held.clone())
     }
 
     /// A delivery was taken; returns a guard that counts it in flight until dropped, and then
@@ -181,6 +257,137 @@ fn label(code: &str) -> Code {
     }
 }
 
+fn payer_label(payer: &str) -> Payer {
+    Payer {
+        payer: payer.to_owned(),
+    }
+}
+
+/// One unit of a gauge, counted while this lives.
+#[derive(Debug)]
+pub struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The standard process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`), read from `/proc` at
+/// each scrape; on a system without `/proc` they are left out.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// Clock ticks per second in `/proc` (`USER_HZ`): 100 on every Linux architecture the worker
+/// runs on (it is part of the kernel's user-space ABI, unlike `HZ`).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(process) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(process.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                process.resident_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                process.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                process.max_fds,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                process.start_time_seconds,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let Some(value) = value else { continue };
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `/proc` says about this process; `None` where it cannot be read.
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: Option<f64>,
+    open_fds: Option<f64>,
+    max_fds: Option<f64>,
+    start_time_seconds: Option<f64>,
+}
+
+impl ProcessStats {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name, in parentheses, may hold spaces: the fields that follow it count
+        // from its closing parenthesis (field 3, `state`, is the first).
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let cpu_seconds = (field(14)? + field(15)?) / TICKS_PER_SECOND;
+        let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        });
+        let start_time_seconds = boot_time
+            .zip(field(22))
+            .map(|(boot, ticks)| boot + ticks / TICKS_PER_SECOND);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let resident_bytes = status.lines().find_map(|line| {
+            let kib = line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?;
+            Some(kib.trim().parse::<f64>().ok()? * 1024.0)
+        });
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|entries| entries.count() as f64);
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+                line.strip_prefix("Max open files")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            });
+        Some(Self {
+            cpu_seconds,
+            resident_bytes,
+            open_fds,
+            max_fds,
+            start_time_seconds,
+        })
+    }
+}
+
 /// A delivery in flight; dropping it ends it.
 pub struct InFlight {
     metrics: Metrics,
@@ -212,8 +419,30 @@ impl Readiness {
     }
 }
 
-/// Binds `listen` for `/metrics`, `/healthz` and `/readyz`; the returned future serves until
-/// dropped.
+/// How the observability server protects itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// A connection that has not sent a complete request head this long after it opened (or
+    /// after its previous request) is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; one more is accepted and closed at once (refused).
+    pub max_connections: usize,
+    /// After shutdown, how long requests in progress may take before the server ends anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Binds `listen` for `/metrics`, `/healthz` and `/readyz` with the default [`ServerLimits`];
+/// the returned future serves until dropped.
 ///
 /// # Errors
 /// The address cannot be bound (in use, not permitted).
@@ -222,12 +451,43 @@ pub async fn bind(
     metrics: Metrics,
     readiness: Readiness,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
+    bind_until(
+        listen,
+        metrics,
+        readiness,
+        ServerLimits::default(),
+        std::future::pending(),
+    )
+    .await
+}
+
+/// Binds `listen` for `/metrics`, `/healthz` and `/readyz`; the returned future serves until
+/// `shutdown` completes, then stops listening, lets the requests in progress finish (closing
+/// idle connections) within `limits.shutdown_grace`, and ends.
+///
+/// # Errors
+/// The address cannot be bound (in use, not permitted).
+pub async fn bind_until(
+    listen: &str,
+    metrics: Metrics,
+    readiness: Readiness,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
     let listener = TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     info!(%address, "serving /metrics, /healthz and /readyz");
     let serving = async move {
+        let room = Arc::new(Semaphore::new(limits.max_connections));
+        let connections = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let stream = match listener.accept().await {
+            let accepted = tokio::select! {
+                () = shutdown.as_mut() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     warn!(error = %e, "accepting an observability connection failed");
@@ -235,21 +495,53 @@ pub async fn bind(
                     continue;
                 }
             };
-            let metrics = metrics.clone();
-            let readiness = readiness.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
+            let Ok(permit) = Arc::clone(&room).try_acquire_owned() else {
+                debug!(
+                    max = limits.max_connections,
+                    "too many observability connections: one refused"
+                );
+                drop(stream);
+                continue;
+            };
+            let service = {
+                let metrics = metrics.clone();
+                let readiness = readiness.clone();
+                service_fn(move |request| {
                     let answer = answer(&request, &metrics, &readiness);
                     async move { Ok::<_, Infallible>(answer) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
+                })
+            };
+            let stopping = stopping.clone();
+            connections.spawn(async move {
+                let _permit = permit;
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout);
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let mut connection = std::pin::pin!(connection);
+                let ended = tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    () = stopping.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(e) = ended {
                     debug!(error = %e, "observability connection ended");
                 }
             });
         }
+        drop(listener);
+        stopping.cancel();
+        connections.close();
+        if tokio::time::timeout(limits.shutdown_grace, connections.wait())
+            .await
+            .is_err()
+        {
+            warn!("observability connections still open after the grace period: dropped");
+        }
+        info!("observability server stopped");
     };
     Ok((address, serving))
 }
@@ -310,8 +602,70 @@ mod tests {
             "aws_account_worker_orders_in_flight 0",
             "aws_account_worker_aws_calls_total{operation=\"CreateAccount\",outcome=\"ok\"} 1",
             "aws_account_worker_order_processing_seconds_count 1",
+            "aws_account_worker_build_info{version=\"0.1.0\"} 1",
+            "aws_account_worker_broker_connected 0",
+            "aws_account_worker_order_locks_held 0",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn gauges_count_while_their_guards_live() {
+        let metrics = Metrics::new();
+        metrics.broker_connected(true);
+        let slot = metrics.slot_held("default");
+        let _waiter = metrics.slot_waiter("default");
+        let lock = metrics.lock_held();
+        let text = metrics.render();
+        for line in [
+            "aws_account_worker_broker_connected 1",
+            "aws_account_worker_creation_slots_held{payer=\"default\"} 1",
+            "aws_account_worker_creation_slot_waiters{payer=\"default\"} 1",
+            "aws_account_worker_order_locks_held 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        drop((slot, lock));
+        let text = metrics.render();
+        assert!(text.contains("aws_account_worker_creation_slots_held{payer=\"default\"} 0"));
+        assert!(text.contains("aws_account_worker_order_locks_held 0"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_come_from_proc() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let value = text.lines().find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            });
+            assert!(value.is_some_and(|v| v >= 0.0), "{name} in\n{text}");
+        }
+        let started = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("process_start_time_seconds ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        assert!(
+            started > now - 86_400.0 * 365.0 && started <= now + 1.0,
+            "{started} vs {now}"
+        );
     }
 }

@@ -229,13 +229,7 @@ impl fmt::Display for Summary {
 /// One listed message: `<action> <request id or -> reason=… attempts=… replays=…
 /// first_failure=…`, where the action is `replayed`/`kept`, or in a dry run `replay`/`keep`.
 pub fn line(decision: Decision, dry_run: bool, letter: &DeadLetter) -> String {
-    let action = match (decision, dry_run) {
-        (Decision::Replay, false) => "replayed",
-        (Decision::Replay, true) => "replay",
-        (Decision::Keep, false) => "kept",
-        (Decision::Keep, true) => "keep",
-        (Decision::Skip, _) => "skipped",
-    };
+    let action = action(decision, dry_run);
     format!(
         "{action:<8} {} reason={} attempts={} replays={} first_failure={}",
         letter.request_id.as_deref().unwrap_or("-"),
@@ -244,6 +238,47 @@ pub fn line(decision: Decision, dry_run: bool, letter: &DeadLetter) -> String {
         letter.replays,
         letter.first_failure.as_deref().unwrap_or("-"),
     )
+}
+
+/// One listed message as a JSON object (`replay --format json`): `{"type": "message",
+/// "action", "request_id", "reason", "attempts", "replays", "first_failure"}`, with the action
+/// and fields of [`line`] (`request_id` and `first_failure` are null when unknown).
+pub fn json(decision: Decision, dry_run: bool, letter: &DeadLetter) -> serde_json::Value {
+    serde_json::json!({
+        "type": "message",
+        "action": action(decision, dry_run),
+        "request_id": letter.request_id,
+        "reason": letter.reason,
+        "attempts": letter.attempts,
+        "replays": letter.replays,
+        "first_failure": letter.first_failure,
+    })
+}
+
+impl Summary {
+    /// The counts as the last JSON object of `replay --format json`: `{"type": "summary",
+    /// "dry_run", "replayed", "kept", "skipped", "would_replay"}`.
+    pub fn to_json(&self, dry_run: bool) -> serde_json::Value {
+        serde_json::json!({
+            "type": "summary",
+            "dry_run": dry_run,
+            "replayed": self.replayed,
+            "kept": self.kept,
+            "skipped": self.skipped,
+            "would_replay": self.would_replay,
+        })
+    }
+}
+
+/// What became of a listed message: `replayed`/`kept`, or in a dry run `replay`/`keep`.
+fn action(decision: Decision, dry_run: bool) -> &'static str {
+    match (decision, dry_run) {
+        (Decision::Replay, false) => "replayed",
+        (Decision::Replay, true) => "replay",
+        (Decision::Keep, false) => "kept",
+        (Decision::Keep, true) => "keep",
+        (Decision::Skip, _) => "skipped",
+    }
 }
 
 /// Why a replay stopped; every message not yet handled stays in the DLQ.
@@ -300,8 +335,9 @@ pub struct Request {
     pub dry_run: bool,
 }
 
-/// Runs a replay against the broker of `settings`, handing each listed line (replayed or kept
-/// messages, see [`line`]) to `emit` as soon as it is known; returns the counts.
+/// Runs a replay against the broker of `settings`, handing each listed message (replayed or
+/// kept: what became of it, and what it is; see [`line`] and [`json`]) to `emit` as soon as it
+/// is known; returns the counts.
 ///
 /// # Errors
 /// [`ReplayError`]: the broker is unreachable, the DLQ or the orders exchange is missing, or
@@ -309,7 +345,7 @@ pub struct Request {
 pub async fn run(
     settings: &Settings,
     request: &Request,
-    mut emit: impl FnMut(&str),
+    mut emit: impl FnMut(Decision, &DeadLetter),
 ) -> Result<Summary, ReplayError> {
     let connection = broker::connect_once(&settings.amqp.url, CONNECT_TIMEOUT)
         .await
@@ -328,7 +364,7 @@ async fn replay_on(
     connection: &Connection,
     settings: &Settings,
     request: &Request,
-    emit: &mut impl FnMut(&str),
+    emit: &mut impl FnMut(Decision, &DeadLetter),
 ) -> Result<Summary, ReplayError> {
     let amqp = &settings.amqp;
     let mut summary = Summary::default();
@@ -417,7 +453,7 @@ async fn replay_on(
             Decision::Skip => summary.skipped += 1,
         }
         if decision != Decision::Skip {
-            emit(&line(decision, request.dry_run, &letter));
+            emit(decision, &letter);
         }
     }
     Ok(summary)

@@ -12,6 +12,8 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ErrorKind};
 use tracing::{debug, warn};
 
+use crate::observability::{Counted, Metrics};
+
 /// AMQP reply code RESOURCE_LOCKED: another connection owns the exclusive queue.
 const RESOURCE_LOCKED: u16 = 405;
 
@@ -21,6 +23,7 @@ pub struct Exclusive {
     connection: Arc<Connection>,
     prefix: String,
     held: Arc<Mutex<HashSet<String>>>,
+    metrics: Metrics,
 }
 
 /// A key held; [`Held::release`] gives it back (dropping it gives it back in this process, and
@@ -30,15 +33,18 @@ pub struct Held {
     queue: String,
     connection: Arc<Connection>,
     held: Arc<Mutex<HashSet<String>>>,
+    /// Counts the key in `order_locks_held` once the broker gave it.
+    counted: Option<Counted>,
 }
 
 impl Exclusive {
-    /// Keys on `connection`, as queues named `<prefix>.<key>`.
-    pub fn new(connection: &Arc<Connection>, prefix: &str) -> Self {
+    /// Keys on `connection`, as queues named `<prefix>.<key>`, counted in `metrics`.
+    pub fn new(connection: &Arc<Connection>, prefix: &str, metrics: &Metrics) -> Self {
         Self {
             connection: Arc::clone(connection),
             prefix: prefix.to_owned(),
             held: Arc::default(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -60,11 +66,12 @@ impl Exclusive {
                 return Err(e);
             }
         };
-        let held = Held {
+        let mut held = Held {
             key: key.to_owned(),
             queue,
             connection: Arc::clone(&self.connection),
             held: Arc::clone(&self.held),
+            counted: None,
         };
         let options = QueueDeclareOptions {
             exclusive: true,
@@ -80,6 +87,7 @@ impl Exclusive {
                 if let Err(e) = channel.close(200, "key taken".into()).await {
                     debug!(error = %e, "closing a key's channel failed");
                 }
+                held.counted = Some(self.metrics.lock_held());
                 Ok(Some(held))
             }
             Err(e) if is_locked(&e) => {

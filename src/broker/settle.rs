@@ -6,7 +6,7 @@ use chrono::{SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use rand::Rng;
+use rand::RngExt;
 use tracing::{info, warn};
 
 use super::headers::{self, History};

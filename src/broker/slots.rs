@@ -27,6 +27,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 
 use crate::broker;
+use crate::observability::{Counted, Metrics};
 use crate::slots::{CreationSlots, NoSlot, Slot};
 
 /// How long opening a replacement slots connection may take.
@@ -60,11 +61,13 @@ struct Inner {
     prefix: String,
     limits: Limits,
     payers: Mutex<HashMap<String, Payer>>,
+    metrics: Metrics,
 }
 
 /// One payer's task, and how many local orders wait for it.
 #[derive(Clone)]
 struct Payer {
+    name: String,
     requests: mpsc::UnboundedSender<Request>,
     waiting: Arc<AtomicUsize>,
 }
@@ -80,6 +83,8 @@ enum Request {
 struct Held {
     index: usize,
     requests: Option<mpsc::UnboundedSender<Request>>,
+    /// Counts it in `creation_slots_held` while an order of this process holds it.
+    _counted: Counted,
 }
 
 impl Held {
@@ -109,6 +114,18 @@ impl BrokerSlots {
         prefix: &str,
         limits: Limits,
     ) -> Self {
+        Self::observed(connection, url, prefix, limits, &Metrics::default())
+    }
+
+    /// As [`BrokerSlots::new`], counting the slots held and the orders waiting for one in
+    /// `metrics`.
+    pub fn observed(
+        connection: &Arc<Connection>,
+        url: &SecretString,
+        prefix: &str,
+        limits: Limits,
+        metrics: &Metrics,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connection: Arc::clone(connection),
@@ -116,6 +133,7 @@ impl BrokerSlots {
                 prefix: prefix.to_owned(),
                 limits,
                 payers: Mutex::default(),
+                metrics: metrics.clone(),
             }),
         }
     }
@@ -142,9 +160,12 @@ impl BrokerSlots {
                     owned: (0..self.inner.limits.slots).map(|_| None).collect(),
                     waiters: VecDeque::new(),
                     requests: requests.downgrade(),
+                    payer: payer.to_owned(),
+                    metrics: self.inner.metrics.clone(),
                 };
                 tokio::spawn(task.run(receiver, self.inner.limits.poll));
                 Payer {
+                    name: payer.to_owned(),
                     requests,
                     waiting: Arc::default(),
                 }
@@ -179,6 +200,7 @@ impl CreationSlots for BrokerSlots {
         if before >= limits.max_waiting {
             return Err(NoSlot::TooManyWaiting(before));
         }
+        let _counted = self.inner.metrics.slot_waiter(&task.name);
         let (give, take) = oneshot::channel();
         task.requests
             .send(Request::Acquire(give))
@@ -221,6 +243,9 @@ struct PayerTask {
     /// For the slots handed out, to come back; weak, so that the task ends once the slots'
     /// owner and every slot handed out are gone.
     requests: mpsc::WeakUnboundedSender<Request>,
+    /// The payer, for the slot metrics.
+    payer: String,
+    metrics: Metrics,
 }
 
 impl PayerTask {
@@ -262,6 +287,7 @@ impl PayerTask {
             let held = Held {
                 index,
                 requests: Some(requests),
+                _counted: self.metrics.slot_held(&self.payer),
             };
             match waiter.send(held) {
                 Ok(()) => return true,

@@ -1,6 +1,6 @@
 //! Initial IAM console passwords: random, and valid under AWS's default password policy.
 
-use rand::Rng;
+use rand::RngExt;
 use rand::seq::SliceRandom;
 use secrecy::SecretString;
 

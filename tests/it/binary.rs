@@ -181,3 +181,98 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_0() {
     }
     env.cleanup().await;
 }
+
+#[test]
+fn help_lists_the_environment_and_examples() {
+    let output = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for part in [
+        "WORKER__SECTION__KEY",
+        "WORKER__AMQP__URL",
+        "AWS_REGION",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "RUST_LOG",
+        "NO_COLOR",
+        "Examples:",
+        "check --format json",
+    ] {
+        assert!(help.contains(part), "--help names {part}:\n{help}");
+    }
+    for (command, part) in [("check", "--format <FORMAT>"), ("replay", "--format json")] {
+        let output = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .expect("run <command> --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            help.contains(part),
+            "{command} --help names {part}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    // The broker is unreachable: the worker logs that it serves its endpoints and that it is
+    // still trying to connect, then it is stopped.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = write_config(&format!(
+        "[business_model]\nprovider_email_domain = \"provider.example\"\n\
+         [amqp]\nurl = \"amqp://guest:guest@127.0.0.1:{closed}/%2f\"\n\
+         [observability]\nlisten = \"127.0.0.1:0\"\n"
+    ));
+    let mut child = Command::new(BIN)
+        .args(["--config", config.path().to_str().expect("path"), "run"])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn worker binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut logged = Vec::new();
+    while !logged
+        .iter()
+        .any(|l: &String| l.contains("not reachable yet"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) => logged.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged = logged.join("\n");
+    assert!(
+        logged.contains("serving /metrics") && logged.contains("not reachable yet"),
+        "the worker logged: {logged}"
+    );
+    assert!(
+        !logged.contains('\u{1b}'),
+        "no ANSI escape codes: {logged:?}"
+    );
+}

@@ -583,6 +583,80 @@ async fn every_payer_gets_an_organization_line_and_its_scps_are_looked_for_in_it
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn check_format_json_is_one_document_with_every_check_and_the_same_exit_code() {
+    let env = healthy("").await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+    let json = run_check_json(&env, &url).await;
+    assert_eq!(json.code, Some(1), "exit code unchanged:\n{json}");
+    let document: serde_json::Value =
+        serde_json::from_str(&json.stdout).expect("standard output is one JSON document");
+    assert_eq!(document["ok"], false, "{document}");
+    assert_eq!(document["failed"], 1, "{document}");
+    let checks = document["checks"].as_array().expect("checks");
+    let skipped = checks.iter().filter(|c| c["status"] == "skip").count();
+    assert!(skipped >= 1, "what needs the broker is skipped: {document}");
+    assert_eq!(document["skipped"], skipped, "{document}");
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, CHECKS, "every check, in order: {document}");
+    let status = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(status("broker"), "fail");
+    assert_eq!(status("topology"), "skip");
+    assert_eq!(status("aws credentials"), "ok");
+    let broker = checks
+        .iter()
+        .find(|c| c["name"] == "broker")
+        .expect("broker");
+    assert!(
+        broker["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("check amqp.url")),
+        "{broker}"
+    );
+    assert!(!json.stdout.contains("guest:guest"), "no password: {json}");
+    env.cleanup().await;
+}
+
+/// `check --format json` against `env` with the broker at `url`.
+async fn run_check_json(env: &TestEnv, url: &str) -> Checked {
+    let config = write_config(&env.toml);
+    let credentials = &env.payer.credentials;
+    let output = tokio::process::Command::new(BIN)
+        .args(["--config", config.path().to_str().expect("path")])
+        .args(["check", "--format", "json"])
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .env("RUST_LOG", "warn")
+        .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key())
+        .env(
+            "AWS_SESSION_TOKEN",
+            credentials.session_token().unwrap_or_default(),
+        )
+        .env("AWS_ENDPOINT_URL", &env.payer.endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("WORKER__AMQP__URL", url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), output)
+        .await
+        .expect("check ends within 90 s")
+        .expect("run check");
+    Checked {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn missing_mistyped_and_shadowed_policies_fail_the_policies_check() {
     let env = healthy("").await;
     let amqp = &env.settings.amqp;

@@ -668,3 +668,77 @@ async fn two_replays_at_once_share_the_dlq_and_lose_nothing() {
     assert_eq!(moved, ids);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_format_json_prints_one_object_per_message_and_a_summary() {
+    let env = TestEnv::fast("").await;
+    let queues = Queues::open().await;
+    let order = root_order().to_string().into_bytes();
+    let id = request_id(&order);
+    queues
+        .dead_letter(
+            &env,
+            &order,
+            failure_headers("AWS_UNREACHABLE", 8, None),
+            true,
+        )
+        .await;
+    queues
+        .dead_letter(
+            &env,
+            b"not json",
+            failure_headers("NOT_JSON", 1, Some(5)),
+            true,
+        )
+        .await;
+    let objects = |ran: &Ran| -> Vec<serde_json::Value> {
+        ran.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
+            .collect()
+    };
+
+    let dry = replay(&env, &["--dry-run", "--format", "json"]).await;
+    assert_eq!(dry.code, Some(0), "{dry}");
+    let listed = objects(&dry);
+    assert_eq!(listed.len(), 3, "two messages and the summary:\n{dry}");
+    assert_eq!(listed[0]["type"], "message");
+    assert_eq!(listed[0]["action"], "replay");
+    assert_eq!(listed[0]["request_id"], id.as_str());
+    assert_eq!(listed[0]["reason"], "AWS_UNREACHABLE");
+    assert_eq!(listed[0]["attempts"], 8);
+    assert_eq!(listed[0]["replays"], 0);
+    assert_eq!(listed[1]["action"], "keep");
+    assert_eq!(listed[1]["request_id"], serde_json::Value::Null);
+    assert_eq!(listed[1]["replays"], 5);
+    assert_eq!(
+        listed[2],
+        serde_json::json!({"type": "summary", "dry_run": true, "replayed": 0, "kept": 1,
+            "skipped": 0, "would_replay": 1}),
+        "{dry}"
+    );
+
+    let done = replay(&env, &["--format", "json"]).await;
+    assert_eq!(done.code, Some(0), "{done}");
+    let listed = objects(&done);
+    assert_eq!(listed[0]["action"], "replayed", "{done}");
+    assert_eq!(listed[1]["action"], "kept", "{done}");
+    assert_eq!(listed[2]["type"], "summary");
+    assert_eq!(listed[2]["replayed"], 1);
+    assert_eq!(listed[2]["dry_run"], false);
+
+    // Exit codes do not change with the format: an unreachable broker still exits 1.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("amqp://guest:guest@127.0.0.1:{closed_port}/%2f");
+    let unreachable = replay_with(
+        &env.toml,
+        &["--format", "json"],
+        &[("WORKER__AMQP__URL", &url)],
+    )
+    .await;
+    assert_eq!(unreachable.code, Some(1), "{unreachable}");
+    env.cleanup().await;
+}

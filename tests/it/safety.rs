@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 use serde_json::Value;
 
 use crate::faults::{Creation, End, FaultProxy, Faults};
