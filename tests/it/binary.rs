@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_credential_types::provider::ProvideCredentials;
 
-use crate::support::{BIN, TestEnv, WorkerProcess, moto_endpoint, order, write_config};
+use crate::support::{BIN, ClosedPort, TestEnv, WorkerProcess, moto_endpoint, order, write_config};
 
 /// Runs the binary to completion with a deadline; returns (exit code, stderr).
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
@@ -220,10 +220,8 @@ fn help_lists_the_environment_and_examples() {
 fn logs_written_to_a_pipe_carry_no_colour_codes() {
     // The broker is unreachable: the worker logs that it serves its endpoints and that it is
     // still trying to connect, then it is stopped.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let closed_socket = ClosedPort::new();
+    let closed = closed_socket.port;
     let config = write_config(&format!(
         "[business_model]\nprovider_email_domain = \"provider.example\"\n\
          [amqp]\nurl = \"amqp://guest:guest@127.0.0.1:{closed}/%2f\"\n\

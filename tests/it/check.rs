@@ -10,9 +10,9 @@ use aws_sdk_organizations::types::{OrganizationFeatureSet, PolicyType};
 use aws_sdk_sts::config::Credentials;
 
 use crate::support::{
-    BIN, PROVIDER_DOMAIN, Payer, TestEnv, amqp_section, apply_policies, assume, delete_policy,
-    digits, moto_config, moto_fast_endpoint, put_policy, remove_policies, wait_for_policy,
-    write_config,
+    BIN, ClosedPort, PROVIDER_DOMAIN, Payer, TestEnv, amqp_section, apply_policies, assume,
+    delete_policy, digits, moto_config, moto_fast_endpoint, put_policy, remove_policies,
+    wait_for_policy, write_config,
 };
 
 /// What one run of `check` printed, and how it ended.
@@ -141,12 +141,6 @@ async fn healthy(extra: &str) -> TestEnv {
     env
 }
 
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
 /// Credentials of a fresh moto account that belongs to no organization.
 async fn account_without_organization() -> (String, Credentials) {
     let base = moto_config(
@@ -221,7 +215,8 @@ async fn a_healthy_deployment_passes_every_check() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_broker_fails_skips_the_topology_and_aws_is_still_checked() {
     let env = healthy("").await;
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+    let closed = ClosedPort::new();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed.port);
     let checked = run_check(
         &env.toml,
         &env.payer.credentials,
@@ -313,7 +308,8 @@ async fn a_missing_topology_names_what_is_missing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_aws_fails_the_credentials_and_skips_what_needs_them() {
     let env = healthy("").await;
-    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let closed = ClosedPort::new();
+    let endpoint = format!("http://127.0.0.1:{}", closed.port);
     let checked = run_check(&env.toml, &env.payer.credentials, &endpoint, &[]).await;
     checked.expect_shape(1);
     checked.expect(
@@ -585,7 +581,8 @@ async fn every_payer_gets_an_organization_line_and_its_scps_are_looked_for_in_it
 #[tokio::test(flavor = "multi_thread")]
 async fn check_format_json_is_one_document_with_every_check_and_the_same_exit_code() {
     let env = healthy("").await;
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+    let closed = ClosedPort::new();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed.port);
     let json = run_check_json(&env, &url).await;
     assert_eq!(json.code, Some(1), "exit code unchanged:\n{json}");
     let document: serde_json::Value =
@@ -734,7 +731,8 @@ async fn missing_mistyped_and_shadowed_policies_fail_the_policies_check() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_management_api_fails_the_policies_check_and_names_the_fix() {
     let env = healthy("").await;
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    let closed = ClosedPort::new();
+    let url = format!("http://127.0.0.1:{}", closed.port);
     let checked = run_check(
         &env.toml,
         &env.payer.credentials,

@@ -16,8 +16,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
 use crate::support::{
-    BIN, DEADLINE, Payer, TestEnv, amqp_section, amqp_url, assert_one_account_per_order, digits,
-    header_text, moto_config, moto_fast_endpoint, provisioned_events, root_order, write_config,
+    BIN, ClosedPort, DEADLINE, Payer, TestEnv, amqp_section, amqp_url,
+    assert_one_account_per_order, digits, header_text, moto_config, moto_fast_endpoint,
+    provisioned_events, root_order, write_config,
 };
 
 /// What one run of `replay` printed, and how it ended.
@@ -189,10 +190,8 @@ fn request_id(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_dead_lettered_while_aws_was_away_are_replayed_once_it_is_back() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let closed_port_socket = ClosedPort::new();
+    let closed_port = closed_port_socket.port;
     let payer = Payer::on(&moto_fast_endpoint()).await;
     let down = moto_config(
         &format!("http://127.0.0.1:{closed_port}"),
@@ -600,10 +599,8 @@ async fn bad_filters_an_unreachable_broker_and_a_missing_dlq_fail_clearly() {
         assert!(ran.stdout.is_empty(), "{args:?}:\n{ran}");
     }
 
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let closed_port_socket = ClosedPort::new();
+    let closed_port = closed_port_socket.port;
     let url = format!("amqp://guest:secret-pass@127.0.0.1:{closed_port}/%2f");
     let ran = replay_with(&toml, &[], &[("WORKER__AMQP__URL", &url)]).await;
     assert_eq!(ran.code, Some(1), "{ran}");
@@ -728,10 +725,8 @@ async fn replay_format_json_prints_one_object_per_message_and_a_summary() {
     assert_eq!(listed[2]["dry_run"], false);
 
     // Exit codes do not change with the format: an unreachable broker still exits 1.
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let closed_port_socket = ClosedPort::new();
+    let closed_port = closed_port_socket.port;
     let url = format!("amqp://guest:guest@127.0.0.1:{closed_port}/%2f");
     let unreachable = replay_with(
         &env.toml,

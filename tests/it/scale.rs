@@ -278,7 +278,8 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
         &connection,
         &url(),
         &prefix,
-        limits(1, 1, Duration::from_millis(300)),
+        // Long enough for a free slot to be taken on a loaded machine (300 ms was not, in CI).
+        limits(1, 1, Duration::from_millis(2000)),
     );
     let held = slots.acquire("p").await.expect("the slot");
     let waiting = tokio::spawn({
@@ -294,7 +295,7 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
     let timed_out = waiting.await.expect("task");
     assert_eq!(
         timed_out.err(),
-        Some(NoSlot::TimedOut(Duration::from_millis(300)))
+        Some(NoSlot::TimedOut(Duration::from_millis(2000)))
     );
 
     // Given back, it reaches the next waiter at its next look.

@@ -45,6 +45,29 @@ pub fn moto_fast_endpoint() -> String {
     std::env::var("MOTO_FAST_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5001".to_owned())
 }
 
+/// A local port that refuses connections for as long as this value lives: a socket bound to it
+/// but never listening. A port freed right after `bind(0)` is often the next one the kernel
+/// hands to another test that listens on port 0 (a worker's metrics, a fault proxy), which then
+/// answers where the test expected a refusal; holding the port prevents that.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind a free port");
+        let port = socket.local_addr().expect("bound").port();
+        Self {
+            _socket: socket,
+            port,
+        }
+    }
+}
+
 /// Random decimal digits, the first not zero.
 pub fn digits(n: usize) -> String {
     let mut rng = rand::rng();
