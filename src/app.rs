@@ -24,9 +24,9 @@ use crate::broker::settle::{Settled, Settler};
 use crate::broker::slots::BrokerSlots;
 use crate::broker::{connect, topology};
 use crate::config::Settings;
+use crate::domain::progress::Progress;
 use crate::observability::{Metrics, Readiness};
 use crate::pipeline::Pipeline;
-use crate::provision::Progress;
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]

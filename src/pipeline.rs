@@ -12,7 +12,8 @@ use crate::config::Settings;
 use crate::domain::model::{Plan, Rules};
 use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
 use crate::domain::outcome::Rejection;
-use crate::provision::{Polling, Progress, ProvisionError, provision};
+use crate::domain::progress::Progress;
+use crate::provision::{Polling, ProvisionError, provision};
 use crate::report::{self, Event};
 use crate::slots::{CreationSlots, Unlimited};
 

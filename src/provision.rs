@@ -13,28 +13,13 @@ use crate::aws::{
     ASSET_TAG, AccountId, AwsError, CreateState, CreateStatus, ExistingAccount, MemberIam,
     NewAccount, Organizations, Retry,
 };
-use crate::domain::ids::PolicyId;
 use crate::domain::model::{Access, Plan};
 use crate::domain::names::IamUserName;
 use crate::domain::order::PurchaseRequest;
 use crate::domain::outcome::{FailureCode, Rejection};
 use crate::domain::password;
+use crate::domain::progress::{Granted, Progress, Provisioned};
 use crate::slots::{CreationSlots, NoSlot, Slot};
-
-/// What an earlier attempt of this order already achieved.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// The `CreateAccount` request (`car-…`), once issued.
-    pub create_request_id: Option<String>,
-    /// The new account, once created.
-    pub account_id: Option<String>,
-    /// Whether the account is in its OU (if it has one) and its SCPs are attached.
-    pub policies_attached: bool,
-    /// An earlier delivery of this order ended unsettled (its worker died, was stopped past
-    /// its grace period, or lost the broker), so a `CreateAccount` it sent may still be on its
-    /// way: no new one before the wait for it is over. Known from the delivery, not a header.
-    pub maybe_in_flight: bool,
-}
 
 /// How long provisioning waits on AWS: for a creation in progress, and for a new account.
 #[derive(Debug, Clone, Copy)]
@@ -46,33 +31,6 @@ pub struct Polling {
     /// The readiness window: a member account younger than this that refuses the worker
     /// ([`Retry::WhileNew`]) is not ready yet; an older one denies the call for good.
     pub member_ready: Duration,
-}
-
-/// A provisioned order.
-#[derive(Debug, Clone)]
-pub struct Provisioned {
-    /// The member account.
-    pub account_id: String,
-    /// The `CreateAccount` request that made it.
-    pub create_request_id: String,
-    /// The SCPs attached.
-    pub service_control_policies: Vec<PolicyId>,
-    /// How the customer signs in.
-    pub access: Granted,
-}
-
-/// The access handed to the customer.
-#[derive(Debug, Clone)]
-pub enum Granted {
-    /// An IAM user with an initial password (reset required).
-    IamUser {
-        /// The user name.
-        user_name: IamUserName,
-        /// The initial password; printed as `[REDACTED]`.
-        password: SecretString,
-    },
-    /// The root user, after a password reset in the AWS console.
-    RootUser,
 }
 
 /// Why provisioning stopped.
@@ -573,6 +531,7 @@ mod tests {
     use super::*;
     use crate::aws::{AwsResult, CreateStatus};
     use crate::domain::email::AccountEmail;
+    use crate::domain::ids::PolicyId;
     use crate::domain::model::AccountModel;
     use crate::domain::names::AccountName;
     use crate::slots::{Local, Unlimited};

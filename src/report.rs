@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use crate::domain::model::{AccountModel, Plan};
 use crate::domain::order::PartialIds;
 use crate::domain::outcome::Rejection;
-use crate::provision::{Granted, Provisioned};
+use crate::domain::progress::{Granted, Provisioned};
 
 /// Routing key and event name of a provisioned account.
 pub const PROVISIONED: &str = "aws.account.provisioned";

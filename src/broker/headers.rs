@@ -3,7 +3,7 @@
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::provision::Progress;
+use crate::domain::progress::Progress;
 
 /// Failed attempts so far.
 pub const ATTEMPTS: &str = "x-attempts";

@@ -9,3 +9,4 @@ pub mod names;
 pub mod order;
 pub mod outcome;
 pub mod password;
+pub mod progress;
