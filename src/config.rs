@@ -91,6 +91,10 @@ pub struct WorkerSettings {
 /// it; RabbitMQ applies the smaller of the two.
 pub const DELIVERY_LIMIT_CEILING: u32 = 100;
 
+/// The longest pause between reconnection rounds (`amqp.reconnect_pause_ms`): ten minutes, so
+/// a worker never sits disconnected for long after its broker came back.
+pub const RECONNECT_PAUSE_CEILING_MS: u64 = 600_000;
+
 /// `[amqp]`: the broker and every name of the topology.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +129,8 @@ pub struct AmqpSettings {
     /// a password, so it is secret.
     #[serde(serialize_with = "redacted")]
     pub management_url: SecretString,
+    /// The pause between two rounds of connection attempts once the broker was lost.
+    pub reconnect_pause_ms: u64,
 }
 
 /// `[retry]`.
@@ -141,6 +147,9 @@ pub struct RetrySettings {
     pub max_replays: u32,
     /// How long an order that came back unsettled waits before a new `CreateAccount`.
     pub redelivered_create_delay_ms: u64,
+    /// How long an order that found no creation slot (nor room to wait for one) waits in a
+    /// retry queue before it looks again.
+    pub creation_slot_busy_delay_ms: u64,
 }
 
 /// `[aws]`.
@@ -317,6 +326,18 @@ impl Settings {
             return Err(invalid(
                 "retry.max_delay_ms",
                 "must not be less than retry.initial_delay_ms",
+            ));
+        }
+        if retry.creation_slot_busy_delay_ms == 0 {
+            return Err(invalid(
+                "retry.creation_slot_busy_delay_ms",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=RECONNECT_PAUSE_CEILING_MS).contains(&amqp.reconnect_pause_ms) {
+            return Err(invalid(
+                "amqp.reconnect_pause_ms",
+                format!("must be between 1 and {RECONNECT_PAUSE_CEILING_MS}"),
             ));
         }
         if retry.max_attempts == 0 {

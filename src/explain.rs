@@ -30,7 +30,7 @@ pub fn explain(rules: &Rules, body: &[u8]) -> Explained {
         Resolution::Malformed(malformed) => Explained {
             lines: vec![format!(
                 "not an order ({}): {}",
-                malformed.error.code(),
+                crate::retry::Reason::from(&malformed.error),
                 malformed.error
             )],
             exit: NOT_AN_ORDER,

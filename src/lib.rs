@@ -26,4 +26,7 @@ pub mod pipeline;
 pub mod provision;
 pub mod replay;
 pub mod report;
+pub mod retry;
+pub mod settle;
 pub mod slots;
+pub mod startup;

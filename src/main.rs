@@ -5,14 +5,11 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
-use aws_account_worker::app::{Observed, Worker};
 use aws_account_worker::config::Settings;
 use aws_account_worker::domain::ids::RequestId;
 use aws_account_worker::explain;
-use aws_account_worker::observability;
-use aws_account_worker::pipeline::Pipeline;
 use aws_account_worker::replay;
+use aws_account_worker::startup::Application;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -212,8 +209,7 @@ fn main() -> ExitCode {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let aws = aws_account_worker::aws::sdk::load_config().await;
-    let observed = Observed::default();
-    // One signal stops both the worker and the observability server.
+    // One signal stops both the worker and its endpoints.
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -222,34 +218,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    let (_, serving) = observability::bind_until(
-        &settings.observability.listen,
-        observed.metrics.clone(),
-        observed.readiness.clone(),
-        observability::ServerLimits::default(),
-        shutdown.clone().cancelled_owned(),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "cannot listen on observability.listen = {}",
-            settings.observability.listen
-        )
-    })?;
-    let serving = tokio::spawn(serving);
-    let payers = aws_account_worker::aws::sdk::payers(
-        &aws,
-        &settings.payers,
-        &settings.member_access(),
-        &observed.metrics,
-    )
-    .await;
-    let pipeline = Pipeline::new(payers, &settings);
-    let worker = Worker::start(&settings, pipeline, observed)
-        .await
-        .context("cannot start consuming (is the broker at amqp.url reachable?)")?;
-    worker.run_until(shutdown.cancelled_owned()).await;
-    let _ = serving.await;
+    Application::start(&settings, &aws, shutdown)
+        .await?
+        .run()
+        .await;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! The order's trip inside the worker: parse → resolve → provision → report. `process_one`
-//! returns an [`Outcome`]; the broker side settles it (ack, retry or dead-letter).
+//! The order's trip inside the worker: parse → resolve → lock → provision → report.
+//! [`Pipeline::process_one`] takes one order body to an [`Outcome`]; `settle` then decides what
+//! becomes of the message (ack, retry or dead-letter) and the broker side carries that out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,14 +14,11 @@ use crate::domain::model::{Plan, Rules};
 use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
 use crate::domain::outcome::Rejection;
 use crate::domain::progress::Progress;
+use crate::locks::{Lock, OrderLocks};
 use crate::provision::{Polling, ProvisionError, provision};
 use crate::report::{self, Event};
-use crate::slots::{CreationSlots, Unlimited};
-
-/// How long an order that found no creation slot (nor room to wait for one) waits in a retry
-/// queue: a slot frees when a creation ends, which takes minutes at AWS, so looking again
-/// sooner would only cycle the order through the broker.
-pub const SLOT_BUSY_WAIT: Duration = Duration::from_secs(10);
+use crate::retry::{Reason, Waits};
+use crate::slots::CreationSlots;
 
 /// What to do with a delivery once the pipeline is done with it.
 #[derive(Debug)]
@@ -35,13 +33,16 @@ pub enum Outcome {
     Later(Failure, Duration),
     /// Not processable: dead-letter at once (a malformed message, or a permanent AWS error).
     DeadLetter(Failure),
+    /// The trip could not be carried out here (the order locks could not be asked for, the
+    /// pipeline panicked): hand the delivery back to the broker as it is.
+    HandBack(String),
 }
 
 /// Why an order was not reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// A code for `x-failure-reason`.
-    pub reason: String,
+    /// The code for `x-failure-reason`.
+    pub reason: Reason,
     /// A readable explanation for `x-failure-message`.
     pub message: String,
     /// The order's identifying fields, as far as they are known.
@@ -51,6 +52,29 @@ pub struct Failure {
     pub progress: Progress,
 }
 
+/// One order taken through the pipeline.
+#[derive(Debug)]
+pub struct Processed {
+    /// What to do with the delivery.
+    pub outcome: Outcome,
+    /// The order's lock, when it was taken: held until the outcome is settled, so that the
+    /// next delivery of the same order finds the account and the event already out.
+    pub lock: Option<Lock>,
+    /// The order's span (`request_id`, `asset_id`, `marketplace_id`) once it was parsed, for
+    /// settling to log in.
+    pub span: Span,
+}
+
+impl Processed {
+    fn unlocked(outcome: Outcome, span: Span) -> Self {
+        Self {
+            outcome,
+            lock: None,
+            span,
+        }
+    }
+}
+
 /// The pipeline: AWS plus the settings that resolution and provisioning need.
 pub struct Pipeline<O> {
     /// Each payer's management account, by `[payers.NAME]` name; an order goes to its
@@ -58,11 +82,8 @@ pub struct Pipeline<O> {
     payers: BTreeMap<String, Arc<O>>,
     rules: Rules,
     polling: Polling,
-    /// How long an order waits before a new `CreateAccount` when an earlier delivery may have
-    /// one in flight.
-    in_flight_wait: Duration,
-    /// How long a delivery waits when another delivery of its account email is in progress.
-    busy_wait: Duration,
+    /// How long an order that cannot go on yet waits.
+    waits: Waits,
 }
 
 impl<O: Organizations> Pipeline<O> {
@@ -80,35 +101,72 @@ impl<O: Organizations> Pipeline<O> {
                 patience: Duration::from_secs(settings.aws.create_status_wait_seconds),
                 member_ready: Duration::from_secs(settings.aws.member_account_ready_seconds),
             },
-            in_flight_wait: Duration::from_millis(settings.retry.redelivered_create_delay_ms),
-            busy_wait: Duration::from_millis(settings.retry.initial_delay_ms),
+            waits: Waits::of(&settings.retry),
         })
     }
 
-    /// Takes one order body through the pipeline, resuming from `progress`: [`Self::resolve`],
-    /// then [`Self::provision`], without a limit on creations in progress.
-    pub async fn process_one(&self, body: &[u8], progress: Progress) -> Outcome {
-        match self.resolve(body) {
-            Ok(order) => self.provision(&order, progress, &Unlimited).await,
-            Err(outcome) => *outcome,
+    /// Takes one order body through the trip, resuming from `progress`: parse and resolve,
+    /// take the order's lock from `locks` (one delivery at a time per account email, whichever
+    /// worker holds it), provision (a `CreateAccount` in one of `slots`), and report. The lock
+    /// comes back with the outcome, to be released once that is settled.
+    pub async fn process_one(
+        &self,
+        body: &[u8],
+        progress: Progress,
+        locks: &impl OrderLocks,
+        slots: &impl CreationSlots,
+    ) -> Processed {
+        let order = match self.resolve(body) {
+            Ok(order) => order,
+            Err(ended) => {
+                let (outcome, span) = *ended;
+                return Processed::unlocked(outcome, span);
+            }
+        };
+        let span = order.span.clone();
+        let (outcome, lock) = self
+            .lock_and_provision(&order, progress, locks, slots)
+            .instrument(span.clone())
+            .await;
+        Processed {
+            outcome,
+            lock,
+            span,
+        }
+    }
+
+    /// Takes the order's lock, then provisions; a lock held by another delivery means later.
+    async fn lock_and_provision(
+        &self,
+        order: &Resolved,
+        progress: Progress,
+        locks: &impl OrderLocks,
+        slots: &impl CreationSlots,
+    ) -> (Outcome, Option<Lock>) {
+        match locks.try_take(&order.lock_key()).await {
+            Ok(Some(lock)) => (self.provision(order, progress, slots).await, Some(lock)),
+            Ok(None) => (self.busy(order, progress), None),
+            Err(e) => (
+                Outcome::HandBack(format!("taking the order's lock failed: {e}")),
+                None,
+            ),
         }
     }
 
     /// Parses the body and resolves its business model. An order that needs no AWS call
-    /// (malformed, or refused by the rules) comes back as its outcome.
-    ///
-    /// # Errors
-    /// The [`Outcome`] of an order that goes no further: dead-letter or `failed`.
-    pub fn resolve(&self, body: &[u8]) -> Result<Resolved, Box<Outcome>> {
+    /// (malformed, or refused by the rules) comes back as its outcome, with its span.
+    fn resolve(&self, body: &[u8]) -> Result<Resolved, Box<(Outcome, Span)>> {
         let (request, resolved) = match resolve_body(&self.rules, body) {
             Resolution::Malformed(malformed) => {
-                warn!(reason = malformed.error.code(), error = %malformed.error, "malformed order");
-                return Err(Box::new(Outcome::DeadLetter(Failure {
-                    reason: malformed.error.code().to_owned(),
+                let reason = Reason::from(&malformed.error);
+                warn!(%reason, error = %malformed.error, "malformed order");
+                let failure = Failure {
+                    reason,
                     message: malformed.error.to_string(),
                     ids: malformed.ids,
                     progress: Progress::default(),
-                })));
+                };
+                return Err(Box::new((Outcome::DeadLetter(failure), Span::none())));
             }
             Resolution::Rejected(request, rejection) => (request, Err(rejection)),
             Resolution::Planned(request, plan) => (request, Ok(*plan)),
@@ -125,9 +183,9 @@ impl<O: Organizations> Pipeline<O> {
             Ok(plan) => plan,
             Err(rejection) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order rejected");
-                return Err(Box::new(Outcome::Report(report::failed(
-                    &ids, None, &rejection,
-                ))));
+                let outcome = Outcome::Report(report::failed(&ids, None, &rejection));
+                drop(_entered);
+                return Err(Box::new((outcome, span)));
             }
         };
         info!(
@@ -147,11 +205,11 @@ impl<O: Organizations> Pipeline<O> {
 
     /// The outcome of a delivery that found another delivery of its account email in
     /// progress: try again later, from where it stands.
-    pub fn busy(&self, order: &Resolved, progress: Progress) -> Outcome {
+    fn busy(&self, order: &Resolved, progress: Progress) -> Outcome {
         info!("another delivery for this account email is in progress: trying again later");
         Outcome::Later(
             Failure {
-                reason: "ORDER_BUSY".to_owned(),
+                reason: Reason::OrderBusy,
                 message: format!(
                     "another delivery for the account email {} was being processed",
                     order.plan.email
@@ -159,24 +217,13 @@ impl<O: Organizations> Pipeline<O> {
                 ids: order.ids.clone(),
                 progress,
             },
-            self.busy_wait,
+            self.waits.order_busy,
         )
     }
 
     /// Provisions a resolved order, resuming from `progress`; a `CreateAccount` waits for one
     /// of `slots`.
-    pub async fn provision(
-        &self,
-        order: &Resolved,
-        progress: Progress,
-        slots: &impl CreationSlots,
-    ) -> Outcome {
-        self.provision_order(order, progress, slots)
-            .instrument(order.span.clone())
-            .await
-    }
-
-    async fn provision_order(
+    async fn provision(
         &self,
         order: &Resolved,
         progress: Progress,
@@ -189,7 +236,7 @@ impl<O: Organizations> Pipeline<O> {
             // Start-up validation refuses a payer without a [payers.NAME] entry.
             warn!(payer = %plan.payer, "no such payer");
             return Outcome::DeadLetter(Failure {
-                reason: "UNKNOWN_PAYER".to_owned(),
+                reason: Reason::UnknownPayer,
                 message: format!("payer `{}` is not configured", plan.payer),
                 ids: ids.clone(),
                 progress,
@@ -198,30 +245,30 @@ impl<O: Organizations> Pipeline<O> {
         match provision(aws, slots, request, plan, progress, self.polling).await {
             Ok(done) => {
                 info!(account_id = %done.account_id, "order provisioned");
-                Outcome::Report(report::provisioned(ids, plan, &done))
+                Outcome::Report(report::provisioned(ids, plan, done))
             }
             Err(ProvisionError::NotYet) => {
-                info!(wait = ?self.in_flight_wait, "no account found after an unsettled delivery: looking again before creating one");
+                info!(wait = ?self.waits.maybe_in_flight, "no account found after an unsettled delivery: looking again before creating one");
                 Outcome::Later(
                     Failure {
-                        reason: "CREATE_MAYBE_IN_FLIGHT".to_owned(),
+                        reason: Reason::CreateMaybeInFlight,
                         message: "an earlier delivery ended unsettled; its CreateAccount may still be on its way".to_owned(),
                         ids: ids.clone(),
                         progress: Progress::default(),
                     },
-                    self.in_flight_wait,
+                    self.waits.maybe_in_flight,
                 )
             }
             Err(ProvisionError::NoSlot(why)) => {
-                info!(reason = %why, wait = ?SLOT_BUSY_WAIT, "no creation slot for this delivery: trying again later");
+                info!(reason = %why, wait = ?self.waits.slot_busy, "no creation slot for this delivery: trying again later");
                 Outcome::Later(
                     Failure {
-                        reason: "CREATION_SLOT_BUSY".to_owned(),
+                        reason: Reason::CreationSlotBusy,
                         message: format!("no CreateAccount slot of payer {}: {why}", plan.payer),
                         ids: ids.clone(),
                         progress: Progress::default(),
                     },
-                    SLOT_BUSY_WAIT,
+                    self.waits.slot_busy,
                 )
             }
             Err(ProvisionError::Rejected(rejection)) => {
@@ -230,7 +277,7 @@ impl<O: Organizations> Pipeline<O> {
             }
             Err(ProvisionError::Aws { error, progress }) => {
                 let failure = Failure {
-                    reason: error.reason(),
+                    reason: Reason::of_aws(error.code.as_deref()),
                     message: error.to_string(),
                     ids: ids.clone(),
                     progress,
@@ -291,7 +338,7 @@ pub struct Resolved {
 impl Resolved {
     /// What two deliveries that must not be provisioned at the same time share: the account
     /// email (the same order delivered twice, or two orders for one email).
-    pub fn exclusive_key(&self) -> String {
+    pub fn lock_key(&self) -> String {
         self.plan.email.as_str().to_ascii_lowercase()
     }
 }

@@ -671,7 +671,7 @@ mod tests {
             replayed.message_id().as_ref().map(ShortString::as_str),
             Some("m-1")
         );
-        let history = headers::History::read(Some(&headers));
+        let history = headers::history(Some(&headers));
         assert_eq!(history.attempts, 0, "attempts start again");
         assert_eq!(history.progress.account_id.as_deref(), Some("111122223333"));
         assert_eq!(

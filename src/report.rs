@@ -9,6 +9,7 @@ use crate::domain::model::{AccountModel, Plan};
 use crate::domain::order::PartialIds;
 use crate::domain::outcome::Rejection;
 use crate::domain::progress::{Granted, Provisioned};
+use crate::retry::Reason;
 
 /// Routing key and event name of a provisioned account.
 pub const PROVISIONED: &str = "aws.account.provisioned";
@@ -17,21 +18,90 @@ pub const FAILED: &str = "aws.account.failed";
 /// Routing key and event name of a dead-lettered order.
 pub const DEAD_LETTERED: &str = "aws.account.dead-lettered";
 
-/// An event ready to publish. The body may hold the customer's initial password: it is
-/// published and never logged, and `Debug` leaves it out.
-pub struct Event {
-    /// Event name, also the routing key.
-    pub name: &'static str,
-    /// The JSON body.
-    pub body: Vec<u8>,
+/// A result event, typed until it is published: [`Event::body`] renders its JSON then. The
+/// provisioned event holds the customer's initial password: it is published and never logged,
+/// and `Debug` shows the event's name only.
+pub enum Event {
+    /// `aws.account.provisioned`.
+    Provisioned(Box<ProvisionedEvent>),
+    /// `aws.account.failed`.
+    Failed {
+        /// The order's identifying fields.
+        ids: PartialIds,
+        /// The payer, when resolution got that far.
+        payer: Option<String>,
+        /// Why the order gets no account.
+        rejection: Rejection,
+    },
+    /// `aws.account.dead-lettered`.
+    DeadLettered {
+        /// The order's identifying fields, as far as they are known.
+        ids: PartialIds,
+        /// The failure-reason code.
+        reason: Reason,
+        /// A readable explanation.
+        message: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// What `aws.account.provisioned` reports.
+pub struct ProvisionedEvent {
+    /// The order's identifying fields.
+    pub ids: PartialIds,
+    /// What was provisioned.
+    pub plan: Plan,
+    /// The account and the customer's access.
+    pub done: Provisioned,
 }
 
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Event")
-            .field("name", &self.name)
-            .field("body", &"[REDACTED]")
-            .finish()
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Event {
+    /// The event's name, also its routing key.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Provisioned(_) => PROVISIONED,
+            Self::Failed { .. } => FAILED,
+            Self::DeadLettered { .. } => DEAD_LETTERED,
+        }
+    }
+
+    /// The `failure.code` of a failed event.
+    pub fn failure_code(&self) -> Option<&str> {
+        match self {
+            Self::Failed { rejection, .. } => Some(rejection.code.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The JSON body, with a new event id and the time of this call.
+    pub fn body(&self) -> Vec<u8> {
+        match self {
+            Self::Provisioned(event) => provisioned_body(&event.ids, &event.plan, &event.done),
+            Self::Failed {
+                ids,
+                payer,
+                rejection,
+            } => failed_body(ids, payer.as_deref(), rejection),
+            Self::DeadLettered {
+                ids,
+                reason,
+                message,
+                attempts,
+            } => {
+                let body =
+                    json!({"reason": reason.as_str(), "message": message, "attempts": attempts});
+                finish(envelope(DEAD_LETTERED, ids), body)
+            }
+        }
     }
 }
 
@@ -51,18 +121,45 @@ fn envelope(name: &'static str, ids: &PartialIds) -> Map<String, Value> {
     fields
 }
 
-fn finish(name: &'static str, mut fields: Map<String, Value>, rest: Value) -> Event {
+/// `fields` followed by the event's own `rest`, as the JSON body.
+fn finish(mut fields: Map<String, Value>, rest: Value) -> Vec<u8> {
     if let Value::Object(rest) = rest {
         fields.extend(rest);
     }
-    Event {
-        name,
-        body: Value::Object(fields).to_string().into_bytes(),
+    Value::Object(fields).to_string().into_bytes()
+}
+
+/// `aws.account.provisioned` for `plan`, done as `done`.
+pub fn provisioned(ids: &PartialIds, plan: &Plan, done: Provisioned) -> Event {
+    Event::Provisioned(Box::new(ProvisionedEvent {
+        ids: ids.clone(),
+        plan: plan.clone(),
+        done,
+    }))
+}
+
+/// `aws.account.failed`; `business_model` and `payer` are null when resolution did not get
+/// that far.
+pub fn failed(ids: &PartialIds, payer: Option<&str>, rejection: &Rejection) -> Event {
+    Event::Failed {
+        ids: ids.clone(),
+        payer: payer.map(str::to_owned),
+        rejection: rejection.clone(),
     }
 }
 
-/// `aws.account.provisioned`, with the subscription template's parameters.
-pub fn provisioned(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Event {
+/// `aws.account.dead-lettered`.
+pub fn dead_lettered(ids: &PartialIds, reason: &Reason, message: &str, attempts: u32) -> Event {
+    Event::DeadLettered {
+        ids: ids.clone(),
+        reason: reason.clone(),
+        message: message.to_owned(),
+        attempts,
+    }
+}
+
+/// The body of `aws.account.provisioned`, with the subscription template's parameters.
+fn provisioned_body(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Vec<u8> {
     let console_url = format!("https://{}.signin.aws.amazon.com/console", done.account_id);
     let (template_name, access, params) = match &done.access {
         Granted::IamUser {
@@ -104,12 +201,11 @@ pub fn provisioned(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Event {
         "service_control_policies": done.service_control_policies,
         "template": {"name": template_name, "id": plan.template_id, "params": params},
     });
-    finish(PROVISIONED, envelope(PROVISIONED, ids), body)
+    finish(envelope(PROVISIONED, ids), body)
 }
 
-/// `aws.account.failed`; `business_model` and `payer` are null when resolution did not get
-/// that far.
-pub fn failed(ids: &PartialIds, payer: Option<&str>, rejection: &Rejection) -> Event {
+/// The body of `aws.account.failed`.
+fn failed_body(ids: &PartialIds, payer: Option<&str>, rejection: &Rejection) -> Vec<u8> {
     let (action, param_id) = rejection.action();
     let body = json!({
         "business_model": rejection.model.map(AccountModel::as_str),
@@ -121,13 +217,7 @@ pub fn failed(ids: &PartialIds, payer: Option<&str>, rejection: &Rejection) -> E
             "param_id": param_id,
         },
     });
-    finish(FAILED, envelope(FAILED, ids), body)
-}
-
-/// `aws.account.dead-lettered`.
-pub fn dead_lettered(ids: &PartialIds, reason: &str, message: &str, attempts: u32) -> Event {
-    let body = json!({"reason": reason, "message": message, "attempts": attempts});
-    finish(DEAD_LETTERED, envelope(DEAD_LETTERED, ids), body)
+    finish(envelope(FAILED, ids), body)
 }
 
 #[cfg(test)]
@@ -145,7 +235,7 @@ mod tests {
     }
 
     fn parse(event: &Event) -> Value {
-        serde_json::from_slice(&event.body).expect("event is JSON")
+        serde_json::from_slice(&event.body()).expect("event is JSON")
     }
 
     #[test]
@@ -168,8 +258,13 @@ mod tests {
 
     #[test]
     fn events_have_unique_ids_and_rfc3339_times() {
-        let a = parse(&dead_lettered(&ids(), "NOT_JSON", "x", 1));
-        let b = parse(&dead_lettered(&PartialIds::default(), "NOT_JSON", "x", 1));
+        let a = parse(&dead_lettered(&ids(), &Reason::NotJson, "x", 1));
+        let b = parse(&dead_lettered(
+            &PartialIds::default(),
+            &Reason::NotJson,
+            "x",
+            1,
+        ));
         assert_ne!(a["event_id"], b["event_id"]);
         let at = a["occurred_at"].as_str().expect("string");
         assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
@@ -179,10 +274,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_body() {
-        let event = Event {
-            name: PROVISIONED,
-            body: b"secret-password".to_vec(),
-        };
+        let event = dead_lettered(&ids(), &Reason::NotJson, "secret-password", 1);
         assert!(!format!("{event:?}").contains("secret"));
     }
 }

@@ -4,6 +4,7 @@
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::domain::progress::Progress;
+use crate::retry::History;
 
 /// Failed attempts so far.
 pub const ATTEMPTS: &str = "x-attempts";
@@ -26,17 +27,6 @@ pub const STEP: &str = "x-step";
 pub const REPLAY_COUNT: &str = "x-replay-count";
 /// The [`STEP`] value once the account is in its OU (if any) and its SCPs are attached.
 const POLICIES_ATTACHED: &str = "policies-attached";
-
-/// What a delivery's headers say about earlier attempts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct History {
-    /// Failed attempts so far.
-    pub attempts: u32,
-    /// When the first attempt failed.
-    pub first_failed_at: Option<String>,
-    /// What to resume from.
-    pub progress: Progress,
-}
 
 /// A string header; absent, empty or of another type is `None`.
 pub fn text(headers: &FieldTable, key: &str) -> Option<String> {
@@ -63,24 +53,22 @@ pub fn number(headers: &FieldTable, key: &str) -> Option<i64> {
     }
 }
 
-impl History {
-    /// Reads the history from a delivery's headers; absent or odd values count as none.
-    pub fn read(headers: Option<&FieldTable>) -> Self {
-        let Some(headers) = headers else {
-            return Self::default();
-        };
-        Self {
-            attempts: number(headers, ATTEMPTS)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0),
-            first_failed_at: text(headers, FIRST_FAILED_AT),
-            progress: Progress {
-                create_request_id: text(headers, CREATE_REQUEST_ID),
-                account_id: text(headers, ACCOUNT_ID),
-                policies_attached: text(headers, STEP).as_deref() == Some(POLICIES_ATTACHED),
-                maybe_in_flight: false,
-            },
-        }
+/// Reads the history from a delivery's headers; absent or odd values count as none.
+pub fn history(headers: Option<&FieldTable>) -> History {
+    let Some(headers) = headers else {
+        return History::default();
+    };
+    History {
+        attempts: number(headers, ATTEMPTS)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        first_failed_at: text(headers, FIRST_FAILED_AT),
+        progress: Progress {
+            create_request_id: text(headers, CREATE_REQUEST_ID),
+            account_id: text(headers, ACCOUNT_ID),
+            policies_attached: text(headers, STEP).as_deref() == Some(POLICIES_ATTACHED),
+            maybe_in_flight: false,
+        },
     }
 }
 
@@ -143,7 +131,7 @@ mod tests {
         set_number(&mut headers, ATTEMPTS, 3);
         set_text(&mut headers, FIRST_FAILED_AT, "2026-11-26T10:00:00Z");
         set_text(&mut headers, CREATE_REQUEST_ID, "car-abc");
-        let history = History::read(Some(&headers));
+        let history = history(Some(&headers));
         assert_eq!(history.attempts, 3);
         assert_eq!(
             history.first_failed_at.as_deref(),
@@ -181,7 +169,7 @@ mod tests {
             let mut headers = FieldTable::default();
             set_text(&mut headers, "x-other", "kept");
             set_progress(&mut headers, &progress);
-            assert_eq!(History::read(Some(&headers)).progress, progress);
+            assert_eq!(history(Some(&headers)).progress, progress);
             // Written over an earlier attempt's progress, it replaces it.
             let mut earlier = FieldTable::default();
             set_progress(
@@ -194,20 +182,20 @@ mod tests {
                 },
             );
             set_progress(&mut earlier, &progress);
-            assert_eq!(History::read(Some(&earlier)).progress, progress);
+            assert_eq!(history(Some(&earlier)).progress, progress);
             assert!(headers.contains_key("x-other"));
         }
     }
 
     #[test]
     fn odd_or_missing_headers_mean_a_first_attempt() {
-        assert_eq!(History::read(None), History::default());
+        assert_eq!(history(None), History::default());
         let mut headers = FieldTable::default();
         headers.insert("x-attempts".into(), AMQPValue::LongString("two".into()));
-        assert_eq!(History::read(Some(&headers)).attempts, 0);
+        assert_eq!(history(Some(&headers)).attempts, 0);
         headers.insert("x-attempts".into(), AMQPValue::LongInt(-1));
-        assert_eq!(History::read(Some(&headers)).attempts, 0);
+        assert_eq!(history(Some(&headers)).attempts, 0);
         headers.insert("x-attempts".into(), AMQPValue::ShortShortUInt(2));
-        assert_eq!(History::read(Some(&headers)).attempts, 2);
+        assert_eq!(history(Some(&headers)).attempts, 2);
     }
 }

@@ -1,21 +1,23 @@
-//! Settling a delivery: the one place that maps a pipeline [`Outcome`] to what happens to the
-//! message. Every path publishes with confirm first and acknowledges after, so a failure in
-//! between can duplicate a message but never lose one.
+//! Settling a delivery, carried out: the [`Disposition`] that `settle` decided becomes
+//! publishes and an acknowledgement. Every path publishes with confirm first and acknowledges
+//! after, so a failure in between can duplicate a message but never lose one.
 
 use chrono::{SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use rand::RngExt;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::headers::{self, History};
+use super::headers;
 use super::publisher::{PublishError, Publisher};
-use super::topology::{retry_delay_ms, retry_queue, retry_queue_for};
+use super::topology::retry_queue;
 use crate::config::{AmqpSettings, RetrySettings};
 use crate::observability::Metrics;
 use crate::pipeline::{Failure, Outcome};
 use crate::report::{self, Event};
+use crate::retry::{History, Reason};
+use crate::settle::{Disposition, disposition};
 
 /// What became of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,13 +28,16 @@ pub enum Settled {
     Retrying,
     /// It is in the dead-letter queue.
     DeadLettered,
+    /// It went back to the broker unacknowledged, for another attempt.
+    HandedBack,
 }
 
 /// What a settled delivery adds to the metrics.
 enum Count {
-    Event(Event),
-    Retried(String),
-    DeadLettered(String),
+    Provisioned,
+    Failed(String),
+    Retried(Reason),
+    DeadLettered(Reason),
 }
 
 /// Why a delivery could not be settled; the caller hands it back to the broker.
@@ -75,7 +80,8 @@ impl Settler {
         }
     }
 
-    /// Settles `delivery`, whose history is `history`, according to `outcome`.
+    /// Settles `delivery`, whose history is `history`, according to `outcome`: decides its
+    /// [`Disposition`] (a retry's jitter drawn here) and carries it out.
     ///
     /// # Errors
     /// [`SettleError`] when a publish was not confirmed or the ack failed; the delivery is then
@@ -86,41 +92,55 @@ impl Settler {
         history: &History,
         outcome: Outcome,
     ) -> Result<Settled, SettleError> {
-        let (settled, count) = match outcome {
-            Outcome::Report(event) => {
+        let jitter = rand::rng().random_range(0.0..=1.0);
+        let decided = disposition(outcome, history, &self.retry, jitter);
+        self.carry_out(delivery, history, decided).await
+    }
+
+    /// Carries `disposition` out for `delivery`: publishes with confirm, then acknowledges
+    /// (or hands the delivery back), then counts it.
+    ///
+    /// # Errors
+    /// [`SettleError`] when a publish was not confirmed or the ack failed; the delivery is then
+    /// not acknowledged.
+    pub async fn carry_out(
+        &self,
+        delivery: &Delivery,
+        history: &History,
+        disposition: Disposition,
+    ) -> Result<Settled, SettleError> {
+        let (settled, count) = match disposition {
+            Disposition::Report(event) => {
                 self.publish_event(&event).await?;
-                (Settled::Reported, Count::Event(event))
+                let count = match event.failure_code() {
+                    Some(code) => Count::Failed(code.to_owned()),
+                    None => Count::Provisioned,
+                };
+                (Settled::Reported, count)
             }
-            Outcome::Retry(failure) => {
-                let attempts = history.attempts + 1;
-                if attempts >= self.retry.max_attempts {
-                    let settled = self
-                        .dead_letter(delivery, history, &failure, attempts)
-                        .await?;
-                    (settled, Count::DeadLettered(failure.reason))
-                } else {
-                    let delay = retry_delay_ms(&self.retry, attempts);
-                    // Jitter: wait between half and all of the step's delay.
-                    let wait = rand::rng().random_range(delay.div_ceil(2)..=delay);
-                    let settled = self
-                        .schedule_retry(delivery, history, &failure, attempts, delay, wait)
-                        .await?;
-                    (settled, Count::Retried(failure.reason))
-                }
-            }
-            Outcome::Later(failure, wait) => {
-                let wait = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                let queue = retry_queue_for(&self.retry, wait);
-                let settled = self
-                    .schedule_retry(delivery, history, &failure, history.attempts, queue, wait)
+            Disposition::Retry {
+                failure,
+                attempts,
+                queue_ms,
+                wait_ms,
+            } => {
+                self.schedule_retry(delivery, history, &failure, attempts, queue_ms, wait_ms)
                     .await?;
-                (settled, Count::Retried(failure.reason))
+                (Settled::Retrying, Count::Retried(failure.reason))
             }
-            Outcome::DeadLetter(failure) => {
-                let settled = self
-                    .dead_letter(delivery, history, &failure, history.attempts + 1)
+            Disposition::DeadLetter { failure, attempts } => {
+                self.dead_letter(delivery, history, &failure, attempts)
                     .await?;
-                (settled, Count::DeadLettered(failure.reason))
+                (Settled::DeadLettered, Count::DeadLettered(failure.reason))
+            }
+            Disposition::HandBack(why) => {
+                error!(reason = %why, "delivery not processed: handing it back to the broker");
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                delivery.nack(requeue).await.map_err(SettleError::Ack)?;
+                return Ok(Settled::HandedBack);
             }
         };
         delivery
@@ -128,15 +148,10 @@ impl Settler {
             .await
             .map_err(SettleError::Ack)?;
         match count {
-            Count::Event(event) if event.name == report::PROVISIONED => self.metrics.provisioned(),
-            Count::Event(event) => {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&event.body).unwrap_or_default();
-                self.metrics
-                    .failed(body["failure"]["code"].as_str().unwrap_or("UNKNOWN"));
-            }
-            Count::Retried(reason) => self.metrics.retried(&reason),
-            Count::DeadLettered(reason) => self.metrics.dead_lettered(&reason),
+            Count::Provisioned => self.metrics.provisioned(),
+            Count::Failed(code) => self.metrics.failed(&code),
+            Count::Retried(reason) => self.metrics.retried(reason.as_str()),
+            Count::DeadLettered(reason) => self.metrics.dead_lettered(reason.as_str()),
         }
         Ok(settled)
     }
@@ -146,12 +161,12 @@ impl Settler {
         self.publisher
             .publish(
                 &self.amqp.results_exchange,
-                event.name,
-                &event.body,
+                event.name(),
+                &event.body(),
                 properties,
             )
             .await?;
-        info!(event = event.name, "result event published");
+        info!(event = event.name(), "result event published");
         Ok(())
     }
 
@@ -166,7 +181,7 @@ impl Settler {
         let mut table = delivery.properties.headers().clone().unwrap_or_default();
         let at = now();
         headers::set_number(&mut table, headers::ATTEMPTS, i64::from(attempts));
-        headers::set_text(&mut table, headers::FAILURE_REASON, &failure.reason);
+        headers::set_text(&mut table, headers::FAILURE_REASON, failure.reason.as_str());
         headers::set_text(&mut table, headers::FAILURE_MESSAGE, &failure.message);
         headers::set_text(
             &mut table,
@@ -197,7 +212,7 @@ impl Settler {
         attempts: u32,
         queue_delay: u64,
         wait: u64,
-    ) -> Result<Settled, SettleError> {
+    ) -> Result<(), SettleError> {
         // The message expires after `wait`; the queue's own TTL (`queue_delay`) caps it.
         let properties = Self::failed_properties(delivery, history, failure, attempts)
             .with_expiration(wait.to_string().into());
@@ -206,7 +221,7 @@ impl Settler {
             .publish("", &queue, &delivery.data, properties)
             .await?;
         warn!(attempts, wait_ms = wait, reason = %failure.reason, "order scheduled for retry");
-        Ok(Settled::Retrying)
+        Ok(())
     }
 
     async fn dead_letter(
@@ -215,7 +230,7 @@ impl Settler {
         history: &History,
         failure: &Failure,
         attempts: u32,
-    ) -> Result<Settled, SettleError> {
+    ) -> Result<(), SettleError> {
         let properties = Self::failed_properties(delivery, history, failure, attempts);
         self.publisher
             .publish(
@@ -229,6 +244,6 @@ impl Settler {
         let event =
             report::dead_lettered(&failure.ids, &failure.reason, &failure.message, attempts);
         self.publish_event(&event).await?;
-        Ok(Settled::DeadLettered)
+        Ok(())
     }
 }

@@ -45,42 +45,6 @@ pub const UNROUTED_MAX_LENGTH_CEILING: i64 = 1_000_000;
 /// The unrouted queue's age ceiling, a queue argument: 30 days, whatever the policies say.
 pub const UNROUTED_MESSAGE_TTL_CEILING_MS: i64 = 30 * 24 * 3600 * 1000;
 
-/// The delay before the retry that follows the `failures`-th failed attempt (1-based):
-/// `initial_delay_ms * 2^(failures-1)`, at most `max_delay_ms`.
-pub fn retry_delay_ms(retry: &RetrySettings, failures: u32) -> u64 {
-    let doublings = failures.saturating_sub(1).min(63);
-    retry
-        .initial_delay_ms
-        .saturating_mul(1u64.checked_shl(doublings).unwrap_or(u64::MAX))
-        .min(retry.max_delay_ms)
-}
-
-/// Every distinct delay an order can wait (one queue each), shortest first: the retry delays
-/// (at least the initial one, which a busy order uses even when no retry is allowed) and the
-/// wait after an unsettled delivery.
-pub fn retry_delays(retry: &RetrySettings) -> Vec<u64> {
-    let mut delays: Vec<u64> = (1..retry.max_attempts.max(2))
-        .map(|n| retry_delay_ms(retry, n))
-        .chain([retry.redelivered_create_delay_ms.max(1)])
-        .collect();
-    delays.sort_unstable();
-    delays.dedup();
-    delays
-}
-
-/// The delay of the retry queue that can hold a message for `wait_ms`: the shortest one at least
-/// that long (the longest one if none is; configuration validation prevents that for the waits
-/// the worker uses).
-pub fn retry_queue_for(retry: &RetrySettings, wait_ms: u64) -> u64 {
-    let delays = retry_delays(retry);
-    delays
-        .iter()
-        .copied()
-        .find(|&d| d >= wait_ms)
-        .or_else(|| delays.last().copied())
-        .unwrap_or(retry.initial_delay_ms)
-}
-
 /// The name of the queue where orders wait `delay_ms` before their next attempt.
 pub fn retry_queue(amqp: &AmqpSettings, delay_ms: u64) -> String {
     format!("{}.{delay_ms}ms", amqp.retry_queue_prefix)
@@ -313,7 +277,7 @@ pub async fn declare(
     )
     .await?;
 
-    for delay in retry_delays(retry) {
+    for delay in crate::retry::delays(retry) {
         let name = retry_queue(amqp, delay);
         queue_or_legacy(connection, &name, retry_arguments(amqp, delay), None).await?;
     }
@@ -358,7 +322,7 @@ pub fn declared_arguments(amqp: &AmqpSettings, retry: &RetrySettings, name: &str
     } else if name == amqp.dead_letter_queue {
         quorum(&[])
     } else {
-        let delay = retry_delays(retry)
+        let delay = crate::retry::delays(retry)
             .into_iter()
             .find(|&d| retry_queue(amqp, d) == name)?;
         retry_arguments(amqp, delay)
@@ -449,7 +413,7 @@ impl Names {
 pub fn names(amqp: &AmqpSettings, retry: &RetrySettings) -> Names {
     let mut queues = vec![amqp.dead_letter_queue.clone(), amqp.orders_queue.clone()];
     queues.extend(
-        retry_delays(retry)
+        crate::retry::delays(retry)
             .into_iter()
             .map(|d| retry_queue(amqp, d)),
     );
@@ -599,52 +563,8 @@ mod tests {
             max_attempts: attempts,
             max_replays: 5,
             redelivered_create_delay_ms: 30_000,
+            creation_slot_busy_delay_ms: 10_000,
         }
-    }
-
-    #[test]
-    fn delays_double_up_to_the_cap() {
-        let r = retry(1000, 300_000, 8);
-        let delays: Vec<u64> = (1..=10).map(|n| retry_delay_ms(&r, n)).collect();
-        assert_eq!(
-            delays,
-            [
-                1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 300000
-            ]
-        );
-        assert_eq!(
-            retry_delays(&r),
-            [1000, 2000, 4000, 8000, 16000, 30000, 32000, 64000],
-            "the retry delays and the wait after an unsettled delivery"
-        );
-        assert_eq!(retry_delay_ms(&r, 0), 1000);
-        assert_eq!(retry_delay_ms(&r, u32::MAX), 300_000);
-    }
-
-    #[test]
-    fn capped_delays_share_a_queue() {
-        let short_wait = |r: RetrySettings| RetrySettings {
-            redelivered_create_delay_ms: 200,
-            ..r
-        };
-        assert_eq!(
-            retry_delays(&short_wait(retry(100, 250, 6))),
-            [100, 200, 250]
-        );
-        assert_eq!(
-            retry_delays(&short_wait(retry(100, 250, 1))),
-            [100, 200],
-            "no retries, but a busy order still waits"
-        );
-    }
-
-    #[test]
-    fn a_wait_goes_to_the_shortest_queue_that_holds_it() {
-        let r = retry(1000, 300_000, 8);
-        assert_eq!(retry_queue_for(&r, 1000), 1000);
-        assert_eq!(retry_queue_for(&r, 1001), 2000);
-        assert_eq!(retry_queue_for(&r, 30_000), 30_000);
-        assert_eq!(retry_queue_for(&r, 1_000_000), 64_000);
     }
 
     #[test]

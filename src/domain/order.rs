@@ -161,19 +161,6 @@ pub enum OrderError {
     },
 }
 
-impl OrderError {
-    /// The code written to `x-failure-reason` when the message is dead-lettered.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::TooLarge(_) => "MESSAGE_TOO_LARGE",
-            Self::NotJson(_) => "NOT_JSON",
-            Self::NotAPurchase(_) => "NOT_A_PURCHASE",
-            Self::MissingField(_) => "MISSING_FIELD",
-            Self::InvalidId { .. } => "INVALID_ID",
-        }
-    }
-}
-
 /// A message that is not a valid order, with the ids that could be read from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MalformedOrder {
@@ -420,6 +407,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    impl OrderError {
+        /// The failure-reason code a dead-lettered message gets for this error.
+        fn reason(&self) -> String {
+            crate::retry::Reason::from(self).as_str().to_owned()
+        }
+    }
+
     fn base() -> Value {
         json!({
             "id": "PR-5852-1608-1567-000",
@@ -553,7 +547,7 @@ mod tests {
         ];
         for (value, code) in cases {
             let err = parse_value(&value).expect_err("malformed");
-            assert_eq!(err.error.code(), code, "{value}");
+            assert_eq!(err.error.reason(), code, "{value}");
         }
         let err = parse_value(&not_purchase_ids()).expect_err("not a purchase");
         assert_eq!(err.ids.request_id.as_deref(), Some("PR-5852-1608-1567-000"));
@@ -596,7 +590,7 @@ mod tests {
         let mut bad_tier2 = base();
         bad_tier2["asset"]["tiers"]["tier2"] = json!({"id": "XX-1"});
         assert_eq!(
-            parse_value(&bad_tier2).expect_err("bad id").error.code(),
+            parse_value(&bad_tier2).expect_err("bad id").error.reason(),
             "INVALID_ID"
         );
     }
@@ -667,11 +661,11 @@ mod tests {
     #[test]
     fn bodies_that_are_not_json_or_too_large_are_refused() {
         assert_eq!(
-            parse(b"not json").expect_err("text").error.code(),
+            parse(b"not json").expect_err("text").error.reason(),
             "NOT_JSON"
         );
         assert_eq!(
-            parse(&[0xff, 0xfe]).expect_err("binary").error.code(),
+            parse(&[0xff, 0xfe]).expect_err("binary").error.reason(),
             "NOT_JSON"
         );
         let big = vec![b' '; MAX_ORDER_BYTES + 1];

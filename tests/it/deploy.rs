@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use aws_account_worker::broker::topology::{
     self, POLICY_PRIORITY, UNROUTED_MAX_LENGTH_CEILING, UNROUTED_MESSAGE_TTL_CEILING_MS,
-    retry_delays, retry_queue,
+    retry_queue,
 };
 use aws_account_worker::config::{DEFAULTS, Settings};
+use aws_account_worker::retry::delays as retry_delays;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Value as FigmentValue};

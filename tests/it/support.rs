@@ -4,13 +4,10 @@
 
 use std::time::Duration;
 
-use aws_account_worker::app::{Observed, Worker};
-use aws_account_worker::aws::sdk;
 use aws_account_worker::broker::management::{Management, encode};
 use aws_account_worker::broker::topology;
 use aws_account_worker::config::Settings;
-use aws_account_worker::observability;
-use aws_account_worker::pipeline::Pipeline;
+use aws_account_worker::startup::Application;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_organizations::types::{OrganizationFeatureSet, PolicyType};
 use aws_sdk_sts::config::{Credentials, Region, SharedCredentialsProvider};
@@ -338,40 +335,21 @@ impl TestEnv {
         self.events = events;
     }
 
-    /// Starts the worker in-process, with its observability endpoints on a free port; returns
-    /// once it consumes.
+    /// Starts the worker in-process, as `main` does, with its observability endpoints on a
+    /// free port; returns once it consumes.
     pub async fn spawn_worker(&self) -> WorkerHandle {
-        let observed = Observed::default();
-        let (address, serving) = observability::bind(
-            "127.0.0.1:0",
-            observed.metrics.clone(),
-            observed.readiness.clone(),
-        )
-        .await
-        .expect("bind observability");
-        let serving = tokio::spawn(serving);
-        let payers = sdk::payers(
-            &self.aws,
-            &self.settings.payers,
-            &self.settings.member_access(),
-            &observed.metrics,
-        )
-        .await;
-        let worker = Worker::start(
-            &self.settings,
-            Pipeline::new(payers, &self.settings),
-            observed,
-        )
-        .await
-        .expect("worker starts");
+        let mut settings = self.settings.clone();
+        settings.observability.listen = "127.0.0.1:0".to_owned();
         let stop = CancellationToken::new();
-        let token = stop.clone();
-        let join = tokio::spawn(async move { worker.run_until(token.cancelled_owned()).await });
+        let application = Application::start(&settings, &self.aws, stop.clone())
+            .await
+            .expect("worker starts");
+        let address = application.address();
+        let join = tokio::spawn(application.run());
         WorkerHandle {
             stop,
             join,
             address,
-            serving,
         }
     }
 
@@ -585,7 +563,6 @@ pub struct WorkerHandle {
     join: JoinHandle<()>,
     /// Where its `/metrics`, `/healthz` and `/readyz` answer.
     pub address: std::net::SocketAddr,
-    serving: JoinHandle<()>,
 }
 
 impl WorkerHandle {
@@ -596,7 +573,6 @@ impl WorkerHandle {
             .await
             .expect("worker stops in time")
             .expect("worker task");
-        self.serving.abort();
     }
 
     /// GETs `path` from its observability endpoints: (status, body).

@@ -1,0 +1,288 @@
+//! Settling, decided: what becomes of a delivery is a pure function of its [`Outcome`], its
+//! [`History`] and the retry settings. The broker side (`broker::settle`) only carries the
+//! [`Disposition`] out: it publishes with confirm, then acknowledges.
+
+use crate::config::RetrySettings;
+use crate::pipeline::{Failure, Outcome};
+use crate::report::Event;
+use crate::retry::{self, History};
+
+/// What to do with a delivery.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Publish the event, then acknowledge.
+    Report(Event),
+    /// Publish the message, with the failure and the progress in its headers, to the retry
+    /// queue of `queue_ms` delay, expiring after `wait_ms`; then acknowledge.
+    Retry {
+        /// Why, and what to resume from.
+        failure: Failure,
+        /// `x-attempts` of the published message: failed attempts so far.
+        attempts: u32,
+        /// The delay of the retry queue (one queue per distinct delay).
+        queue_ms: u64,
+        /// How long the message waits there.
+        wait_ms: u64,
+    },
+    /// Publish the message, with the failure in its headers, to the dead-letter exchange and
+    /// then the `aws.account.dead-lettered` event; then acknowledge.
+    DeadLetter {
+        /// Why, and what was achieved.
+        failure: Failure,
+        /// `x-attempts` of the dead-lettered message, this attempt included.
+        attempts: u32,
+    },
+    /// Hand the delivery back to the broker unacknowledged, for another attempt.
+    HandBack(String),
+}
+
+/// What becomes of a delivery whose history is `history` and whose processing came to
+/// `outcome`. `jitter` (0 to 1, drawn by the caller) places a retry's wait between half and
+/// all of its backoff step.
+///
+/// - a report is published and acknowledged;
+/// - a transient failure is retried after the backoff step of its attempt, or dead-lettered
+///   once `retry.max_attempts` attempts failed;
+/// - a wait (`Outcome::Later`) goes to the shortest retry queue that holds it, spending no
+///   attempt;
+/// - a bad message or a permanent failure is dead-lettered at once.
+pub fn disposition(
+    outcome: Outcome,
+    history: &History,
+    retry: &RetrySettings,
+    jitter: f64,
+) -> Disposition {
+    match outcome {
+        Outcome::Report(event) => Disposition::Report(event),
+        Outcome::Retry(failure) => {
+            let attempts = history.attempts.saturating_add(1);
+            if attempts >= retry.max_attempts {
+                Disposition::DeadLetter { failure, attempts }
+            } else {
+                let delay = retry::backoff_ms(retry, attempts);
+                Disposition::Retry {
+                    failure,
+                    attempts,
+                    queue_ms: delay,
+                    wait_ms: retry::jittered_ms(delay, jitter),
+                }
+            }
+        }
+        Outcome::Later(failure, wait) => {
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            Disposition::Retry {
+                failure,
+                attempts: history.attempts,
+                queue_ms: retry::queue_for(retry, wait_ms),
+                wait_ms,
+            }
+        }
+        Outcome::DeadLetter(failure) => Disposition::DeadLetter {
+            failure,
+            attempts: history.attempts.saturating_add(1),
+        },
+        Outcome::HandBack(why) => Disposition::HandBack(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::order::PartialIds;
+    use crate::domain::outcome::{FailureCode, Rejection};
+    use crate::domain::progress::Progress;
+    use crate::report;
+    use crate::retry::Reason;
+
+    /// Retries: 1 s doubling up to 8 s, 4 attempts, 30 s after an unsettled delivery.
+    fn settings() -> RetrySettings {
+        RetrySettings {
+            initial_delay_ms: 1000,
+            max_delay_ms: 8000,
+            max_attempts: 4,
+            max_replays: 5,
+            redelivered_create_delay_ms: 30_000,
+            creation_slot_busy_delay_ms: 10_000,
+        }
+    }
+
+    fn failure(reason: Reason) -> Failure {
+        Failure {
+            reason,
+            message: "m".into(),
+            ids: PartialIds::default(),
+            progress: Progress {
+                account_id: Some("123456789012".into()),
+                ..Progress::default()
+            },
+        }
+    }
+
+    fn history(attempts: u32) -> History {
+        History {
+            attempts,
+            ..History::default()
+        }
+    }
+
+    /// What a disposition comes to, in a comparable form: (kind, attempts, queue, wait).
+    fn summary(disposition: &Disposition) -> (&'static str, u32, u64, u64) {
+        match disposition {
+            Disposition::Report(_) => ("report", 0, 0, 0),
+            Disposition::Retry {
+                attempts,
+                queue_ms,
+                wait_ms,
+                ..
+            } => ("retry", *attempts, *queue_ms, *wait_ms),
+            Disposition::DeadLetter { attempts, .. } => ("dead-letter", *attempts, 0, 0),
+            Disposition::HandBack(_) => ("hand back", 0, 0, 0),
+        }
+    }
+
+    #[test]
+    fn every_outcome_for_every_history() {
+        let transient = || Outcome::Retry(failure(Reason::Aws("Throttling".into())));
+        let busy = || Outcome::Later(failure(Reason::OrderBusy), Duration::from_secs(1));
+        let slot = || Outcome::Later(failure(Reason::CreationSlotBusy), Duration::from_secs(10));
+        let in_flight = || {
+            Outcome::Later(
+                failure(Reason::CreateMaybeInFlight),
+                Duration::from_secs(30),
+            )
+        };
+        let bad = || Outcome::DeadLetter(failure(Reason::NotJson));
+        let failed = || {
+            Outcome::Report(report::failed(
+                &PartialIds::default(),
+                None,
+                &Rejection::new(FailureCode::InvalidEmail, "bad"),
+            ))
+        };
+        let back = || Outcome::HandBack("locks unavailable".into());
+        type Case = (
+            &'static str,
+            fn() -> Outcome,
+            u32,
+            f64,
+            (&'static str, u32, u64, u64),
+        );
+        let cases: [Case; 14] = [
+            // A transient failure: the n-th waits between half and all of step n.
+            (
+                "transient, first",
+                transient,
+                0,
+                1.0,
+                ("retry", 1, 1000, 1000),
+            ),
+            (
+                "transient, jitter low",
+                transient,
+                0,
+                0.0,
+                ("retry", 1, 1000, 500),
+            ),
+            (
+                "transient, third",
+                transient,
+                2,
+                1.0,
+                ("retry", 3, 4000, 4000),
+            ),
+            (
+                "transient, last",
+                transient,
+                3,
+                1.0,
+                ("dead-letter", 4, 0, 0),
+            ),
+            (
+                "transient, past the last",
+                transient,
+                9,
+                1.0,
+                ("dead-letter", 10, 0, 0),
+            ),
+            // Waits spend no attempt, whatever the history, and find a queue that holds them.
+            ("busy", busy, 0, 0.0, ("retry", 0, 1000, 1000)),
+            (
+                "busy after failures",
+                busy,
+                3,
+                0.0,
+                ("retry", 3, 1000, 1000),
+            ),
+            ("no slot", slot, 1, 0.0, ("retry", 1, 30_000, 10_000)),
+            (
+                "maybe in flight",
+                in_flight,
+                2,
+                0.0,
+                ("retry", 2, 30_000, 30_000),
+            ),
+            // Bad messages and permanent failures go at once.
+            ("malformed", bad, 0, 0.0, ("dead-letter", 1, 0, 0)),
+            (
+                "permanent after retries",
+                bad,
+                2,
+                0.0,
+                ("dead-letter", 3, 0, 0),
+            ),
+            // Reports and hand-backs do not look at the history.
+            ("failed event", failed, 0, 0.0, ("report", 0, 0, 0)),
+            ("failed event, late", failed, 7, 0.0, ("report", 0, 0, 0)),
+            ("hand back", back, 5, 0.0, ("hand back", 0, 0, 0)),
+        ];
+        for (name, outcome, attempts, jitter, expected) in cases {
+            let got = disposition(outcome(), &history(attempts), &settings(), jitter);
+            assert_eq!(summary(&got), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_replayed_message_starts_its_attempts_again_but_keeps_its_progress() {
+        // `replay` resets x-attempts; the history then counts from zero, and the failure's
+        // progress (what the attempt achieved) is what travels on.
+        let replayed = History {
+            attempts: 0,
+            first_failed_at: Some("2026-01-01T00:00:00.000Z".into()),
+            progress: Progress {
+                create_request_id: Some("car-1".into()),
+                ..Progress::default()
+            },
+        };
+        let outcome = Outcome::Retry(failure(Reason::AwsUnreachable));
+        match disposition(outcome, &replayed, &settings(), 1.0) {
+            Disposition::Retry {
+                failure, attempts, ..
+            } => {
+                assert_eq!(attempts, 1);
+                assert_eq!(failure.progress.account_id.as_deref(), Some("123456789012"));
+                assert_eq!(failure.reason, Reason::AwsUnreachable);
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_attempt_allowed_means_the_first_failure_dead_letters() {
+        let once = RetrySettings {
+            max_attempts: 1,
+            ..settings()
+        };
+        let outcome = Outcome::Retry(failure(Reason::AwsUnreachable));
+        let got = disposition(outcome, &history(0), &once, 1.0);
+        assert_eq!(summary(&got), ("dead-letter", 1, 0, 0));
+        let busy = Outcome::Later(failure(Reason::OrderBusy), Duration::from_secs(1));
+        let got = disposition(busy, &history(0), &once, 1.0);
+        assert_eq!(
+            summary(&got),
+            ("retry", 0, 1000, 1000),
+            "a wait still waits"
+        );
+    }
+}
