@@ -14,29 +14,22 @@ pub mod topology;
 use std::str::FromStr;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::warn;
 
-/// Connection attempts at start-up before giving up (about 15 s in all), so a worker that
-/// starts just before its broker does not fail at once.
-const CONNECT_ATTEMPTS: usize = 6;
+use crate::retry;
 
 /// Opens a connection to the broker at `url`, named for the management UI, retrying with
-/// exponential backoff and jitter.
+/// exponential backoff and jitter ([`retry::broker_connect_backoff`]).
 ///
 /// # Errors
 /// The broker cannot be reached or refuses the credentials after every attempt.
 pub async fn connect(url: &SecretString) -> lapin::Result<Connection> {
     let attempt = || connect_attempt(url);
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(8))
-        .with_max_times(CONNECT_ATTEMPTS - 1)
-        .with_jitter();
     attempt
-        .retry(backoff)
+        .retry(retry::broker_connect_backoff())
         .sleep(tokio::time::sleep)
         .notify(|error, wait| warn!(%error, ?wait, "broker not reachable yet; retrying"))
         .await
