@@ -4,7 +4,7 @@
 
 use crate::config::RetrySettings;
 use crate::pipeline::{Failure, Outcome};
-use crate::report::Event;
+use crate::report::{self, Event};
 use crate::retry::{self, History};
 
 /// What to do with a delivery.
@@ -31,6 +31,8 @@ pub enum Disposition {
         failure: Failure,
         /// `x-attempts` of the dead-lettered message, this attempt included.
         attempts: u32,
+        /// `aws.account.dead-lettered`, published after the message.
+        event: Event,
     },
     /// Hand the delivery back to the broker unacknowledged, for another attempt.
     HandBack(String),
@@ -57,7 +59,7 @@ pub fn disposition(
         Outcome::Retry(failure) => {
             let attempts = history.attempts.saturating_add(1);
             if attempts >= retry.max_attempts {
-                Disposition::DeadLetter { failure, attempts }
+                dead_letter(failure, attempts)
             } else {
                 let delay = retry::backoff_ms(retry, attempts);
                 Disposition::Retry {
@@ -77,11 +79,18 @@ pub fn disposition(
                 wait_ms,
             }
         }
-        Outcome::DeadLetter(failure) => Disposition::DeadLetter {
-            failure,
-            attempts: history.attempts.saturating_add(1),
-        },
+        Outcome::DeadLetter(failure) => dead_letter(failure, history.attempts.saturating_add(1)),
         Outcome::HandBack(why) => Disposition::HandBack(why),
+    }
+}
+
+/// Dead-letters `failure` after `attempts`, with its event.
+fn dead_letter(failure: Failure, attempts: u32) -> Disposition {
+    let event = report::dead_lettered(&failure.ids, &failure.reason, &failure.message, attempts);
+    Disposition::DeadLetter {
+        failure,
+        attempts,
+        event,
     }
 }
 
@@ -93,7 +102,6 @@ mod tests {
     use crate::domain::order::PartialIds;
     use crate::domain::outcome::{FailureCode, Rejection};
     use crate::domain::progress::Progress;
-    use crate::report;
     use crate::retry::Reason;
 
     /// Retries: 1 s doubling up to 8 s, 4 attempts, 30 s after an unsettled delivery.
@@ -284,5 +292,19 @@ mod tests {
             ("retry", 0, 1000, 1000),
             "a wait still waits"
         );
+    }
+
+    #[test]
+    fn a_dead_letter_carries_its_event_with_the_reason_and_the_attempts() {
+        let outcome = Outcome::DeadLetter(failure(Reason::InvalidId));
+        match disposition(outcome, &history(2), &settings(), 0.0) {
+            Disposition::DeadLetter { event, .. } => {
+                assert_eq!(event.name(), report::DEAD_LETTERED);
+                let body: serde_json::Value = serde_json::from_slice(&event.body()).expect("JSON");
+                assert_eq!(body["reason"], "INVALID_ID");
+                assert_eq!(body["attempts"], 3);
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
     }
 }

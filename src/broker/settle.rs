@@ -15,7 +15,7 @@ use super::topology::retry_queue;
 use crate::config::{AmqpSettings, RetrySettings};
 use crate::observability::Metrics;
 use crate::pipeline::{Failure, Outcome};
-use crate::report::{self, Event};
+use crate::report::Event;
 use crate::retry::{History, Reason};
 use crate::settle::{Disposition, disposition};
 
@@ -128,8 +128,12 @@ impl Settler {
                     .await?;
                 (Settled::Retrying, Count::Retried(failure.reason))
             }
-            Disposition::DeadLetter { failure, attempts } => {
-                self.dead_letter(delivery, history, &failure, attempts)
+            Disposition::DeadLetter {
+                failure,
+                attempts,
+                event,
+            } => {
+                self.dead_letter(delivery, history, &failure, attempts, &event)
                     .await?;
                 (Settled::DeadLettered, Count::DeadLettered(failure.reason))
             }
@@ -230,6 +234,7 @@ impl Settler {
         history: &History,
         failure: &Failure,
         attempts: u32,
+        event: &Event,
     ) -> Result<(), SettleError> {
         let properties = Self::failed_properties(delivery, history, failure, attempts);
         self.publisher
@@ -241,9 +246,7 @@ impl Settler {
             )
             .await?;
         warn!(attempts, reason = %failure.reason, message = %failure.message, "order dead-lettered");
-        let event =
-            report::dead_lettered(&failure.ids, &failure.reason, &failure.message, attempts);
-        self.publish_event(&event).await?;
+        self.publish_event(event).await?;
         Ok(())
     }
 }
