@@ -2,6 +2,8 @@
 //! type; [`sdk`] implements the traits over the AWS SDK clients. [`probe`] holds the read-only
 //! queries of `check`.
 
+#[cfg(test)]
+pub mod fake;
 pub mod probe;
 pub mod sdk;
 
