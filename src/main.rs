@@ -211,7 +211,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let aws = aws_account_worker::aws::sdk::load_config().await;
+    let aws = aws_account_worker::aws::sdk::load_config(&settings.call_limits()).await;
     let observed = Observed::default();
     // One signal stops both the worker and the observability server.
     let shutdown = CancellationToken::new();
@@ -241,6 +241,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         &aws,
         &settings.payers,
         &settings.member_access(),
+        &settings.call_limits(),
         &observed.metrics,
     )
     .await;

@@ -354,6 +354,7 @@ impl TestEnv {
             &self.aws,
             &self.settings.payers,
             &self.settings.member_access(),
+            &self.settings.call_limits(),
             &observed.metrics,
         )
         .await;
