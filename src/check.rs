@@ -192,7 +192,7 @@ pub async fn run_with_sdk(
     file: Option<&Path>,
     emit: impl FnMut(&Line),
 ) -> Summary {
-    let aws = crate::aws::sdk::load_config().await;
+    let aws = crate::aws::sdk::load_config(&settings.call_limits()).await;
     let mut payers = BTreeMap::new();
     for (name, payer) in &settings.payers {
         let config = crate::aws::sdk::payer_config(&aws, payer.role_arn.as_deref()).await;

@@ -12,7 +12,7 @@ use figment::value::{Dict, Value};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::aws::{AccessToBilling, MemberAccess};
+use crate::aws::{AccessToBilling, CallLimits, MemberAccess};
 use crate::domain::email::AccountEmail;
 use crate::domain::ids::{MarketplaceId, TierAccountId};
 use crate::domain::model::{
@@ -175,6 +175,14 @@ pub struct AwsSettings {
     pub create_status_poll_ms: u64,
     /// How long one attempt waits for a creation in progress.
     pub create_status_wait_seconds: u64,
+    /// How long an AWS call may take to connect.
+    pub sdk_connect_timeout_ms: u64,
+    /// How long one attempt of an AWS call may take (the SDK retries some failures itself).
+    pub sdk_attempt_timeout_seconds: u64,
+    /// How long an AWS call may take in all, its attempts included.
+    pub sdk_operation_timeout_seconds: u64,
+    /// Organizations and STS calls one worker makes at once to one payer; more wait.
+    pub max_calls_in_flight_per_payer: u32,
 }
 
 /// `[payers.NAME]`.
@@ -208,6 +216,17 @@ impl Settings {
         MemberAccess {
             role_name: self.aws.member_role_name.clone(),
             iam_user_access_to_billing: self.aws.iam_user_access_to_billing,
+        }
+    }
+
+    /// The bounds on AWS calls: the SDK's timeouts and the calls in flight per payer.
+    pub fn call_limits(&self) -> CallLimits {
+        let aws = &self.aws;
+        CallLimits {
+            connect_timeout: std::time::Duration::from_millis(aws.sdk_connect_timeout_ms),
+            attempt_timeout: std::time::Duration::from_secs(aws.sdk_attempt_timeout_seconds),
+            operation_timeout: std::time::Duration::from_secs(aws.sdk_operation_timeout_seconds),
+            in_flight_per_payer: aws.max_calls_in_flight_per_payer as usize,
         }
     }
 
@@ -379,9 +398,48 @@ impl Settings {
         if aws.create_status_poll_ms == 0 {
             return Err(invalid("aws.create_status_poll_ms", "must be at least 1"));
         }
+        self.validate_call_limits()?;
         SocketAddr::from_str(&self.observability.listen)
             .map_err(|_| invalid("observability.listen", "not an address (host:port)"))?;
         self.validate_business_model()
+    }
+
+    /// The SDK's timeouts and the calls in flight: none zero, none absurd, and one attempt no
+    /// longer than the whole call.
+    fn validate_call_limits(&self) -> Result<(), ConfigError> {
+        let aws = &self.aws;
+        for (key, value, most) in [
+            ("sdk_connect_timeout_ms", aws.sdk_connect_timeout_ms, 60_000),
+            (
+                "sdk_attempt_timeout_seconds",
+                aws.sdk_attempt_timeout_seconds,
+                600,
+            ),
+            (
+                "sdk_operation_timeout_seconds",
+                aws.sdk_operation_timeout_seconds,
+                3_600,
+            ),
+            (
+                "max_calls_in_flight_per_payer",
+                u64::from(aws.max_calls_in_flight_per_payer),
+                1_024,
+            ),
+        ] {
+            if !(1..=most).contains(&value) {
+                return Err(invalid(
+                    format!("aws.{key}"),
+                    format!("must be between 1 and {most}"),
+                ));
+            }
+        }
+        if aws.sdk_attempt_timeout_seconds > aws.sdk_operation_timeout_seconds {
+            return Err(invalid(
+                "aws.sdk_attempt_timeout_seconds",
+                "must not exceed aws.sdk_operation_timeout_seconds (the whole call's bound)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_business_model(&self) -> Result<(), ConfigError> {
@@ -707,6 +765,42 @@ mod tests {
                 "[marketplaces.\"MP-1\".opcos.\"TA-1\"]\nroot_user_template_id = \"TL-\"",
                 "marketplaces.\"MP-1\".opcos.\"TA-1\".root_user_template_id",
             ),
+            (
+                "[aws]\nsdk_connect_timeout_ms = 0",
+                "aws.sdk_connect_timeout_ms",
+            ),
+            (
+                "[aws]\nsdk_connect_timeout_ms = 600000",
+                "aws.sdk_connect_timeout_ms",
+            ),
+            (
+                "[aws]\nsdk_attempt_timeout_seconds = 0",
+                "aws.sdk_attempt_timeout_seconds",
+            ),
+            (
+                "[aws]\nsdk_attempt_timeout_seconds = 90",
+                "aws.sdk_attempt_timeout_seconds",
+            ),
+            (
+                "[aws]\nsdk_operation_timeout_seconds = 0",
+                "aws.sdk_operation_timeout_seconds",
+            ),
+            (
+                "[aws]\nsdk_operation_timeout_seconds = 86400",
+                "aws.sdk_operation_timeout_seconds",
+            ),
+            (
+                "[aws]\nmax_calls_in_flight_per_payer = 0",
+                "aws.max_calls_in_flight_per_payer",
+            ),
+            (
+                "[aws]\nmax_calls_in_flight_per_payer = 100000",
+                "aws.max_calls_in_flight_per_payer",
+            ),
+            (
+                "[aws]\nmax_calls_in_flight_per_payer = -1",
+                "max_calls_in_flight_per_payer",
+            ),
         ];
         for (toml, key) in cases {
             let err = error_of(toml);
@@ -774,6 +868,26 @@ mod tests {
             AccessToBilling::Allow
         );
         assert_eq!(defaults.aws.member_account_ready_seconds, 300);
+    }
+
+    #[test]
+    fn the_call_limits_default_to_the_former_constants() {
+        let settings = Settings::from_toml(VALID).expect("valid");
+        assert_eq!(settings.call_limits(), CallLimits::default());
+        let settings = Settings::from_toml(&format!(
+            "{VALID}\n[aws]\nsdk_connect_timeout_ms = 1500\nsdk_attempt_timeout_seconds = 30\n\
+             sdk_operation_timeout_seconds = 90\nmax_calls_in_flight_per_payer = 4"
+        ))
+        .expect("valid");
+        assert_eq!(
+            settings.call_limits(),
+            CallLimits {
+                connect_timeout: std::time::Duration::from_millis(1500),
+                attempt_timeout: std::time::Duration::from_secs(30),
+                operation_timeout: std::time::Duration::from_secs(90),
+                in_flight_per_payer: 4,
+            }
+        );
     }
 
     #[test]

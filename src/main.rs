@@ -208,7 +208,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let aws = aws_account_worker::aws::sdk::load_config().await;
+    let aws = aws_account_worker::aws::sdk::load_config(&settings.call_limits()).await;
     // One signal stops both the worker and its endpoints.
     let shutdown = CancellationToken::new();
     tokio::spawn({

@@ -72,6 +72,7 @@ impl Application {
             aws,
             &settings.payers,
             &settings.member_access(),
+            &settings.call_limits(),
             &observed.metrics,
         )
         .await;

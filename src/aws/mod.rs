@@ -2,11 +2,14 @@
 //! type; [`sdk`] implements the traits over the AWS SDK clients. [`probe`] holds the read-only
 //! queries of `check`.
 
+#[cfg(test)]
+pub mod fake;
 pub mod probe;
 pub mod sdk;
 
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -109,6 +112,34 @@ pub struct MemberAccess {
     pub role_name: String,
     /// `CreateAccount`'s `IamUserAccessToBilling`.
     pub iam_user_access_to_billing: AccessToBilling,
+}
+
+/// Bounds on the worker's AWS calls (`[aws]` `sdk_*` and `max_calls_in_flight_per_payer`), so
+/// that a hung connection becomes a transient error instead of an order that holds its consumer
+/// slot forever, and so that many orders in flight do not open one connection each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// To open a connection.
+    pub connect_timeout: Duration,
+    /// For one attempt of a call (the SDK retries some failures itself).
+    pub attempt_timeout: Duration,
+    /// For a call in all, its attempts included.
+    pub operation_timeout: Duration,
+    /// Organizations and STS calls one payer's client makes at once (per process); more wait.
+    pub in_flight_per_payer: usize,
+}
+
+impl Default for CallLimits {
+    /// The defaults of `config/default.toml`: 5 s to connect, 20 s per attempt, 60 s in all,
+    /// 16 calls at once per payer.
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(20),
+            operation_timeout: Duration::from_secs(60),
+            in_flight_per_payer: 16,
+        }
+    }
 }
 
 /// The tag that ties an account to its Connect asset; the idempotency gate reads it.

@@ -26,8 +26,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{
-    ASSET_TAG, AccessToBilling, AccountId, AwsError, AwsResult, CreateState, CreateStatus,
-    ExistingAccount, MemberAccess, MemberIam, NewAccount, Organizations, Retry,
+    ASSET_TAG, AccessToBilling, AccountId, AwsError, AwsResult, CallLimits, CreateState,
+    CreateStatus, ExistingAccount, MemberAccess, MemberIam, NewAccount, Organizations, Retry,
 };
 use crate::config::PayerSettings;
 use crate::domain::ids::PolicyId;
@@ -63,25 +63,25 @@ const NOT_READY_CODES: &[&str] = &[
     "InvalidClientTokenId",
 ];
 
-/// Bounds on every AWS call, so a hung connection becomes a transient error instead of an
-/// order that holds its consumer slot forever.
-pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+/// The SDK's timeouts from `limits`, so a hung connection becomes a transient error instead of
+/// an order that holds its consumer slot forever.
+pub fn timeouts(limits: &CallLimits) -> aws_config::timeout::TimeoutConfig {
     aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .operation_attempt_timeout(std::time::Duration::from_secs(20))
-        .operation_timeout(std::time::Duration::from_secs(60))
+        .connect_timeout(limits.connect_timeout)
+        .operation_attempt_timeout(limits.attempt_timeout)
+        .operation_timeout(limits.operation_timeout)
         .build()
 }
 
 /// The SDK configuration of the worker's AWS calls: credentials, region and endpoint from the
 /// standard chain, `us-east-1` when no region is configured (Organizations is a global service
-/// homed there), and [`timeouts`].
-pub async fn load_config() -> SdkConfig {
+/// homed there), and the [`timeouts`] of `limits`.
+pub async fn load_config(limits: &CallLimits) -> SdkConfig {
     let region =
         aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(region)
-        .timeout_config(timeouts())
+        .timeout_config(timeouts(limits))
         .load()
         .await
 }
@@ -105,11 +105,14 @@ pub async fn payer_config(base: &SdkConfig, role_arn: Option<&str>) -> SdkConfig
 }
 
 /// One [`SdkOrganizations`] per `[payers.NAME]` entry, by name, each over its
-/// [`payer_config`]; `member` and `metrics` as in [`SdkOrganizations::new`].
+/// [`payer_config`], making at most `limits.in_flight_per_payer` calls at once; `member` and
+/// `metrics` as in [`SdkOrganizations::new`]. (The timeouts of `limits` are `base`'s, as
+/// [`load_config`] sets them.)
 pub async fn payers(
     base: &SdkConfig,
     payers: &BTreeMap<String, PayerSettings>,
     member: &MemberAccess,
+    limits: &CallLimits,
     metrics: &Metrics,
 ) -> BTreeMap<String, SdkOrganizations> {
     let mut clients = BTreeMap::new();
@@ -117,7 +120,7 @@ pub async fn payers(
         let config = payer_config(base, payer.role_arn.as_deref()).await;
         clients.insert(
             name.clone(),
-            SdkOrganizations::new(&config, member, metrics),
+            SdkOrganizations::new(&config, member, limits.in_flight_per_payer, metrics),
         );
     }
     clients
@@ -228,14 +231,17 @@ pub struct SdkOrganizations {
     calls: Arc<Semaphore>,
 }
 
-/// Organizations and STS calls one payer's client makes at once (per process); more wait.
-pub const MAX_CONCURRENT_CALLS: usize = 16;
-
 impl SdkOrganizations {
     /// Clients over `config` (credentials, region, endpoint) that count their calls in
     /// `metrics`; `member` says which access role new accounts get (and the worker assumes),
-    /// and whether their IAM users may see billing.
-    pub fn new(config: &SdkConfig, member: &MemberAccess, metrics: &Metrics) -> Self {
+    /// and whether their IAM users may see billing. At most `calls_in_flight` Organizations
+    /// and STS calls run at once (at least 1); more wait their turn.
+    pub fn new(
+        config: &SdkConfig,
+        member: &MemberAccess,
+        calls_in_flight: usize,
+        metrics: &Metrics,
+    ) -> Self {
         let organizations = aws_sdk_organizations::config::Builder::from(config)
             .interceptor(CountCalls(metrics.clone()))
             .build();
@@ -248,7 +254,7 @@ impl SdkOrganizations {
             organizations: aws_sdk_organizations::Client::from_conf(organizations),
             sts: aws_sdk_sts::Client::from_conf(sts),
             member: member.clone(),
-            calls: Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS)),
+            calls: Arc::new(Semaphore::new(calls_in_flight.max(1))),
         }
     }
 
@@ -614,8 +620,8 @@ impl MemberIam for SdkMemberIam {
 
 #[cfg(test)]
 mod tests {
-    //! The classification of `CreateAccount` failures that concern the creation limit, and a
-    //! payer whose credentials cannot be had.
+    //! The classification of `CreateAccount` failures that concern the creation limit, the
+    //! timeouts taken from the settings, and a payer whose credentials cannot be had.
 
     use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError, future};
     use aws_sdk_organizations::types::error::{
@@ -659,6 +665,23 @@ mod tests {
         assert_eq!(error.retry, Retry::Permanent);
     }
 
+    #[test]
+    fn the_timeouts_are_the_limits() {
+        let limits = CallLimits {
+            connect_timeout: std::time::Duration::from_millis(1500),
+            attempt_timeout: std::time::Duration::from_secs(7),
+            operation_timeout: std::time::Duration::from_secs(30),
+            in_flight_per_payer: 2,
+        };
+        let timeouts = timeouts(&limits);
+        assert_eq!(timeouts.connect_timeout(), Some(limits.connect_timeout));
+        assert_eq!(
+            timeouts.operation_attempt_timeout(),
+            Some(limits.attempt_timeout)
+        );
+        assert_eq!(timeouts.operation_timeout(), Some(limits.operation_timeout));
+    }
+
     /// Credentials that never come, as from a payer role that cannot be assumed.
     #[derive(Debug)]
     struct Refused;
@@ -687,7 +710,7 @@ mod tests {
             role_name: "OrganizationAccountAccessRole".to_owned(),
             iam_user_access_to_billing: AccessToBilling::Allow,
         };
-        let payer = SdkOrganizations::new(&config, &member, &Metrics::default());
+        let payer = SdkOrganizations::new(&config, &member, 16, &Metrics::default());
         let error = payer
             .find_account("someone@example.com")
             .await

@@ -1,0 +1,135 @@
+//! A scripted [`Organizations`] and [`MemberIam`] for unit tests: creation states come from a
+//! script, every call is recorded by name, and chosen calls answer what a test sets.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use secrecy::SecretString;
+
+use super::{
+    AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount, MemberIam,
+    NewAccount, Organizations,
+};
+use crate::domain::ids::PolicyId;
+use crate::domain::names::IamUserName;
+
+/// Scripted Organizations: `CreateAccount` answers the first state, each status poll the
+/// next; every call is recorded by name. It is also its own member account's IAM.
+#[derive(Clone, Default)]
+pub struct ScriptedOrganizations {
+    /// The creation states still to answer, in order (every create request is `car-test`).
+    pub states: Arc<Mutex<VecDeque<CreateState>>>,
+    /// Every call so far, e.g. `CreateAccount c@customer.example`.
+    pub calls: Arc<Mutex<Vec<String>>>,
+    /// What `AttachPolicy` answers instead of success.
+    pub fail_attach: Option<AwsError>,
+    /// What `ListAccounts` finds for any email.
+    pub existing: Option<ExistingAccount>,
+    /// What `ListCreateAccountStatus` finds in progress for any name.
+    pub in_progress: Option<String>,
+    /// What `DescribeAccount` answers.
+    pub described: Option<ExistingAccount>,
+    /// Where `ListParents` finds the account.
+    pub parent: Arc<Mutex<String>>,
+    /// What `CreateUser` answers instead of success.
+    pub refuse_user: Option<AwsError>,
+}
+
+impl ScriptedOrganizations {
+    /// A fake whose creation passes through `states`, one per `CreateAccount` or status poll.
+    pub fn with_states(states: impl IntoIterator<Item = CreateState>) -> Self {
+        Self {
+            states: Arc::new(Mutex::new(states.into_iter().collect())),
+            ..Self::default()
+        }
+    }
+
+    fn record(&self, call: impl Into<String>) {
+        self.calls.lock().expect("calls").push(call.into());
+    }
+
+    /// The calls made so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("calls").clone()
+    }
+
+    fn next_status(&self) -> CreateStatus {
+        let state = self
+            .states
+            .lock()
+            .expect("states")
+            .pop_front()
+            .expect("a scripted state");
+        CreateStatus {
+            request_id: "car-test".into(),
+            state,
+        }
+    }
+}
+
+impl Organizations for ScriptedOrganizations {
+    type Member = ScriptedOrganizations;
+
+    async fn find_account(&self, email: &str) -> AwsResult<Option<ExistingAccount>> {
+        self.record(format!("ListAccounts {email}"));
+        Ok(self.existing.clone())
+    }
+
+    async fn describe_account(&self, account: &AccountId) -> AwsResult<ExistingAccount> {
+        self.record(format!("DescribeAccount {account}"));
+        Ok(self.described.clone().expect("a scripted account"))
+    }
+
+    async fn find_creation(&self, name: &str) -> AwsResult<Option<String>> {
+        self.record(format!("ListCreateAccountStatus {name}"));
+        Ok(self.in_progress.clone())
+    }
+
+    async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
+        self.record(format!("CreateAccount {}", account.email));
+        Ok(self.next_status())
+    }
+
+    async fn create_status(&self, request_id: &str) -> AwsResult<CreateStatus> {
+        self.record(format!("DescribeCreateAccountStatus {request_id}"));
+        Ok(self.next_status())
+    }
+
+    async fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
+        self.record(format!("AttachPolicy {policy} {account}"));
+        self.fail_attach.clone().map_or(Ok(()), Err)
+    }
+
+    async fn place_account(&self, account: &AccountId, parent: &str) -> AwsResult<bool> {
+        self.record(format!("ListParents {account}"));
+        let here = self.parent.lock().expect("parent").clone();
+        if here == parent {
+            return Ok(false);
+        }
+        self.record(format!("MoveAccount {account} {here} {parent}"));
+        *self.parent.lock().expect("parent") = parent.to_owned();
+        Ok(true)
+    }
+
+    async fn member(&self, account: &AccountId) -> AwsResult<Self> {
+        self.record(format!("AssumeRole {account}"));
+        Ok(self.clone())
+    }
+}
+
+impl MemberIam for ScriptedOrganizations {
+    async fn create_user(&self, name: &IamUserName) -> AwsResult<()> {
+        self.record(format!("CreateUser {name}"));
+        self.refuse_user.clone().map_or(Ok(()), Err)
+    }
+
+    async fn set_login_profile(&self, name: &IamUserName, _: &SecretString) -> AwsResult<()> {
+        self.record(format!("CreateLoginProfile {name}"));
+        Ok(())
+    }
+
+    async fn attach_user_policy(&self, name: &IamUserName, arn: &str) -> AwsResult<()> {
+        self.record(format!("AttachUserPolicy {name} {arn}"));
+        Ok(())
+    }
+}

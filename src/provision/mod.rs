@@ -1,0 +1,248 @@
+//! Provisioning: the account, the customer's access, then the account's OU and SCPs; each step
+//! safe to run again. What is known so far ([`Progress`]) travels with the order when it goes
+//! back to the broker, so a retry never asks AWS for a second account.
+//!
+//! The steps, in their order: `gate` looks for the order's account before anything is
+//! requested; `creation` requests it in a creation slot and waits for it; `access` gives the
+//! customer their access; `placement` moves the account to its OU and attaches its SCPs.
+
+mod access;
+mod creation;
+mod gate;
+mod placement;
+
+#[cfg(test)]
+mod fixtures;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::aws::{AccountId, AwsError, Organizations};
+use crate::domain::model::Plan;
+use crate::domain::order::PurchaseRequest;
+use crate::domain::outcome::Rejection;
+use crate::domain::progress::{Progress, Provisioned};
+use crate::slots::{CreationSlots, NoSlot};
+
+pub use access::{MEMBER_ACCESS_DENIED, member_refusal};
+pub use creation::keep_until_done;
+
+/// How long provisioning waits on AWS: for a creation in progress, and for a new account.
+#[derive(Debug, Clone, Copy)]
+pub struct Polling {
+    /// Between two `DescribeCreateAccountStatus` calls.
+    pub interval: Duration,
+    /// In all, before the order goes back to the broker to wait.
+    pub patience: Duration,
+    /// The readiness window: a member account younger than this that refuses the worker
+    /// ([`crate::aws::Retry::WhileNew`]) is not ready yet; an older one denies the call for
+    /// good.
+    pub member_ready: Duration,
+}
+
+/// Why provisioning stopped.
+#[derive(Debug)]
+pub enum ProvisionError {
+    /// A business outcome: the order gets `aws.account.failed`.
+    Rejected(Rejection),
+    /// The gate found nothing, but an earlier delivery may have a `CreateAccount` in flight
+    /// ([`Progress::maybe_in_flight`]): look again after a wait, before requesting an account.
+    NotYet,
+    /// The gate found nothing, but no creation slot of the payer came free for this delivery:
+    /// nothing was requested, the order tries again later.
+    NoSlot(NoSlot),
+    /// An AWS call failed; `progress` is what was achieved before it.
+    Aws {
+        /// The classified failure.
+        error: AwsError,
+        /// What to resume from.
+        progress: Progress,
+    },
+}
+
+/// An AWS call failed; `progress` is what to resume from.
+fn failed(error: AwsError, progress: &Progress) -> ProvisionError {
+    ProvisionError::Aws {
+        error,
+        progress: progress.clone(),
+    }
+}
+
+/// Provisions `plan` for `order`, resuming from `progress`. Every step is safe to run again:
+/// the account is looked for before it is requested, and the later steps accept what is
+/// already there. `CreateAccount` waits for a slot of the payer's organization from `slots`
+/// and holds it until the creation ends (see [`keep_until_done`] for a creation that outlasts
+/// the attempt).
+///
+/// # Errors
+/// [`ProvisionError::Rejected`] for a business outcome (AWS ended the creation FAILED, the
+/// email belongs to another account); [`ProvisionError::Aws`] when a call fails, with the
+/// progress to resume from; [`ProvisionError::NoSlot`] when no creation slot came;
+/// [`ProvisionError::NotYet`] when an earlier delivery's creation may still be on its way.
+pub async fn provision<O: Organizations>(
+    aws: &Arc<O>,
+    slots: &impl CreationSlots,
+    order: &PurchaseRequest,
+    plan: &Plan,
+    mut progress: Progress,
+    polling: Polling,
+) -> Result<Provisioned, ProvisionError> {
+    let account_id = match progress.account_id.clone() {
+        Some(id) => id,
+        None => {
+            let id =
+                creation::find_or_create(aws, slots, order, plan, &mut progress, polling).await?;
+            progress.account_id = Some(id.clone());
+            id
+        }
+    };
+    let account = AccountId(account_id.clone());
+
+    // The customer's access first, then the account's place and SCPs: an SCP that denies IAM
+    // actions (attached here or inherited from the OU) must not block the worker's own setup.
+    let access = access::grant(aws.as_ref(), &account, &plan.access, polling)
+        .await
+        .map_err(|e| failed(e, &progress))?;
+
+    // The account's place and its SCPs are one step: `policies_attached` says both are done.
+    if !progress.policies_attached {
+        placement::place(aws.as_ref(), &account, plan)
+            .await
+            .map_err(|e| failed(e, &progress))?;
+        progress.policies_attached = true;
+    }
+
+    Ok(Provisioned {
+        account_id,
+        create_request_id: progress.create_request_id.unwrap_or_default(),
+        service_control_policies: plan.service_control_policies.clone(),
+        access,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The order of the steps, and what a resumed order skips.
+
+    use std::sync::Arc;
+
+    use super::fixtures::{POLLING, iam_user, order, plan, provision_root, succeeded};
+    use super::*;
+    use crate::aws::fake::ScriptedOrganizations;
+    use crate::aws::{CreateState, Retry};
+    use crate::domain::progress::Granted;
+    use crate::slots::Unlimited;
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_until_succeeded_then_makes_the_user_then_attaches_scps() {
+        let aws = ScriptedOrganizations::with_states([
+            CreateState::InProgress,
+            CreateState::InProgress,
+            succeeded(),
+        ]);
+        let done = provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan(iam_user()),
+            Progress::default(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        assert_eq!(done.account_id, "111122223333");
+        assert_eq!(done.create_request_id, "car-test");
+        assert!(matches!(done.access, Granted::IamUser { .. }));
+        assert_eq!(
+            aws.calls(),
+            [
+                "ListCreateAccountStatus C",
+                "ListAccounts c@customer.example",
+                "CreateAccount c@customer.example",
+                "DescribeCreateAccountStatus car-test",
+                "DescribeCreateAccountStatus car-test",
+                "AssumeRole 111122223333",
+                "CreateUser admin",
+                "CreateLoginProfile admin",
+                "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
+                "AttachPolicy p-abcd1234 111122223333",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_order_never_asks_for_a_second_account() {
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            ..Progress::default()
+        };
+        provision_root(&aws, progress).await.expect("provisioned");
+        assert_eq!(aws.calls()[0], "DescribeCreateAccountStatus car-test");
+        assert!(!aws.calls().iter().any(|c| c.starts_with("CreateAccount")));
+
+        let aws = ScriptedOrganizations::default();
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: Some("111122223333".into()),
+            ..Progress::default()
+        };
+        provision_root(&aws, progress).await.expect("provisioned");
+        assert_eq!(aws.calls(), ["AttachPolicy p-abcd1234 111122223333"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_call_after_creation_keeps_the_account_in_the_progress() {
+        let throttled = AwsError {
+            retry: Retry::Transient,
+            operation: "AttachPolicy",
+            code: Some("TooManyRequestsException".into()),
+            message: "slow down".into(),
+        };
+        let aws = ScriptedOrganizations {
+            fail_attach: Some(throttled.clone()),
+            ..ScriptedOrganizations::with_states([succeeded()])
+        };
+        let err = provision_root(&aws, Progress::default()).await;
+        let Err(ProvisionError::Aws { error, progress }) = err else {
+            panic!("expected an AWS error, got {err:?}");
+        };
+        assert_eq!(error, throttled);
+        assert_eq!(progress.account_id.as_deref(), Some("111122223333"));
+        assert_eq!(progress.create_request_id.as_deref(), Some("car-test"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_iam_user_is_made_before_the_ou_and_the_scps() {
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        *aws.parent.lock().expect("parent") = "r-root".to_owned();
+        let plan = Plan {
+            organizational_unit_id: Some("ou-root-opco0001".into()),
+            ..plan(iam_user())
+        };
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan,
+            Progress::default(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        let calls = aws.calls();
+        let after_creation: Vec<&str> = calls[3..].iter().map(String::as_str).collect();
+        assert_eq!(
+            after_creation,
+            [
+                "AssumeRole 111122223333",
+                "CreateUser admin",
+                "CreateLoginProfile admin",
+                "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
+                "ListParents 111122223333",
+                "MoveAccount 111122223333 r-root ou-root-opco0001",
+                "AttachPolicy p-abcd1234 111122223333",
+            ]
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The account's place in its payer's organization: moved to its OU, then its SCPs attached;
+//! one step, done after the customer's access (see [`super::provision`]).
+
+use tracing::{debug, info};
+
+use crate::aws::{AccountId, AwsResult, Organizations};
+use crate::domain::model::Plan;
+
+/// Moves `account` to the plan's OU (if it names one and the account is elsewhere), then
+/// attaches the plan's SCPs; both accept what is already done.
+///
+/// # Errors
+/// The first AWS call that fails.
+pub(super) async fn place<O: Organizations>(
+    aws: &O,
+    account: &AccountId,
+    plan: &Plan,
+) -> AwsResult<()> {
+    if let Some(parent) = &plan.organizational_unit_id {
+        let moved = aws.place_account(account, parent).await?;
+        if moved {
+            info!(organizational_unit_id = %parent, "account moved to its organizational unit");
+        }
+    }
+    for policy in &plan.service_control_policies {
+        aws.attach_policy(policy, account).await?;
+        debug!(policy = %policy, "service control policy attached");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Placement once, before the SCPs, and not again once done.
+
+    use std::sync::{Arc, Mutex};
+
+    use crate::aws::fake::ScriptedOrganizations;
+    use crate::domain::model::{Access, Plan};
+    use crate::domain::progress::Progress;
+    use crate::provision::fixtures::{POLLING, order, plan, provision_root, succeeded};
+    use crate::provision::provision;
+    use crate::slots::Unlimited;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_account_is_moved_to_its_ou_once_before_the_scps() {
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        *aws.parent.lock().expect("parent") = "r-root".to_owned();
+        let plan = Plan {
+            organizational_unit_id: Some("ou-root-opco0001".into()),
+            ..plan(Access::RootUser)
+        };
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan,
+            Progress::default(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        let calls = aws.calls();
+        let after_creation: Vec<&str> = calls[3..].iter().map(String::as_str).collect();
+        assert_eq!(
+            after_creation,
+            [
+                "ListParents 111122223333",
+                "MoveAccount 111122223333 r-root ou-root-opco0001",
+                "AttachPolicy p-abcd1234 111122223333",
+            ]
+        );
+
+        // Delivered again after a failure before the SCPs: it is there, so it stays.
+        let aws = ScriptedOrganizations {
+            parent: Arc::new(Mutex::new("ou-root-opco0001".into())),
+            ..ScriptedOrganizations::default()
+        };
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: Some("111122223333".into()),
+            ..Progress::default()
+        };
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan,
+            progress.clone(),
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        assert_eq!(
+            aws.calls(),
+            [
+                "ListParents 111122223333",
+                "AttachPolicy p-abcd1234 111122223333"
+            ]
+        );
+
+        // Once the SCPs are attached, the placement is done too.
+        let aws = ScriptedOrganizations::default();
+        let progress = Progress {
+            policies_attached: true,
+            ..progress
+        };
+        provision(
+            &Arc::new(aws.clone()),
+            &Unlimited,
+            &order(),
+            &plan,
+            progress,
+            POLLING,
+        )
+        .await
+        .expect("provisioned");
+        assert_eq!(aws.calls(), Vec::<String>::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attached_policies_are_not_attached_again() {
+        let aws = ScriptedOrganizations::default();
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: Some("111122223333".into()),
+            policies_attached: true,
+            ..Progress::default()
+        };
+        provision_root(&aws, progress).await.expect("provisioned");
+        assert_eq!(aws.calls(), Vec::<String>::new());
+    }
+}
