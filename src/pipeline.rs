@@ -277,7 +277,7 @@ impl<O: Organizations> Pipeline<O> {
             }
             Err(ProvisionError::Aws { error, progress }) => {
                 let failure = Failure {
-                    reason: Reason::of_aws(error.code.as_deref()),
+                    reason: error.reason(),
                     message: error.to_string(),
                     ids: ids.clone(),
                     progress,
@@ -340,5 +340,137 @@ impl Resolved {
     /// email (the same order delivered twice, or two orders for one email).
     pub fn lock_key(&self) -> String {
         self.plan.email.as_str().to_ascii_lowercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The whole trip in one call, against the scripted AWS fake, with in-process locks and
+    //! no limit on creations: no broker.
+
+    use super::*;
+    use crate::aws::CreateState;
+    use crate::aws::fake::ScriptedOrganizations;
+    use crate::locks::{Local, LocksUnavailable};
+    use crate::slots::Unlimited;
+
+    /// ECAM with the root user: one `CreateAccount`, no IAM user.
+    fn settings() -> Settings {
+        Settings::from_toml(
+            r#"
+            [business_model]
+            provider_email_domain = "provider.example"
+            account_model = "ECAM"
+            provide_root_user_for_ecam = true
+            "#,
+        )
+        .expect("valid settings")
+    }
+
+    fn body() -> Vec<u8> {
+        serde_json::json!({
+            "id": "PR-1-2", "type": "purchase",
+            "asset": {
+                "id": "AS-1", "marketplace": {"id": "MP-1"},
+                "tiers": {"customer": {"id": "TA-1", "name": "C"}},
+                "params": [{"id": "aws_account_email", "value": "c@customer.example"}]
+            }
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn pipeline(aws: &ScriptedOrganizations) -> Arc<Pipeline<ScriptedOrganizations>> {
+        let succeeded = CreateState::Succeeded {
+            account_id: "111122223333".into(),
+        };
+        aws.states.lock().expect("states").push_back(succeeded);
+        Pipeline::new(
+            BTreeMap::from([("default".to_owned(), aws.clone())]),
+            &settings(),
+        )
+    }
+
+    fn reason(outcome: &Outcome) -> Option<&Reason> {
+        match outcome {
+            Outcome::Retry(failure) | Outcome::Later(failure, _) | Outcome::DeadLetter(failure) => {
+                Some(&failure.reason)
+            }
+            Outcome::Report(_) | Outcome::HandBack(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_order_goes_from_its_body_to_its_event_holding_its_lock() {
+        let aws = ScriptedOrganizations::default();
+        let locks = Local::default();
+        let processed = pipeline(&aws)
+            .process_one(&body(), Progress::default(), &locks, &Unlimited)
+            .await;
+        match &processed.outcome {
+            Outcome::Report(event) => assert_eq!(event.name(), report::PROVISIONED),
+            other => panic!("expected the provisioned event, got {other:?}"),
+        }
+        assert!(
+            locks.is_held("c@customer.example"),
+            "the lock is held until the outcome is settled"
+        );
+        processed.lock.expect("the lock").release().await;
+        assert!(!locks.is_held("c@customer.example"));
+    }
+
+    #[tokio::test]
+    async fn a_held_lock_means_later_with_no_aws_call() {
+        let aws = ScriptedOrganizations::default();
+        let locks = Local::default();
+        let _other = locks.try_take("c@customer.example").await.expect("locks");
+        let processed = pipeline(&aws)
+            .process_one(&body(), Progress::default(), &locks, &Unlimited)
+            .await;
+        assert!(
+            matches!(processed.outcome, Outcome::Later(_, wait) if wait == Duration::from_millis(1000)),
+            "{:?}",
+            processed.outcome
+        );
+        assert_eq!(reason(&processed.outcome), Some(&Reason::OrderBusy));
+        assert!(processed.lock.is_none());
+        assert!(aws.calls().is_empty(), "no AWS call: {:?}", aws.calls());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_body_is_dead_lettered_before_any_lock() {
+        struct Refusing;
+        impl OrderLocks for Refusing {
+            async fn try_take(&self, _: &str) -> Result<Option<Lock>, LocksUnavailable> {
+                panic!("a malformed order takes no lock")
+            }
+        }
+        let aws = ScriptedOrganizations::default();
+        let processed = pipeline(&aws)
+            .process_one(b"not json", Progress::default(), &Refusing, &Unlimited)
+            .await;
+        assert_eq!(reason(&processed.outcome), Some(&Reason::NotJson));
+        assert!(matches!(processed.outcome, Outcome::DeadLetter(_)));
+        assert!(aws.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unavailable_locks_hand_the_delivery_back() {
+        struct Unavailable;
+        impl OrderLocks for Unavailable {
+            async fn try_take(&self, _: &str) -> Result<Option<Lock>, LocksUnavailable> {
+                Err(LocksUnavailable("connection closed".into()))
+            }
+        }
+        let aws = ScriptedOrganizations::default();
+        let processed = pipeline(&aws)
+            .process_one(&body(), Progress::default(), &Unavailable, &Unlimited)
+            .await;
+        assert!(
+            matches!(&processed.outcome, Outcome::HandBack(why) if why.contains("connection closed")),
+            "{:?}",
+            processed.outcome
+        );
+        assert!(aws.calls().is_empty());
     }
 }

@@ -38,6 +38,11 @@ pub enum Reason {
     CreationSlotBusy,
     /// A member account kept refusing the worker past its readiness window.
     MemberAccessDenied,
+    /// The creation in progress under the order's account name made an account for another
+    /// order.
+    AccountNameInUse,
+    /// The account's creation was still in progress when the attempt's patience ran out.
+    CreateInProgress,
     /// An AWS call got no answer (timeout, connection error).
     AwsUnreachable,
     /// AWS answered with this error code.
@@ -58,18 +63,27 @@ impl Reason {
             Self::CreateMaybeInFlight => "CREATE_MAYBE_IN_FLIGHT",
             Self::CreationSlotBusy => "CREATION_SLOT_BUSY",
             Self::MemberAccessDenied => "MEMBER_ACCESS_DENIED",
+            Self::AccountNameInUse => "ACCOUNT_NAME_IN_USE",
+            Self::CreateInProgress => "CREATE_IN_PROGRESS",
             Self::AwsUnreachable => "AWS_UNREACHABLE",
             Self::Aws(code) => code,
         }
     }
 
-    /// The reason of an AWS failure: its error code (one of ours when the worker set it, as
-    /// [`Reason::MemberAccessDenied`]), or [`Reason::AwsUnreachable`] when AWS gave none.
+    /// The reason of a failed AWS step: its error code (one of ours when provisioning set it,
+    /// as [`Reason::MemberAccessDenied`]), or [`Reason::AwsUnreachable`] when AWS gave none.
     pub fn of_aws(code: Option<&str>) -> Self {
+        let ours = [
+            Self::MemberAccessDenied,
+            Self::AccountNameInUse,
+            Self::CreateInProgress,
+        ];
         match code {
             None => Self::AwsUnreachable,
-            Some(code) if code == Self::MemberAccessDenied.as_str() => Self::MemberAccessDenied,
-            Some(code) => Self::Aws(code.to_owned()),
+            Some(code) => ours
+                .into_iter()
+                .find(|reason| reason.as_str() == code)
+                .unwrap_or_else(|| Self::Aws(code.to_owned())),
         }
     }
 }
@@ -288,6 +302,8 @@ mod tests {
             (Reason::CreateMaybeInFlight, "CREATE_MAYBE_IN_FLIGHT"),
             (Reason::CreationSlotBusy, "CREATION_SLOT_BUSY"),
             (Reason::MemberAccessDenied, "MEMBER_ACCESS_DENIED"),
+            (Reason::AccountNameInUse, "ACCOUNT_NAME_IN_USE"),
+            (Reason::CreateInProgress, "CREATE_IN_PROGRESS"),
             (Reason::AwsUnreachable, "AWS_UNREACHABLE"),
             (
                 Reason::Aws("TooManyRequestsException".into()),
@@ -298,10 +314,13 @@ mod tests {
             assert_eq!(reason.to_string(), code);
         }
         assert_eq!(Reason::of_aws(None), Reason::AwsUnreachable);
-        assert_eq!(
-            Reason::of_aws(Some("MEMBER_ACCESS_DENIED")),
-            Reason::MemberAccessDenied
-        );
+        for ours in [
+            Reason::MemberAccessDenied,
+            Reason::AccountNameInUse,
+            Reason::CreateInProgress,
+        ] {
+            assert_eq!(Reason::of_aws(Some(ours.as_str())), ours);
+        }
         assert_eq!(
             Reason::of_aws(Some("ConcurrentModificationException")),
             Reason::Aws("ConcurrentModificationException".into())

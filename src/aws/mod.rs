@@ -15,6 +15,7 @@ use secrecy::SecretString;
 
 use crate::domain::ids::PolicyId;
 use crate::domain::names::IamUserName;
+use crate::retry::Reason;
 
 /// Whether retrying the same call later can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +46,10 @@ pub struct AwsError {
 }
 
 impl AwsError {
-    /// The code for `x-failure-reason`: AWS's error code, or `AWS_UNREACHABLE` when the
-    /// service gave none (timeouts, connection errors).
-    pub fn reason(&self) -> String {
-        self.code
-            .clone()
-            .unwrap_or_else(|| "AWS_UNREACHABLE".to_owned())
+    /// The code for `x-failure-reason`: AWS's error code, or
+    /// [`Reason::AwsUnreachable`] when the service gave none (timeouts, connection errors).
+    pub fn reason(&self) -> Reason {
+        Reason::of_aws(self.code.as_deref())
     }
 }
 

@@ -717,7 +717,7 @@ mod tests {
             .expect_err("no credentials");
         assert_eq!(error.operation, "ListAccounts");
         assert_eq!(error.retry, Retry::Transient, "{error:?}");
-        assert_eq!(error.reason(), "AWS_UNREACHABLE", "{error:?}");
+        assert_eq!(error.reason().as_str(), "AWS_UNREACHABLE", "{error:?}");
         assert!(error.message.contains("sts:AssumeRole"), "{error:?}");
     }
 }

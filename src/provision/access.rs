@@ -13,6 +13,7 @@ use crate::domain::model::Access;
 use crate::domain::names::IamUserName;
 use crate::domain::password;
 use crate::domain::progress::Granted;
+use crate::retry::Reason;
 
 /// Gives the customer `access` to `account`: the root user needs no call; an IAM user is made
 /// (see [`iam_user`]), a refusal settled by the account's age (see [`member_refusal`]).
@@ -56,9 +57,6 @@ async fn iam_user<O: Organizations>(
     Ok(password)
 }
 
-/// The code of a refusal inside a member account past its readiness window.
-pub const MEMBER_ACCESS_DENIED: &str = "MEMBER_ACCESS_DENIED";
-
 /// Settles a [`Retry::WhileNew`] refusal inside `account` by the account's age (AWS's
 /// `JoinedTimestamp`); any other error is returned as it is.
 async fn settle_refusal<O: Organizations>(
@@ -94,7 +92,7 @@ pub fn member_refusal(
     match age {
         Some(age) if age >= window => AwsError {
             retry: Retry::Permanent,
-            code: Some(MEMBER_ACCESS_DENIED.to_owned()),
+            code: Some(Reason::MemberAccessDenied.as_str().to_owned()),
             message: format!(
                 "step {operation} in member account {account} was refused ({code}: {message}) {age} s after the account joined the organization, past the readiness window of {window} s (aws.member_account_ready_seconds): something denies the access role there, most likely a service control policy on the organization's root or on the account's OU that denies IAM actions (the worker attaches its own SCPs only after this step), or an account without the role aws.member_role_name; fix that, then replay the order",
                 operation = error.operation,
@@ -151,7 +149,10 @@ mod tests {
             let error = member_refusal(refusal(Retry::WhileNew), &account, age, window);
             assert_eq!(error.retry, retry, "{age:?}");
             if retry == Retry::Permanent {
-                assert_eq!(error.code.as_deref(), Some(MEMBER_ACCESS_DENIED));
+                assert_eq!(
+                    error.code.as_deref(),
+                    Some(Reason::MemberAccessDenied.as_str())
+                );
                 assert!(
                     error.message.contains("step CreateUser"),
                     "{}",

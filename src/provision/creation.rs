@@ -17,6 +17,7 @@ use crate::domain::model::Plan;
 use crate::domain::order::PurchaseRequest;
 use crate::domain::outcome::{FailureCode, Rejection};
 use crate::domain::progress::Progress;
+use crate::retry::Reason;
 use crate::slots::{CreationSlots, Slot};
 
 /// Tags that tie the account to its Connect order; the idempotency gate reads the asset id.
@@ -183,7 +184,7 @@ async fn claim_adopted<O: Organizations>(
             AwsError {
                 retry: Retry::Transient,
                 operation: "CreateAccount",
-                code: Some("ACCOUNT_NAME_IN_USE".to_owned()),
+                code: Some(Reason::AccountNameInUse.as_str().to_owned()),
                 message: format!(
                     "creation {request_id} for the account name {} made an account for another order",
                     plan.account_name
@@ -322,7 +323,7 @@ async fn wait_for_account<O: Organizations>(
                 return Err(Waited::Error(AwsError {
                     retry: Retry::Transient,
                     operation: "DescribeCreateAccountStatus",
-                    code: Some("CREATE_IN_PROGRESS".to_owned()),
+                    code: Some(Reason::CreateInProgress.as_str().to_owned()),
                     message: format!("account creation {request_id} is still in progress"),
                 }));
             }

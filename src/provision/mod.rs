@@ -24,7 +24,7 @@ use crate::domain::outcome::Rejection;
 use crate::domain::progress::{Progress, Provisioned};
 use crate::slots::{CreationSlots, NoSlot};
 
-pub use access::{MEMBER_ACCESS_DENIED, member_refusal};
+pub use access::member_refusal;
 pub use creation::keep_until_done;
 
 /// How long provisioning waits on AWS: for a creation in progress, and for a new account.
