@@ -17,14 +17,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::aws::Organizations;
-use crate::broker::exclusive::Exclusive;
 use crate::broker::headers::History;
+use crate::broker::locks::BrokerLocks;
 use crate::broker::publisher::Publisher;
 use crate::broker::settle::{Settled, Settler};
-use crate::broker::slots::BrokerSlots;
+use crate::broker::slots::{BrokerSlots, Limits};
 use crate::broker::{connect, topology};
 use crate::config::Settings;
 use crate::domain::progress::Progress;
+use crate::locks::OrderLocks;
 use crate::observability::{Metrics, Readiness};
 use crate::pipeline::Pipeline;
 
@@ -67,7 +68,7 @@ struct Session {
     channel: Channel,
     consumer: Consumer,
     settler: Settler,
-    exclusive: Exclusive,
+    exclusive: BrokerLocks,
     slots: BrokerSlots,
     /// Owns the creation slots' queues; closing it frees the slots held.
     slots_connection: Arc<Connection>,
@@ -105,8 +106,12 @@ impl Session {
             &settings.retry,
             metrics,
         );
-        let exclusive =
-            Exclusive::new(&connection, &format!("{}.busy", amqp.orders_queue), metrics);
+        let exclusive = BrokerLocks::new(
+            &connection,
+            &amqp.url,
+            &format!("{}.busy", amqp.orders_queue),
+            metrics,
+        );
         // The slots on a connection of their own: taking a slot fails by design (a refused
         // exclusive declare closes its channel), and lapin can hand such a refusal to another
         // channel opened at the same moment on the same connection (an order's key).
@@ -115,7 +120,7 @@ impl Session {
             &slots_connection,
             &amqp.url,
             &format!("{}.slot", amqp.orders_queue),
-            settings.slot_limits(),
+            Limits::from_settings(settings),
             metrics,
         );
         info!(queue = %amqp.orders_queue, prefetch = amqp.prefetch, "consuming orders");
@@ -323,7 +328,7 @@ async fn handle<O: Organizations>(
     delivery: Delivery,
     pipeline: Arc<Pipeline<O>>,
     settler: Settler,
-    exclusive: Exclusive,
+    exclusive: BrokerLocks,
     slots: BrokerSlots,
 ) {
     let history = History::read(delivery.properties.headers().as_ref());
@@ -361,7 +366,7 @@ async fn process<O: Organizations>(
     history: &History,
     pipeline: &Pipeline<O>,
     settler: &Settler,
-    exclusive: &Exclusive,
+    exclusive: &BrokerLocks,
     slots: &BrokerSlots,
 ) -> Result<Settled, String> {
     let settle = |outcome| async {
