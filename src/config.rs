@@ -201,19 +201,6 @@ impl Settings {
             iam_user_access_to_billing: self.aws.iam_user_access_to_billing,
         }
     }
-
-    /// How the creation slots are shared: `aws.max_waiting_for_slot` counts at most
-    /// `amqp.prefetch - 1` (at least 1), so that waiting orders never hold every delivery.
-    pub fn slot_limits(&self) -> crate::broker::slots::Limits {
-        let aws = &self.aws;
-        let room = usize::from(self.amqp.prefetch.saturating_sub(1)).max(1);
-        crate::broker::slots::Limits {
-            slots: aws.max_concurrent_creations as usize,
-            poll: std::time::Duration::from_millis(aws.creation_slot_poll_ms),
-            max_waiting: (aws.max_waiting_for_slot as usize).min(room),
-            max_wait: std::time::Duration::from_secs(aws.creation_slot_wait_seconds),
-        }
-    }
 }
 
 fn redacted<S: Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
