@@ -5,12 +5,13 @@
 //! [`Lease::give_back`] deletes it; nothing else lives here.
 //!
 //! A refused declare (`RESOURCE_LOCKED`) closes its channel on the broker side, and lapin
-//! (4.12) drops the channel too, but keeps its id marked with the refusal for the connection's
-//! life: a channel opened later on that id is refused at once with the old error, and stays
-//! counted among the connection's channels. Refusals thus use up a connection's channel ids for
-//! good. So [`Leases`] takes new leases on a connection it replaces once half its channel ids
-//! went that way; a replaced connection stays open while a lease taken on it lives, and closes
-//! with its last one.
+//! (4.12) drops the channel too, but keeps its id poisoned with the refusal for the
+//! connection's life (`Frames::channels_poison`, cleared only by connection recovery): a channel
+//! opened later on that id is refused at once with the old error and stays among the
+//! connection's channels. Nothing in lapin's API frees the id, so refusals use up a connection's
+//! channel ids for good. [`Leases`] therefore takes new leases on a connection it replaces once
+//! half its channel ids went that way; a replaced connection stays open while a lease taken on
+//! it lives, and closes with its last one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,9 +30,6 @@ const RESOURCE_LOCKED: u16 = 405;
 
 /// How long opening a replacement connection may take.
 const REPLACE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Channels tried in a row when lapin hands out ids spent by earlier refusals.
-const OPEN_ATTEMPTS: usize = 8;
 
 /// Takes exclusive queues on a broker connection. Cheap to clone: clones share the connection.
 #[derive(Clone)]
@@ -120,8 +118,7 @@ impl Leases {
     /// # Errors
     /// The broker connection failed, or the broker refused the declare for another reason.
     pub async fn try_take(&self, queue: &str) -> lapin::Result<Option<Lease>> {
-        let link = self.link();
-        let channel = self.open_channel(&link).await?;
+        let (link, channel) = self.open_channel(None).await?;
         let options = QueueDeclareOptions {
             exclusive: true,
             ..QueueDeclareOptions::default()
@@ -163,18 +160,20 @@ impl Leases {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens a channel on `link`, past the ids earlier refusals spent (lapin answers those with
-    /// the old refusal at once).
-    async fn open_channel(&self, link: &Arc<Link>) -> lapin::Result<Channel> {
-        let mut attempt = 1;
+    /// Opens a channel on `fixed`, or else on the current connection, past the ids earlier
+    /// refusals spent (lapin answers those with the old refusal at once, each such answer
+    /// spending the id for good).
+    async fn open_channel(&self, fixed: Option<&Arc<Link>>) -> lapin::Result<(Arc<Link>, Channel)> {
+        let mut attempts = 0;
         loop {
+            let link = fixed.map_or_else(|| self.link(), Arc::clone);
             match link.connection.create_channel().await {
-                Ok(channel) => return Ok(channel),
-                Err(e) if attempt < OPEN_ATTEMPTS && is_spent_id(&e) => {
+                Ok(channel) => return Ok((link, channel)),
+                Err(e) if is_spent_id(&e) && attempts < channel_max(&link.connection) => {
                     debug!(error = %e, "a channel id spent by a refusal: trying the next one");
-                    self.spent(link, matches!(e.kind(), ErrorKind::ChannelsLimitReached))
+                    self.spent(&link, matches!(e.kind(), ErrorKind::ChannelsLimitReached))
                         .await;
-                    attempt += 1;
+                    attempts += 1;
                 }
                 Err(e) => return Err(e),
             }
@@ -194,11 +193,7 @@ impl Leases {
                 return;
             }
             current.spent += 1;
-            let channel_max = match link.connection.configuration().channel_max() {
-                0 => u16::MAX,
-                max => max,
-            };
-            if !exhausted && current.spent < usize::from(channel_max / 2) {
+            if !exhausted && current.spent < channel_max(&link.connection) / 2 {
                 return;
             }
         }
@@ -234,8 +229,8 @@ impl Lease {
     /// Gives the queue back: deletes it on a channel of its own, then closes that channel. A
     /// queue that cannot be deleted goes when its connection closes.
     pub async fn give_back(self) {
-        let deleted = match self.leases.open_channel(&self.link).await {
-            Ok(channel) => {
+        let deleted = match self.leases.open_channel(Some(&self.link)).await {
+            Ok((_, channel)) => {
                 let deleted = channel
                     .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
                     .await;
@@ -249,6 +244,14 @@ impl Lease {
         if let Err(e) = deleted {
             warn!(queue = %self.queue, error = %e, "could not delete an exclusive queue; it goes when its connection closes");
         }
+    }
+}
+
+/// The channels `connection` may open (0 negotiated: no limit but the id's range).
+fn channel_max(connection: &Connection) -> usize {
+    match connection.configuration().channel_max() {
+        0 => usize::from(u16::MAX),
+        max => usize::from(max),
     }
 }
 
