@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::aws::CallLimits;
 use crate::aws::probe::{OrganizationInfo, Probe, ProbeError, ProbeFailure, SdkProbe};
 use crate::broker::in_force::{self, QueueState};
 use crate::broker::management::Management;
@@ -192,7 +193,7 @@ pub async fn run_with_sdk(
     file: Option<&Path>,
     emit: impl FnMut(&Line),
 ) -> Summary {
-    let aws = crate::aws::sdk::load_config(&settings.call_limits()).await;
+    let aws = crate::aws::sdk::load_config(&CallLimits::from_settings(&settings.aws)).await;
     let mut payers = BTreeMap::new();
     for (name, payer) in &settings.payers {
         let config = crate::aws::sdk::payer_config(&aws, payer.role_arn.as_deref()).await;

@@ -12,7 +12,7 @@ use figment::value::{Dict, Value};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::aws::{AccessToBilling, CallLimits, MemberAccess};
+use crate::aws::{AccessToBilling, MemberAccess};
 use crate::domain::email::AccountEmail;
 use crate::domain::ids::{MarketplaceId, TierAccountId};
 use crate::domain::model::{
@@ -216,30 +216,6 @@ impl Settings {
         MemberAccess {
             role_name: self.aws.member_role_name.clone(),
             iam_user_access_to_billing: self.aws.iam_user_access_to_billing,
-        }
-    }
-
-    /// The bounds on AWS calls: the SDK's timeouts and the calls in flight per payer.
-    pub fn call_limits(&self) -> CallLimits {
-        let aws = &self.aws;
-        CallLimits {
-            connect_timeout: std::time::Duration::from_millis(aws.sdk_connect_timeout_ms),
-            attempt_timeout: std::time::Duration::from_secs(aws.sdk_attempt_timeout_seconds),
-            operation_timeout: std::time::Duration::from_secs(aws.sdk_operation_timeout_seconds),
-            in_flight_per_payer: aws.max_calls_in_flight_per_payer as usize,
-        }
-    }
-
-    /// How the creation slots are shared: `aws.max_waiting_for_slot` counts at most
-    /// `amqp.prefetch - 1` (at least 1), so that waiting orders never hold every delivery.
-    pub fn slot_limits(&self) -> crate::broker::slots::Limits {
-        let aws = &self.aws;
-        let room = usize::from(self.amqp.prefetch.saturating_sub(1)).max(1);
-        crate::broker::slots::Limits {
-            slots: aws.max_concurrent_creations as usize,
-            poll: std::time::Duration::from_millis(aws.creation_slot_poll_ms),
-            max_waiting: (aws.max_waiting_for_slot as usize).min(room),
-            max_wait: std::time::Duration::from_secs(aws.creation_slot_wait_seconds),
         }
     }
 }
@@ -868,26 +844,6 @@ mod tests {
             AccessToBilling::Allow
         );
         assert_eq!(defaults.aws.member_account_ready_seconds, 300);
-    }
-
-    #[test]
-    fn the_call_limits_default_to_the_former_constants() {
-        let settings = Settings::from_toml(VALID).expect("valid");
-        assert_eq!(settings.call_limits(), CallLimits::default());
-        let settings = Settings::from_toml(&format!(
-            "{VALID}\n[aws]\nsdk_connect_timeout_ms = 1500\nsdk_attempt_timeout_seconds = 30\n\
-             sdk_operation_timeout_seconds = 90\nmax_calls_in_flight_per_payer = 4"
-        ))
-        .expect("valid");
-        assert_eq!(
-            settings.call_limits(),
-            CallLimits {
-                connect_timeout: std::time::Duration::from_millis(1500),
-                attempt_timeout: std::time::Duration::from_secs(30),
-                operation_timeout: std::time::Duration::from_secs(90),
-                in_flight_per_payer: 4,
-            }
-        );
     }
 
     #[test]

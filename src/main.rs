@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use aws_account_worker::aws::CallLimits;
 use aws_account_worker::config::Settings;
 use aws_account_worker::domain::ids::RequestId;
 use aws_account_worker::explain;
@@ -208,7 +209,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let aws = aws_account_worker::aws::sdk::load_config(&settings.call_limits()).await;
+    let aws =
+        aws_account_worker::aws::sdk::load_config(&CallLimits::from_settings(&settings.aws)).await;
     // One signal stops both the worker and its endpoints.
     let shutdown = CancellationToken::new();
     tokio::spawn({

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Observed, RunError, Worker};
+use crate::aws::CallLimits;
 use crate::aws::sdk::{self, SdkOrganizations};
 use crate::config::Settings;
 use crate::observability::{self, ServerLimits};
@@ -72,7 +73,7 @@ impl Application {
             aws,
             &settings.payers,
             &settings.member_access(),
-            &settings.call_limits(),
+            &CallLimits::from_settings(&settings.aws),
             &observed.metrics,
         )
         .await;

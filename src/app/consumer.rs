@@ -17,10 +17,10 @@ use tracing::{info, warn};
 
 use super::handler::Handler;
 use crate::aws::Organizations;
-use crate::broker::exclusive::Exclusive;
+use crate::broker::locks::BrokerLocks;
 use crate::broker::publisher::Publisher;
 use crate::broker::settle::Settler;
-use crate::broker::slots::BrokerSlots;
+use crate::broker::slots::{BrokerSlots, Limits};
 use crate::broker::{connect, topology};
 use crate::config::Settings;
 use crate::observability::Metrics;
@@ -33,7 +33,7 @@ pub(super) struct Session {
     channel: Channel,
     consumer: Consumer,
     settler: Settler,
-    locks: Exclusive,
+    locks: BrokerLocks,
     slots: BrokerSlots,
     /// Owns the creation slots' queues; closing it frees the slots held.
     slots_connection: Arc<Connection>,
@@ -71,16 +71,22 @@ impl Session {
             &settings.retry,
             metrics,
         );
-        let locks = Exclusive::new(&connection, &format!("{}.busy", amqp.orders_queue), metrics);
-        // The slots on a connection of their own: taking a slot fails by design (a refused
-        // exclusive declare closes its channel), and lapin can hand such a refusal to another
-        // channel opened at the same moment on the same connection (an order's key).
+        let locks = BrokerLocks::new(
+            &connection,
+            &amqp.url,
+            &format!("{}.busy", amqp.orders_queue),
+            metrics,
+        );
+        // The slots on a connection of their own: taking a slot is refused by design (a refused
+        // exclusive declare closes its channel), and lapin keeps a refused channel id poisoned
+        // for the connection's life, so a channel opened later on that id would fail with the
+        // old refusal (broker/lease.rs moves to a new connection before the ids run out).
         let slots_connection = Arc::new(connect(&amqp.url).await?);
         let slots = BrokerSlots::observed(
             &slots_connection,
             &amqp.url,
             &format!("{}.slot", amqp.orders_queue),
-            settings.slot_limits(),
+            Limits::from_settings(settings),
             metrics,
         );
         info!(queue = %amqp.orders_queue, prefetch = amqp.prefetch, "consuming orders");
@@ -204,26 +210,6 @@ pub(super) async fn reconnect(
                     }
                 }
             },
-        }
-    }
-}
-
-// Until the broker's order locks are built on the shared lease: the exclusive keys serve as
-// the trip's order locks.
-impl crate::locks::OrderLocks for Exclusive {
-    async fn try_take(
-        &self,
-        key: &str,
-    ) -> Result<Option<crate::locks::Lock>, crate::locks::LocksUnavailable> {
-        struct Key(crate::broker::exclusive::Held);
-        impl crate::locks::Release for Key {
-            fn release(self: Box<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-                Box::pin(self.0.release())
-            }
-        }
-        match Exclusive::try_take(self, key).await {
-            Ok(held) => Ok(held.map(|held| crate::locks::Lock::new(Key(held)))),
-            Err(e) => Err(crate::locks::LocksUnavailable(e.to_string())),
         }
     }
 }

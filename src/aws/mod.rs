@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::config::AwsSettings;
 use crate::domain::ids::PolicyId;
 use crate::domain::names::IamUserName;
 use crate::retry::Reason;
@@ -126,6 +127,19 @@ pub struct CallLimits {
     pub operation_timeout: Duration,
     /// Organizations and STS calls one payer's client makes at once (per process); more wait.
     pub in_flight_per_payer: usize,
+}
+
+impl CallLimits {
+    /// The bounds `[aws]` sets.
+    pub fn from_settings(aws: &AwsSettings) -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(aws.sdk_connect_timeout_ms),
+            attempt_timeout: Duration::from_secs(aws.sdk_attempt_timeout_seconds),
+            operation_timeout: Duration::from_secs(aws.sdk_operation_timeout_seconds),
+            in_flight_per_payer: usize::try_from(aws.max_calls_in_flight_per_payer)
+                .unwrap_or(usize::MAX),
+        }
+    }
 }
 
 impl Default for CallLimits {
@@ -246,4 +260,38 @@ pub trait MemberIam: Send + Sync {
         name: &IamUserName,
         policy_arn: &str,
     ) -> impl Future<Output = AwsResult<()>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    const VALID: &str = r#"
+        [business_model]
+        provider_email_domain = "provider.com"
+    "#;
+
+    #[test]
+    fn the_call_limits_default_to_the_former_constants() {
+        let settings = Settings::from_toml(VALID).expect("valid");
+        assert_eq!(
+            CallLimits::from_settings(&settings.aws),
+            CallLimits::default()
+        );
+        let settings = Settings::from_toml(&format!(
+            "{VALID}\n[aws]\nsdk_connect_timeout_ms = 1500\nsdk_attempt_timeout_seconds = 30\n\
+             sdk_operation_timeout_seconds = 90\nmax_calls_in_flight_per_payer = 4"
+        ))
+        .expect("valid");
+        assert_eq!(
+            CallLimits::from_settings(&settings.aws),
+            CallLimits {
+                connect_timeout: std::time::Duration::from_millis(1500),
+                attempt_timeout: std::time::Duration::from_secs(30),
+                operation_timeout: std::time::Duration::from_secs(90),
+                in_flight_per_payer: 4,
+            }
+        );
+    }
 }

@@ -1,10 +1,11 @@
 //! The broker side: topology, publishing with confirms, the headers an order carries between
-//! attempts, and `settle`, the one place that maps a pipeline outcome to ack, retry or
-//! dead-letter.
+//! attempts, `settle`, the one place that maps a pipeline outcome to ack, retry or
+//! dead-letter, and the order locks and creation slots, both held as exclusive queues (`lease`).
 
-pub mod exclusive;
 pub mod headers;
 pub mod in_force;
+pub mod lease;
+pub mod locks;
 pub mod management;
 pub mod publisher;
 pub mod settle;

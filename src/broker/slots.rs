@@ -1,40 +1,28 @@
 //! Creation slots shared by every replica on every machine, built on RabbitMQ itself: slot `i`
-//! of payer `p` is the exclusive queue `<prefix>.<p>.<i>`, and holding the slot means owning
-//! that queue. RabbitMQ lets one connection at a time own an exclusive queue and deletes it when
-//! that connection closes, so a crashed replica's slots come back by themselves, and there is
-//! nothing to seed or count. Each process runs one small task per payer that serves its local
-//! waiters first come first served: while orders wait it looks for a free slot every `poll` (a
-//! refused exclusive declare closes its channel, so looking costs a channel per busy slot and
-//! round). A slot given back goes back to the broker, not straight to a local waiter, so that
-//! every replica's waiters get their turn.
-//!
-//! lapin never frees the id of a channel the broker closed (lapin 4.12), so refused declares
-//! use up a connection's channels. New slots are therefore taken on a connection the task
-//! replaces once half its channels were refused; a replaced connection stays open while it
-//! owns a slot and is closed when its last slot comes back.
+//! of payer `p` is the exclusive queue `<prefix>.<p>.<i>`, and holding the slot means holding
+//! that queue's lease (see [`crate::broker::lease`]), so a crashed replica's slots come back by
+//! themselves, and there is nothing to seed or count. Each process runs one small task per
+//! payer that serves its local waiters first come first served: while orders wait it looks for
+//! a free slot every `poll` (a refused take costs a channel per busy slot and round; the lease
+//! moves to a new connection when refusals used up the current one's). A slot given back goes
+//! back to the broker, not straight to a local waiter, so that every replica's waiters get
+//! their turn.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ErrorKind};
+use lapin::Connection;
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 
-use crate::broker;
+use crate::broker::lease::{Lease, Leases};
+use crate::config::Settings;
 use crate::observability::{Counted, Metrics};
 use crate::slots::{CreationSlots, NoSlot, Slot};
-
-/// How long opening a replacement slots connection may take.
-const REPLACE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// AMQP reply code RESOURCE_LOCKED: another connection owns the exclusive queue.
-const RESOURCE_LOCKED: u16 = 405;
 
 /// How the slots are shared.
 #[derive(Debug, Clone)]
@@ -47,6 +35,21 @@ pub struct Limits {
     pub max_waiting: usize,
     /// The longest one order waits before it goes back to the broker.
     pub max_wait: Duration,
+}
+
+impl Limits {
+    /// The limits `settings` set: `aws.max_waiting_for_slot` counts at most `amqp.prefetch - 1`
+    /// (at least 1), so that waiting orders never hold every delivery.
+    pub fn from_settings(settings: &Settings) -> Self {
+        let aws = &settings.aws;
+        let room = usize::from(settings.amqp.prefetch.saturating_sub(1)).max(1);
+        Self {
+            slots: aws.max_concurrent_creations as usize,
+            poll: Duration::from_millis(aws.creation_slot_poll_ms),
+            max_waiting: (aws.max_waiting_for_slot as usize).min(room),
+            max_wait: Duration::from_secs(aws.creation_slot_wait_seconds),
+        }
+    }
 }
 
 /// The slots of every payer, on one broker connection. Cheap to clone.
@@ -153,9 +156,7 @@ impl BrokerSlots {
                     .collect();
                 let task = PayerTask {
                     base: Arc::clone(&self.inner.connection),
-                    url: self.inner.url.clone(),
-                    current: Arc::clone(&self.inner.connection),
-                    refused: 0,
+                    leases: Leases::replacing(&self.inner.connection, &self.inner.url),
                     names,
                     owned: (0..self.inner.limits.slots).map(|_| None).collect(),
                     waiters: VecDeque::new(),
@@ -216,28 +217,17 @@ impl CreationSlots for BrokerSlots {
     }
 }
 
-/// A slot's queue owned by this process.
-struct Owned {
-    channel: Channel,
-    connection: Arc<Connection>,
-}
-
 /// One payer's slots in this process.
 struct PayerTask {
-    /// The connection the slots were given: once it is closed, the task closes the ones it
-    /// opened (giving back their slots) and ends.
+    /// The connection the slots were given: once it is closed, the task drops its leases (the
+    /// connections opened to replace it close, giving back their slots) and ends.
     base: Arc<Connection>,
-    /// Opens the connections that replace `current`.
-    url: SecretString,
-    /// Where new slots are taken.
-    current: Arc<Connection>,
-    /// Declares refused on `current`: each one keeps a channel id for good.
-    refused: usize,
+    /// Where the slots' queues are taken.
+    leases: Leases,
     /// The queue of each slot.
     names: Vec<String>,
-    /// The channel (and its connection) that declared slot `i`'s queue, while this process
-    /// owns it.
-    owned: Vec<Option<Owned>>,
+    /// The lease of slot `i`'s queue, while this process owns it.
+    owned: Vec<Option<Lease>>,
     /// Local orders waiting, oldest first.
     waiters: VecDeque<oneshot::Sender<Held>>,
     /// For the slots handed out, to come back; weak, so that the task ends once the slots'
@@ -271,7 +261,6 @@ impl PayerTask {
             }
             if self.base.status().closed() {
                 debug!("the slots' connection is closed: the slot task ends");
-                self.close_all().await;
                 return;
             }
         }
@@ -303,82 +292,8 @@ impl PayerTask {
     /// next poll, like the other replicas' waiters), so that no replica keeps the slots while
     /// another one's orders wait.
     async fn give_back(&mut self, index: usize) {
-        let Some(Owned {
-            channel,
-            connection,
-        }) = self.owned.get_mut(index).and_then(Option::take)
-        else {
-            return;
-        };
-        let name = &self.names[index];
-        if let Err(e) = channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await
-        {
-            warn!(queue = %name, error = %e, "could not delete a creation slot's queue; it goes when the connection closes");
-        }
-        if let Err(e) = channel.close(200, "slot released".into()).await {
-            debug!(error = %e, "closing a slot's channel failed");
-        }
-        self.close_if_retired(&connection).await;
-    }
-
-    /// Closes `connection` if it was replaced and owns no slot any more (never the base one,
-    /// whose closing ends the task).
-    async fn close_if_retired(&self, connection: &Arc<Connection>) {
-        let in_use = Arc::ptr_eq(connection, &self.current)
-            || Arc::ptr_eq(connection, &self.base)
-            || self
-                .owned
-                .iter()
-                .flatten()
-                .any(|owned| Arc::ptr_eq(&owned.connection, connection));
-        if !in_use {
-            debug!("closing a replaced creation slots connection");
-            if let Err(e) = connection.close(200, "replaced".into()).await {
-                debug!(error = %e, "closing a replaced slots connection failed");
-            }
-        }
-    }
-
-    /// Closes every connection this task opened, so the slots they own come back.
-    async fn close_all(&mut self) {
-        let mut opened: Vec<Arc<Connection>> = self
-            .owned
-            .iter_mut()
-            .filter_map(Option::take)
-            .map(|owned| owned.connection)
-            .collect();
-        opened.push(Arc::clone(&self.current));
-        for connection in opened {
-            if !Arc::ptr_eq(&connection, &self.base) && connection.status().connected() {
-                let _ = connection.close(200, "slots closed".into()).await;
-            }
-        }
-    }
-
-    /// Counts a refused declare on `current`, and replaces `current` once half its channels
-    /// are used up that way. If no new connection can be opened, it keeps the old one.
-    async fn refused_once(&mut self) {
-        self.refused += 1;
-        let channel_max = match self.current.configuration().channel_max() {
-            0 => u16::MAX,
-            max => max,
-        };
-        if self.refused < usize::from(channel_max / 2) {
-            return;
-        }
-        match broker::connect_once(&self.url, REPLACE_TIMEOUT).await {
-            Ok(new) => {
-                debug!(
-                    refused = self.refused,
-                    "replacing the creation slots connection"
-                );
-                let old = std::mem::replace(&mut self.current, Arc::new(new));
-                self.refused = 0;
-                self.close_if_retired(&old).await;
-            }
-            Err(e) => warn!(error = %e, "could not open a new creation slots connection"),
+        if let Some(lease) = self.owned.get_mut(index).and_then(Option::take) {
+            lease.give_back().await;
         }
     }
 
@@ -402,7 +317,7 @@ impl PayerTask {
                 Ok(false) => {}
                 Err(e) => {
                     warn!(queue = %self.names[index], error = %e, kind = ?e.kind(), "could not take a free creation slot");
-                    if self.current.status().closed() {
+                    if self.base.status().closed() {
                         return;
                     }
                 }
@@ -410,46 +325,40 @@ impl PayerTask {
         }
     }
 
-    /// Declares slot `index`'s exclusive queue: `true` if this process owns it now.
+    /// Takes slot `index`'s queue: `true` if this process owns it now.
     async fn try_own(&mut self, index: usize) -> lapin::Result<bool> {
-        // A refused declare closes its channel; should lapin hand that refusal to the next
-        // channel opened, it is the same answer.
-        let channel = match self.current.create_channel().await {
-            Ok(channel) => channel,
-            Err(e) if is_locked(&e) => {
-                self.refused_once().await;
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
-        };
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(
-                self.names[index].as_str().into(),
-                options,
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(_) => {
-                self.owned[index] = Some(Owned {
-                    channel,
-                    connection: Arc::clone(&self.current),
-                });
-                Ok(true)
-            }
-            Err(e) if is_locked(&e) => {
-                self.refused_once().await;
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
+        let lease = self.leases.try_take(&self.names[index]).await?;
+        let owned = lease.is_some();
+        self.owned[index] = lease;
+        Ok(owned)
     }
 }
 
-fn is_locked(error: &lapin::Error) -> bool {
-    matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == RESOURCE_LOCKED)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(toml: &str) -> Limits {
+        let text = format!("[business_model]\nprovider_email_domain = \"provider.com\"\n{toml}");
+        Limits::from_settings(&Settings::from_toml(&text).expect("valid"))
+    }
+
+    #[test]
+    fn the_waiting_room_leaves_a_delivery_free() {
+        let cases = [
+            ("[amqp]\nprefetch = 10\n[aws]\nmax_waiting_for_slot = 4", 4),
+            ("[amqp]\nprefetch = 4\n[aws]\nmax_waiting_for_slot = 8", 3),
+            ("[amqp]\nprefetch = 1\n[aws]\nmax_waiting_for_slot = 8", 1),
+        ];
+        for (toml, max_waiting) in cases {
+            assert_eq!(limits(toml).max_waiting, max_waiting, "{toml}");
+        }
+        let set = limits(
+            "[aws]\nmax_concurrent_creations = 3\ncreation_slot_poll_ms = 50\n\
+             creation_slot_wait_seconds = 7",
+        );
+        assert_eq!(set.slots, 3);
+        assert_eq!(set.poll, Duration::from_millis(50));
+        assert_eq!(set.max_wait, Duration::from_secs(7));
+    }
 }

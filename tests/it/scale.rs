@@ -1,12 +1,17 @@
 //! Many orders, many workers: three worker processes share AWS's limit of five creations in
 //! progress per organization through the broker, and a killed worker's slots come back. The
 //! fault proxy keeps each creation IN_PROGRESS for a while and reports what overlapped. The
-//! slots themselves are tried on the broker between two connections.
+//! slots, the order locks and the exclusive-queue lease under both are tried on the broker
+//! between two connections.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use aws_account_worker::broker::lease::Leases;
+use aws_account_worker::broker::locks::BrokerLocks;
 use aws_account_worker::broker::slots::{BrokerSlots, Limits};
+use aws_account_worker::locks::OrderLocks;
+use aws_account_worker::observability::Metrics;
 use aws_account_worker::slots::{CreationSlots, NoSlot};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -311,4 +316,115 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
         .expect("task")
         .expect("slot");
     let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_is_held_by_one_connection_and_comes_back_when_it_closes() {
+    let queue = format!("test-lease.{}", crate::support::digits(10));
+    let (one, two) = (connect().await, connect().await);
+    let (first, second) = (Leases::on(&one), Leases::on(&two));
+
+    let held = first.try_take(&queue).await.expect("broker");
+    assert!(held.is_some(), "a free queue is taken");
+    assert!(
+        second.try_take(&queue).await.expect("broker").is_none(),
+        "another connection holds it"
+    );
+    held.expect("held").give_back().await;
+    let taken = second.try_take(&queue).await.expect("broker");
+    assert!(taken.is_some(), "given back, it is free");
+    assert!(first.try_take(&queue).await.expect("broker").is_none());
+
+    // The holder's connection closes (as when its process dies): the lease comes back.
+    two.close(200, "gone".into()).await.expect("close");
+    assert!(
+        first.try_take(&queue).await.expect("broker").is_some(),
+        "the closed connection's lease came back"
+    );
+    drop(taken);
+    let _ = one.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_lock_is_held_once_across_workers_until_released() {
+    let prefix = format!("test-locks.{}", crate::support::digits(10));
+    let (one, two) = (connect().await, connect().await);
+    let metrics = Metrics::default();
+    let first = BrokerLocks::new(&one, &url(), &prefix, &metrics);
+    let second = BrokerLocks::new(&two, &url(), &prefix, &metrics);
+
+    let lock = first.try_take("a@example.com").await.expect("broker");
+    assert!(lock.is_some(), "a free key is taken");
+    assert!(
+        first
+            .try_take("a@example.com")
+            .await
+            .expect("broker")
+            .is_none(),
+        "another delivery of this process holds it"
+    );
+    assert!(
+        second
+            .try_take("a@example.com")
+            .await
+            .expect("broker")
+            .is_none(),
+        "another worker holds it"
+    );
+    let other = second.try_take("b@example.com").await.expect("broker");
+    assert!(other.is_some(), "another key is free");
+
+    lock.expect("held").release().await;
+    let again = second.try_take("a@example.com").await.expect("broker");
+    assert!(again.is_some(), "released, it is free for the other worker");
+    again.expect("held").release().await;
+    other.expect("held").release().await;
+    let _ = one.close(200, "done".into()).await;
+    let _ = two.close(200, "done".into()).await;
+}
+
+/// A refused take costs a channel id for good in lapin: a worker whose order locks are refused
+/// 3,000 times (more than the 2,047 channels of a connection) still takes a free key, and its
+/// connection still opens channels.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_refused_locks_keep_the_connection_usable() {
+    let prefix = format!("test-locks.{}", crate::support::digits(10));
+    let (one, two) = (connect().await, connect().await);
+    let metrics = Metrics::default();
+    let holder = BrokerLocks::new(&one, &url(), &prefix, &metrics);
+    let worker = BrokerLocks::new(&two, &url(), &prefix, &metrics);
+
+    let held = holder
+        .try_take("a@example.com")
+        .await
+        .expect("broker")
+        .expect("a free key");
+    for _ in 0..3000 {
+        let refused = worker.try_take("a@example.com").await.expect("broker");
+        assert!(refused.is_none(), "the other worker holds it");
+    }
+    let free = worker.try_take("b@example.com").await.expect("broker");
+    assert!(
+        free.is_some(),
+        "a free key is still taken after many refusals"
+    );
+    for _ in 0..10 {
+        let channel = two
+            .create_channel()
+            .await
+            .expect("the connection opens channels");
+        channel.close(200, "done".into()).await.expect("close");
+    }
+    free.expect("held").release().await;
+    held.release().await;
+    assert!(
+        worker
+            .try_take("a@example.com")
+            .await
+            .expect("broker")
+            .is_some(),
+        "released, the key reaches the refused worker"
+    );
+    let _ = one.close(200, "done".into()).await;
+    let _ = two.close(200, "done".into()).await;
 }
