@@ -267,10 +267,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
 
-    const VALID: &str = r#"
-        [business_model]
-        provider_email_domain = "provider.com"
-    "#;
+    const VALID: &str = "[business_model]\nprovider_email_domain = \"provider.com\"";
 
     #[test]
     fn the_call_limits_default_to_the_former_constants() {

@@ -556,25 +556,14 @@ pub async fn missing(
 mod tests {
     use super::*;
 
-    fn retry(initial: u64, max: u64, attempts: u32) -> RetrySettings {
-        RetrySettings {
-            initial_delay_ms: initial,
-            max_delay_ms: max,
-            max_attempts: attempts,
-            max_replays: 5,
-            redelivered_create_delay_ms: 30_000,
-            creation_slot_busy_delay_ms: 10_000,
-        }
-    }
-
     #[test]
     fn names_cover_every_declared_queue_and_exchange() {
-        let amqp: AmqpSettings = crate::config::Settings::from_toml(
+        // The default retries: 1 s doubling to 300 s, 8 attempts.
+        let settings = crate::config::Settings::from_toml(
             "[business_model]\nprovider_email_domain = \"provider.example\"",
         )
-        .expect("valid")
-        .amqp;
-        let names = names(&amqp, &retry(1000, 300_000, 8));
+        .expect("valid");
+        let names = names(&settings.amqp, &settings.retry);
         assert_eq!(
             names.exchanges,
             [

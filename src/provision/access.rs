@@ -114,15 +114,12 @@ pub fn member_refusal(
 mod tests {
     //! The member-refusal rule, and how provisioning applies it.
 
-    use std::sync::Arc;
-
     use super::*;
     use crate::aws::ExistingAccount;
     use crate::aws::fake::ScriptedOrganizations;
     use crate::domain::progress::Progress;
-    use crate::provision::fixtures::{POLLING, account, iam_user, order, plan};
-    use crate::provision::{ProvisionError, provision};
-    use crate::slots::Unlimited;
+    use crate::provision::ProvisionError;
+    use crate::provision::fixtures::{account, iam_user, plan, provision_plan};
 
     fn refusal(retry: Retry) -> AwsError {
         AwsError {
@@ -195,15 +192,7 @@ mod tests {
                 account_id: Some("111122223333".into()),
                 ..Progress::default()
             };
-            let err = provision(
-                &Arc::new(aws.clone()),
-                &Unlimited,
-                &order(),
-                &plan(iam_user()),
-                progress,
-                POLLING,
-            )
-            .await;
+            let err = provision_plan(&aws, &plan(iam_user()), progress).await;
             let Err(ProvisionError::Aws { error, progress }) = err else {
                 panic!("expected an AWS error, got {err:?}");
             };
@@ -227,15 +216,7 @@ mod tests {
                 account_id: Some("111122223333".into()),
                 ..Progress::default()
             };
-            let err = provision(
-                &Arc::new(aws.clone()),
-                &Unlimited,
-                &order(),
-                &plan(iam_user()),
-                progress,
-                POLLING,
-            )
-            .await;
+            let err = provision_plan(&aws, &plan(iam_user()), progress).await;
             assert!(
                 matches!(&err, Err(ProvisionError::Aws { error, .. }) if *error == throttled),
                 "{err:?}"

@@ -61,11 +61,20 @@ pub(super) async fn provision_root(
     aws: &ScriptedOrganizations,
     progress: Progress,
 ) -> Result<Provisioned, ProvisionError> {
+    provision_plan(aws, &plan(Access::RootUser), progress).await
+}
+
+/// Provisions `plan` for the test order, with no limit on creations.
+pub(super) async fn provision_plan(
+    aws: &ScriptedOrganizations,
+    plan: &Plan,
+    progress: Progress,
+) -> Result<Provisioned, ProvisionError> {
     provision(
         &Arc::new(aws.clone()),
         &Unlimited,
         &order(),
-        &plan(Access::RootUser),
+        plan,
         progress,
         POLLING,
     )

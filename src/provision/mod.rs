@@ -124,14 +124,11 @@ pub async fn provision<O: Organizations>(
 mod tests {
     //! The order of the steps, and what a resumed order skips.
 
-    use std::sync::Arc;
-
-    use super::fixtures::{POLLING, iam_user, order, plan, provision_root, succeeded};
+    use super::fixtures::{iam_user, plan, provision_plan, provision_root, succeeded};
     use super::*;
     use crate::aws::fake::ScriptedOrganizations;
     use crate::aws::{CreateState, Retry};
     use crate::domain::progress::Granted;
-    use crate::slots::Unlimited;
 
     #[tokio::test(start_paused = true)]
     async fn polls_until_succeeded_then_makes_the_user_then_attaches_scps() {
@@ -140,16 +137,9 @@ mod tests {
             CreateState::InProgress,
             succeeded(),
         ]);
-        let done = provision(
-            &Arc::new(aws.clone()),
-            &Unlimited,
-            &order(),
-            &plan(iam_user()),
-            Progress::default(),
-            POLLING,
-        )
-        .await
-        .expect("provisioned");
+        let done = provision_plan(&aws, &plan(iam_user()), Progress::default())
+            .await
+            .expect("provisioned");
         assert_eq!(done.account_id, "111122223333");
         assert_eq!(done.create_request_id, "car-test");
         assert!(matches!(done.access, Granted::IamUser { .. }));
@@ -220,16 +210,9 @@ mod tests {
             organizational_unit_id: Some("ou-root-opco0001".into()),
             ..plan(iam_user())
         };
-        provision(
-            &Arc::new(aws.clone()),
-            &Unlimited,
-            &order(),
-            &plan,
-            Progress::default(),
-            POLLING,
-        )
-        .await
-        .expect("provisioned");
+        provision_plan(&aws, &plan, Progress::default())
+            .await
+            .expect("provisioned");
         let calls = aws.calls();
         let after_creation: Vec<&str> = calls[3..].iter().map(String::as_str).collect();
         assert_eq!(

@@ -38,9 +38,7 @@ mod tests {
     use crate::aws::fake::ScriptedOrganizations;
     use crate::domain::model::{Access, Plan};
     use crate::domain::progress::Progress;
-    use crate::provision::fixtures::{POLLING, order, plan, provision_root, succeeded};
-    use crate::provision::provision;
-    use crate::slots::Unlimited;
+    use crate::provision::fixtures::{plan, provision_plan, provision_root, succeeded};
 
     #[tokio::test(start_paused = true)]
     async fn the_account_is_moved_to_its_ou_once_before_the_scps() {
@@ -50,16 +48,9 @@ mod tests {
             organizational_unit_id: Some("ou-root-opco0001".into()),
             ..plan(Access::RootUser)
         };
-        provision(
-            &Arc::new(aws.clone()),
-            &Unlimited,
-            &order(),
-            &plan,
-            Progress::default(),
-            POLLING,
-        )
-        .await
-        .expect("provisioned");
+        provision_plan(&aws, &plan, Progress::default())
+            .await
+            .expect("provisioned");
         let calls = aws.calls();
         let after_creation: Vec<&str> = calls[3..].iter().map(String::as_str).collect();
         assert_eq!(
@@ -81,16 +72,9 @@ mod tests {
             account_id: Some("111122223333".into()),
             ..Progress::default()
         };
-        provision(
-            &Arc::new(aws.clone()),
-            &Unlimited,
-            &order(),
-            &plan,
-            progress.clone(),
-            POLLING,
-        )
-        .await
-        .expect("provisioned");
+        provision_plan(&aws, &plan, progress.clone())
+            .await
+            .expect("provisioned");
         assert_eq!(
             aws.calls(),
             [
@@ -105,16 +89,9 @@ mod tests {
             policies_attached: true,
             ..progress
         };
-        provision(
-            &Arc::new(aws.clone()),
-            &Unlimited,
-            &order(),
-            &plan,
-            progress,
-            POLLING,
-        )
-        .await
-        .expect("provisioned");
+        provision_plan(&aws, &plan, progress)
+            .await
+            .expect("provisioned");
         assert_eq!(aws.calls(), Vec::<String>::new());
     }
 
