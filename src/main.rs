@@ -240,7 +240,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let payers = aws_account_worker::aws::sdk::payers(
         &aws,
         &settings.payers,
-        &settings.member_access(),
+        &aws_account_worker::aws::MemberAccess::from_settings(&settings.aws),
         &observed.metrics,
     )
     .await;

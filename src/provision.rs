@@ -13,6 +13,7 @@ use crate::aws::{
     ASSET_TAG, AccountId, AwsError, CreateState, CreateStatus, ExistingAccount, MemberIam,
     NewAccount, Organizations, Retry,
 };
+use crate::domain::arn::PolicyArn;
 use crate::domain::model::{Access, Plan};
 use crate::domain::names::IamUserName;
 use crate::domain::order::PurchaseRequest;
@@ -154,7 +155,7 @@ async fn iam_user<O: Organizations>(
     aws: &O,
     account: &AccountId,
     user_name: &IamUserName,
-    policy_arns: &[String],
+    policy_arns: &[PolicyArn],
 ) -> Result<SecretString, AwsError> {
     let member = aws.member(account).await?;
     let password = password::generate();
@@ -618,7 +619,12 @@ mod tests {
             self.fail_attach.clone().map_or(Ok(()), Err)
         }
 
-        async fn place_account(&self, account: &AccountId, parent: &str) -> AwsResult<bool> {
+        async fn place_account(
+            &self,
+            account: &AccountId,
+            parent: &crate::domain::ids::OuId,
+        ) -> AwsResult<bool> {
+            let parent = parent.as_str();
             self.record(format!("ListParents {account}"));
             let here = self.parent.lock().expect("parent").clone();
             if here == parent {
@@ -646,7 +652,7 @@ mod tests {
             Ok(())
         }
 
-        async fn attach_user_policy(&self, name: &IamUserName, arn: &str) -> AwsResult<()> {
+        async fn attach_user_policy(&self, name: &IamUserName, arn: &PolicyArn) -> AwsResult<()> {
             self.record(format!("AttachUserPolicy {name} {arn}"));
             Ok(())
         }
@@ -679,7 +685,9 @@ mod tests {
     fn iam_user() -> Access {
         Access::IamUser {
             user_name: IamUserName::parse("admin").expect("name"),
-            policy_arns: vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()],
+            policy_arns: vec![
+                PolicyArn::parse("arn:aws:iam::aws:policy/ReadOnlyAccess").expect("ARN"),
+            ],
         }
     }
 
@@ -851,7 +859,9 @@ mod tests {
         let aws = ScriptedOrganizations::with_states([succeeded()]);
         *aws.parent.lock().expect("parent") = "r-root".to_owned();
         let plan = Plan {
-            organizational_unit_id: Some("ou-root-opco0001".into()),
+            organizational_unit_id: Some(
+                crate::domain::ids::OuId::parse("ou-root-opco0001").expect("OU id"),
+            ),
             ..plan(iam_user())
         };
         provision(
@@ -1107,7 +1117,9 @@ mod tests {
         let aws = ScriptedOrganizations::with_states([succeeded()]);
         *aws.parent.lock().expect("parent") = "r-root".to_owned();
         let plan = Plan {
-            organizational_unit_id: Some("ou-root-opco0001".into()),
+            organizational_unit_id: Some(
+                crate::domain::ids::OuId::parse("ou-root-opco0001").expect("OU id"),
+            ),
             ..plan(Access::RootUser)
         };
         provision(

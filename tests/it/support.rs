@@ -353,7 +353,7 @@ impl TestEnv {
         let payers = sdk::payers(
             &self.aws,
             &self.settings.payers,
-            &self.settings.member_access(),
+            &aws_account_worker::aws::MemberAccess::from_settings(&self.settings.aws),
             &observed.metrics,
         )
         .await;
