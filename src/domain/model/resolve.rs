@@ -248,8 +248,8 @@ fn plan_for(
     model: AccountModel,
 ) -> Result<Plan, Rejection> {
     let mut origins = BTreeMap::new();
-    let params = &order.configuration;
-    let requested_root = match params.provide_root_user_for_ecam.as_deref() {
+    // The request's parameters are read in this order: the first unusable one rejects.
+    let requested_root = match order.configuration.provide_root_user_for_ecam.as_deref() {
         Some(raw) => Some((
             parse_yes_no(raw).ok_or_else(|| {
                 invalid_configuration(format!(
@@ -260,74 +260,15 @@ fn plan_for(
         )),
         None => None,
     };
-    let (root_for_ecam, root_origin) = layers
-        .pick_with_request(requested_root, |s| s.provide_root_user_for_ecam)
-        .unwrap_or((false, Origin::Fallback));
-
-    let requested_scps = match params.service_control_policies.as_deref() {
-        Some(raw) => Some((
-            Ok(PolicyId::parse_list(raw).map_err(|e| {
-                invalid_configuration(format!("provisionServiceControlPolicies: {e}"))
-            })?),
-            "provisionServiceControlPolicies",
-        )),
-        None => None,
-    };
-    let (service_control_policies, origin) =
-        typed(layers.pick_with_request(requested_scps, ModelSettings::scp_ids))?
-            .unwrap_or((Vec::new(), Origin::Fallback));
+    let (service_control_policies, origin) = scps_for(order, layers)?;
     origins.insert("service_control_policies", origin);
-
     let (provider_domain, origin) = layers
         .pick(|s| s.provider_email_domain.clone())
         .ok_or_else(|| invalid_configuration("no provider_email_domain is configured".into()))?;
     origins.insert("provider_email_domain", origin);
-    let (email, origin) = match model {
-        AccountModel::Spam => {
-            let (template, origin) = layers
-                .pick(|s| s.spam_email_template.as_deref())
-                .ok_or_else(|| {
-                    invalid_configuration("no spam_email_template is configured".into())
-                })?;
-            (spam_email(order, template, &provider_domain)?, origin)
-        }
-        AccountModel::Ecam => (
-            ecam_email(order, &provider_domain)?,
-            Origin::Request("aws_account_email"),
-        ),
-    };
+    let (email, origin) = email_for(order, layers, model, &provider_domain)?;
     origins.insert("account_email", origin);
-
-    let access = if model == AccountModel::Ecam && root_for_ecam {
-        origins.insert("access", root_origin);
-        Access::RootUser
-    } else {
-        origins.insert(
-            "access",
-            match model {
-                AccountModel::Spam => Origin::Rule("SPAM always gives an IAM user"),
-                AccountModel::Ecam => root_origin,
-            },
-        );
-        let user_name = match order.iam_user_name.as_deref() {
-            Some(requested) => {
-                origins.insert("iam_user_name", Origin::Request("iam_user_name"));
-                IamUserName::parse(requested)
-                    .map_err(|e| Rejection::new(FailureCode::InvalidIamUserName, e.to_string()))?
-            }
-            None => {
-                origins.insert("iam_user_name", Origin::Derived);
-                IamUserName::derive(&order.customer.name, order.customer.id.as_str())
-            }
-        };
-        let (policy_arns, origin) = typed(layers.pick(ModelSettings::policy_arns))?
-            .unwrap_or((Vec::new(), Origin::Fallback));
-        origins.insert("iam_user_policy_arns", origin);
-        Access::IamUser {
-            user_name,
-            policy_arns,
-        }
-    };
+    let access = access_for(order, layers, model, requested_root, &mut origins)?;
     let template = match access {
         Access::IamUser { .. } => layers.pick(ModelSettings::iam_user_template_id),
         Access::RootUser => layers.pick(ModelSettings::root_user_template_id),
@@ -369,6 +310,94 @@ fn plan_for(
         template_id,
         connection: order.connection.clone(),
         origins,
+    })
+}
+
+/// The SCPs: the request's `provisionServiceControlPolicies` (a malformed one rejects the
+/// order), between the OPCO and the marketplace layers.
+fn scps_for(
+    order: &PurchaseRequest,
+    layers: &Applicable<'_>,
+) -> Result<(Vec<PolicyId>, Origin), Rejection> {
+    let requested = match order.configuration.service_control_policies.as_deref() {
+        Some(raw) => Some((
+            Ok(PolicyId::parse_list(raw).map_err(|e| {
+                invalid_configuration(format!("provisionServiceControlPolicies: {e}"))
+            })?),
+            "provisionServiceControlPolicies",
+        )),
+        None => None,
+    };
+    Ok(
+        typed(layers.pick_with_request(requested, ModelSettings::scp_ids))?
+            .unwrap_or((Vec::new(), Origin::Fallback)),
+    )
+}
+
+/// The account email: SPAM's rendered from the layers' template, ECAM's the customer's own.
+fn email_for(
+    order: &PurchaseRequest,
+    layers: &Applicable<'_>,
+    model: AccountModel,
+    provider_domain: &str,
+) -> Result<(AccountEmail, Origin), Rejection> {
+    match model {
+        AccountModel::Spam => {
+            let (template, origin) = layers
+                .pick(|s| s.spam_email_template.as_deref())
+                .ok_or_else(|| {
+                    invalid_configuration("no spam_email_template is configured".into())
+                })?;
+            Ok((spam_email(order, template, provider_domain)?, origin))
+        }
+        AccountModel::Ecam => Ok((
+            ecam_email(order, provider_domain)?,
+            Origin::Request("aws_account_email"),
+        )),
+    }
+}
+
+/// The root user (ECAM, where `provideRootUserForECAM`, the request's or the layers', says so)
+/// or an IAM user with its policies; records the origins of `access`, `iam_user_name` and
+/// `iam_user_policy_arns`.
+fn access_for(
+    order: &PurchaseRequest,
+    layers: &Applicable<'_>,
+    model: AccountModel,
+    requested_root: Option<(bool, &'static str)>,
+    origins: &mut BTreeMap<&'static str, Origin>,
+) -> Result<Access, Rejection> {
+    let (root_for_ecam, root_origin) = layers
+        .pick_with_request(requested_root, |s| s.provide_root_user_for_ecam)
+        .unwrap_or((false, Origin::Fallback));
+    if model == AccountModel::Ecam && root_for_ecam {
+        origins.insert("access", root_origin);
+        return Ok(Access::RootUser);
+    }
+    origins.insert(
+        "access",
+        match model {
+            AccountModel::Spam => Origin::Rule("SPAM always gives an IAM user"),
+            AccountModel::Ecam => root_origin,
+        },
+    );
+    let user_name = match order.iam_user_name.as_deref() {
+        Some(requested) => {
+            origins.insert("iam_user_name", Origin::Request("iam_user_name"));
+            IamUserName::parse(requested)
+                .map_err(|e| Rejection::new(FailureCode::InvalidIamUserName, e.to_string()))?
+        }
+        None => {
+            origins.insert("iam_user_name", Origin::Derived);
+            IamUserName::derive(&order.customer.name, order.customer.id.as_str())
+        }
+    };
+    let (policy_arns, origin) =
+        typed(layers.pick(ModelSettings::policy_arns))?.unwrap_or((Vec::new(), Origin::Fallback));
+    origins.insert("iam_user_policy_arns", origin);
+    Ok(Access::IamUser {
+        user_name,
+        policy_arns,
     })
 }
 
