@@ -19,7 +19,7 @@ use crate::broker::in_force::{self, QueueState};
 use crate::broker::management::Management;
 use crate::broker::{self, topology};
 use crate::config::{ENV_PREFIX, Settings};
-use crate::domain::model::ModelSettings;
+use crate::domain::arn::{POLICY_ARN_SHAPE, PolicyArn, RoleArn};
 
 /// How long the broker check waits for the broker to answer, in its one attempt.
 pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,7 +196,7 @@ pub async fn run_with_sdk(
     let aws = crate::aws::sdk::load_config(&CallLimits::from_settings(&settings.aws)).await;
     let mut payers = BTreeMap::new();
     for (name, payer) in &settings.payers {
-        let config = crate::aws::sdk::payer_config(&aws, payer.role_arn.as_deref()).await;
+        let config = crate::aws::sdk::payer_config(&aws, payer.role_arn.as_ref()).await;
         payers.insert(
             name.clone(),
             PayerProbe {
@@ -223,7 +223,7 @@ pub struct Probes<P> {
 /// One payer's view of AWS.
 pub struct PayerProbe<P> {
     /// The role assumed for this payer; `None`: the SDK's own credentials.
-    pub role_arn: Option<String>,
+    pub role_arn: Option<RoleArn>,
     /// With this payer's credentials.
     pub probe: P,
 }
@@ -409,31 +409,21 @@ fn connections(settings: &Settings) -> Line {
     Line::ok(CONNECTIONS, text.join("; "))
 }
 
-/// Every business-model layer of the configuration with its key path: `business_model`,
-/// `marketplaces."MP-…"`, `marketplaces."MP-…".opcos."TA-…"`.
-fn layers(settings: &Settings) -> Vec<(String, &ModelSettings)> {
-    let mut layers = vec![("business_model".to_owned(), &settings.business_model)];
-    for (marketplace, section) in &settings.marketplaces {
-        let path = format!("marketplaces.\"{marketplace}\"");
-        for (opco, layer) in &section.opcos {
-            layers.push((format!("{path}.opcos.\"{opco}\""), layer));
-        }
-        layers.push((path, &section.settings));
-    }
-    layers.sort_by(|a, b| a.0.cmp(&b.0));
-    layers
-}
-
-/// Check 3: the member role name (validated with the configuration) and every IAM user policy
-/// ARN of every layer.
+/// Check 3: the member role name and every IAM user policy ARN of every layer, in the one
+/// grammar of each that the configuration was validated with (so a configuration that loaded
+/// passes; the check says what it holds).
 fn iam_names(settings: &Settings) -> Line {
     let mut arns = 0;
     let mut bad = Vec::new();
-    for (path, layer) in layers(settings) {
-        for arn in layer.iam_user_policy_arns.iter().flatten() {
+    for (layer, _) in settings.layers().every() {
+        for arn in layer.settings.iam_user_policy_arns.iter().flatten() {
             arns += 1;
-            if let Err(why) = policy_arn_problem(arn) {
-                bad.push(format!("`{arn}` in {path}.iam_user_policy_arns: {why}"));
+            if let Err(e) = PolicyArn::parse(arn) {
+                bad.push(format!(
+                    "`{arn}` in {}.iam_user_policy_arns: {}",
+                    layer.place.key(),
+                    e.problem
+                ));
             }
         }
     }
@@ -441,7 +431,7 @@ fn iam_names(settings: &Settings) -> Line {
         return Line::fail(
             IAM_NAMES,
             bad.join(", "),
-            "write each as arn:aws:iam::aws:policy/NAME (AWS managed) or arn:aws:iam::<12-digit account id>:policy/[PATH/]NAME",
+            format!("write each as {POLICY_ARN_SHAPE}"),
         );
     }
     let plural = if arns == 1 { "" } else { "s" };
@@ -452,61 +442,6 @@ fn iam_names(settings: &Settings) -> Line {
             settings.aws.member_role_name
         ),
     )
-}
-
-/// The partitions an IAM policy ARN may name.
-const PARTITIONS: [&str; 3] = ["aws", "aws-cn", "aws-us-gov"];
-
-/// What makes `arn` not an IAM managed-policy ARN
-/// (`arn:<partition>:iam::<aws|12 digits>:policy/[path/]name`), if anything. Path segments and
-/// the name are 1 to 128 of IAM's characters (letters, digits, `+=,.@_-`).
-fn policy_arn_problem(arn: &str) -> Result<(), String> {
-    let fields: Vec<&str> = arn.splitn(6, ':').collect();
-    let ["arn", partition, service, region, owner, resource] = fields.as_slice() else {
-        return Err("not of the form arn:aws:iam::<owner>:policy/<name>".to_owned());
-    };
-    if !PARTITIONS.contains(partition) {
-        return Err(format!(
-            "partition `{partition}` is not one of {}",
-            PARTITIONS.join(", ")
-        ));
-    }
-    if *service != "iam" {
-        return Err(format!("service `{service}` is not `iam`"));
-    }
-    if !region.is_empty() {
-        return Err(format!("IAM ARNs have no region, found `{region}`"));
-    }
-    if *owner != "aws" && !(owner.len() == 12 && owner.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(format!(
-            "owner `{owner}` is neither `aws` nor a 12-digit account id"
-        ));
-    }
-    let Some(path) = resource.strip_prefix("policy/") else {
-        return Err(format!(
-            "resource `{resource}` does not start with `policy/`"
-        ));
-    };
-    if path.len() > 512 + 128 {
-        return Err("path and name are longer than IAM allows".to_owned());
-    }
-    for segment in path.split('/') {
-        if segment.is_empty() {
-            return Err(format!("empty path segment or name in `{resource}`"));
-        }
-        if segment.len() > 128 {
-            return Err(format!("`{segment}` is longer than 128 characters"));
-        }
-        if let Some(c) = segment
-            .chars()
-            .find(|c| !c.is_ascii_alphanumeric() && !"+=,.@_-".contains(*c))
-        {
-            return Err(format!(
-                "`{segment}` holds `{c}`, which IAM names do not allow (letters, digits and +=,.@_- only)"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Where the broker is, without the password: `host:port, vhost V, user U`.
@@ -697,7 +632,10 @@ async fn organization<P: Probe>(probe: &P, caller: &str) -> (Line, Option<Organi
 
 /// Check 7 for a payer with a role: the role can be assumed (`GetCallerIdentity` with its
 /// credentials), then the organization as seen by the assumed role.
-async fn assumed_organization<P: Probe>(probe: &P, role: &str) -> (Line, Option<OrganizationInfo>) {
+async fn assumed_organization<P: Probe>(
+    probe: &P,
+    role: &RoleArn,
+) -> (Line, Option<OrganizationInfo>) {
     match probe.caller_identity().await {
         Ok(assumed) => {
             let (line, organization) = organization(probe, &assumed.account).await;
@@ -733,35 +671,21 @@ fn combined(check: &'static str, lines: Vec<(&str, Line)>) -> Line {
 
 /// Every distinct SCP id an order can get from the configuration, by the payer whose
 /// organization it must exist in, with the keys that name it. Each place an order can resolve
-/// at (the global defaults, each marketplace, each OPCO) takes its SCPs and its payer from its
-/// most specific layer that sets them, as resolution does.
+/// at (the global defaults, each marketplace, each OPCO) takes its SCPs and its payer from the
+/// layers that apply there, as resolution does (the same [`LayerTree`] walk: an OPCO override
+/// applies only where its marketplace is `multi_payer`).
+///
+/// [`LayerTree`]: crate::domain::model::LayerTree
 fn configured_scps(settings: &Settings) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
-    let global = ("business_model".to_owned(), &settings.business_model);
-    let mut places = vec![vec![global.clone()]];
-    for (marketplace, section) in &settings.marketplaces {
-        let path = format!("marketplaces.\"{marketplace}\"");
-        let market = (path.clone(), &section.settings);
-        for (opco, layer) in &section.opcos {
-            let opco = (format!("{path}.opcos.\"{opco}\""), layer);
-            places.push(vec![opco, market.clone(), global.clone()]);
-        }
-        places.push(vec![market, global.clone()]);
-    }
     let mut by_payer: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
-    for place in places {
-        let payer = place
-            .iter()
-            .find_map(|(_, layer)| layer.payer.clone())
-            .unwrap_or_else(|| "default".to_owned());
-        let Some((path, ids)) = place.iter().find_map(|(path, layer)| {
-            layer
-                .service_control_policies
-                .as_ref()
-                .map(|ids| (path, ids))
-        }) else {
+    for (_, applicable) in settings.layers().every() {
+        let payer = applicable
+            .pick(|s| s.payer.clone())
+            .map_or_else(|| "default".to_owned(), |(payer, _)| payer);
+        let Some((ids, layer)) = applicable.find(|s| s.service_control_policies.as_ref()) else {
             continue;
         };
-        let key = format!("{path}.service_control_policies");
+        let key = format!("{}.service_control_policies", layer.place.key());
         for id in ids {
             let keys = by_payer
                 .entry(payer.clone())
@@ -854,39 +778,132 @@ mod tests {
         );
     }
 
+    /// Every layer of `settings`, mutably.
+    fn layers_mut(settings: &mut Settings) -> Vec<&mut crate::domain::model::ModelSettings> {
+        let mut layers = vec![&mut settings.business_model];
+        for section in settings.marketplaces.values_mut() {
+            layers.push(&mut section.settings);
+            layers.extend(section.opcos.values_mut());
+        }
+        layers
+    }
+
+    /// Configuration and `check` read an ARN with one grammar, wherever it is placed: start-up
+    /// validation accepts exactly what the IAM names check accepts. (Before, configuration took
+    /// `Admin Access`, an `awsx` partition and an empty name segment, which `check` refused.)
     #[test]
-    fn policy_arns_follow_iam_rules() {
-        let good = [
-            "arn:aws:iam::aws:policy/AdministratorAccess",
-            "arn:aws:iam::aws:policy/job-function/Billing",
-            "arn:aws:iam::123456789012:policy/team/customer-admin+x=y,z.w@q_1",
-            "arn:aws-us-gov:iam::aws:policy/ReadOnlyAccess",
+    fn configuration_and_check_agree_on_every_arn_and_layer() {
+        const PLACEHOLDER: &str = "arn:aws:iam::aws:policy/Placeholder";
+        let placements = [
+            "",
+            "[marketplaces.\"MP-1\"]\n",
+            "[marketplaces.\"MP-1\"]\nmulti_payer = true\n[marketplaces.\"MP-1\".opcos.\"TA-1\"]\n",
+            "[marketplaces.\"MP-1\".opcos.\"TA-1\"]\n",
         ];
-        for arn in good {
-            assert_eq!(policy_arn_problem(arn), Ok(()), "{arn}");
+        let arns = [
+            ("arn:aws:iam::aws:policy/AdministratorAccess", true),
+            ("arn:aws:iam::123456789012:policy/team/ReadOnly", true),
+            ("arn:aws-us-gov:iam::aws:policy/ReadOnlyAccess", true),
+            ("arn:aws:iam::aws:policy/Admin Access", false),
+            ("arn:awsx:iam::aws:policy/Admin", false),
+            ("arn:aws:iam::aws:policy/team/", false),
+            ("arn:aws:iam::aws:policy/Ädmin", false),
+            ("arn:aws:iam::12345:policy/Admin", false),
+            ("arn:aws:iam:us-east-1:aws:policy/Admin", false),
+            ("arn:aws:iam::111122223333:role/AccountVending", false),
+            ("AdministratorAccess", false),
+        ];
+        for placement in placements {
+            for (arn, good) in arns {
+                let toml = format!("{placement}iam_user_policy_arns = [\"{arn}\"]\n");
+                let loads = Settings::from_toml(&format!(
+                    "[business_model]\nprovider_email_domain = \"provider.example\"\n{toml}"
+                ))
+                .is_ok();
+                let mut settings = self::settings(&format!(
+                    "{placement}iam_user_policy_arns = [\"{PLACEHOLDER}\"]\n"
+                ));
+                for layer in layers_mut(&mut settings) {
+                    for item in layer.iam_user_policy_arns.iter_mut().flatten() {
+                        if item == PLACEHOLDER {
+                            arn.clone_into(item);
+                        }
+                    }
+                }
+                let validates = settings.validate().is_ok();
+                let checked = iam_names(&settings).status == Status::Ok;
+                assert_eq!((loads, validates, checked), (good, good, good), "{toml}");
+            }
         }
-        let bad = [
-            ("AdministratorAccess", "not of the form"),
-            ("arn:aws:iam::aws:policy/Admin Access", "holds ` `"),
-            ("arn:aws:iam::aws:policy/", "empty"),
-            ("arn:aws:iam::aws:policy//Admin", "empty"),
-            ("arn:aws:iam::aws:policy/team/", "empty"),
+        for (role_arn, good) in [
+            ("arn:aws:iam::111122223333:role/AccountVending", true),
             (
-                "arn:aws:iam::aws:role/Admin",
-                "does not start with `policy/`",
+                "arn:aws:iam::111122223333:role/vending/AccountVending",
+                true,
             ),
-            ("arn:aws:s3::aws:policy/Admin", "service `s3`"),
-            ("arn:aws:iam:us-east-1:aws:policy/Admin", "no region"),
-            ("arn:aws:iam::12345:policy/Admin", "owner `12345`"),
-            ("arn:awz:iam::aws:policy/Admin", "partition `awz`"),
-            ("arn:aws:iam::aws:policy/Ädmin", "holds `Ä`"),
-        ];
-        for (arn, why) in bad {
-            let problem = policy_arn_problem(arn).expect_err(arn);
-            assert!(problem.contains(why), "{arn}: {problem}");
+            ("arn:awsx:iam::111122223333:role/AccountVending", false),
+            ("arn:aws:iam::1:role/x", false),
+            ("arn:aws:iam::aws:policy/AdministratorAccess", false),
+        ] {
+            let loads = Settings::from_toml(&format!(
+                "[business_model]\nprovider_email_domain = \"provider.example\"\n[payers.b]\nrole_arn = \"{role_arn}\"\n"
+            ))
+            .is_ok();
+            assert_eq!(loads, good, "{role_arn}");
+            assert_eq!(RoleArn::parse(role_arn).is_ok(), good, "{role_arn}");
         }
-        let long = format!("arn:aws:iam::aws:policy/{}", "a".repeat(129));
-        assert!(policy_arn_problem(&long).is_err());
+    }
+
+    /// `check` looks for an SCP in exactly the payers where an order can get it, as resolution
+    /// decides: an OPCO override counts only where its marketplace is `multi_payer`. (Before,
+    /// `check` took every OPCO override, and looked for its SCP in its payer.)
+    #[test]
+    fn check_and_resolution_agree_on_the_layers_that_apply() {
+        use crate::domain::order::parse;
+        let order = |marketplace: &str, tier1: &str| {
+            let body = serde_json::json!({
+                "id": "PR-1-2", "type": "purchase",
+                "asset": {"id": "AS-1", "marketplace": {"id": marketplace}, "tiers": {
+                    "customer": {"id": "TA-0-1", "name": "C"}, "tier1": {"id": tier1}
+                }}
+            });
+            parse(body.to_string().as_bytes()).expect("valid order")
+        };
+        for multi_payer in [false, true] {
+            for market_scps in [None, Some("p-market01")] {
+                let market_scps = market_scps.map_or_else(String::new, |id| {
+                    format!("service_control_policies = [\"{id}\"]\n")
+                });
+                let settings = settings(&format!(
+                    "service_control_policies = [\"p-global01\"]\n\
+                     [payers.b]\n\
+                     [marketplaces.\"MP-1\"]\nmulti_payer = {multi_payer}\n{market_scps}\
+                     [marketplaces.\"MP-1\".opcos.\"TA-1\"]\npayer = \"b\"\nservice_control_policies = [\"p-opco0001\"]\n\
+                     [marketplaces.\"MP-1\".opcos.\"TA-2\"]\npayer = \"b\"\n"
+                ));
+                let rules = settings.rules();
+                let mut resolved = std::collections::BTreeSet::new();
+                for (marketplace, tier1) in [
+                    ("MP-9", "TA-9"),
+                    ("MP-1", "TA-9"),
+                    ("MP-1", "TA-1"),
+                    ("MP-1", "TA-2"),
+                ] {
+                    let plan = rules.resolve(&order(marketplace, tier1)).expect("plan");
+                    for id in &plan.service_control_policies {
+                        resolved.insert((plan.payer.clone(), id.as_str().to_owned()));
+                    }
+                }
+                let checked: std::collections::BTreeSet<_> = configured_scps(&settings)
+                    .into_iter()
+                    .flat_map(|(payer, ids)| ids.into_keys().map(move |id| (payer.clone(), id)))
+                    .collect();
+                assert_eq!(
+                    checked, resolved,
+                    "multi_payer {multi_payer}, {market_scps}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -914,7 +931,7 @@ mod tests {
     fn scps_are_gathered_from_every_layer_with_their_keys() {
         let settings = settings(
             "service_control_policies = [\"p-aaaaaaaa\"]\n\
-             [marketplaces.\"MP-1\"]\nservice_control_policies = [\"p-aaaaaaaa\", \"p-bbbbbbbb\"]\n\
+             [marketplaces.\"MP-1\"]\nmulti_payer = true\nservice_control_policies = [\"p-aaaaaaaa\", \"p-bbbbbbbb\"]\n\
              [marketplaces.\"MP-1\".opcos.\"TA-1\"]\nservice_control_policies = [\"p-cccccccc\"]\n",
         );
         let by_payer = configured_scps(&settings);
@@ -981,9 +998,13 @@ mod tests {
 
     #[test]
     fn a_bad_arn_in_a_marketplace_is_named_with_its_key() {
-        let settings = settings(
-            "[marketplaces.\"MP-1\"]\niam_user_policy_arns = [\"arn:aws:iam::aws:policy/Admin Access\"]\n",
-        );
+        // Such settings no longer load (configuration reads ARNs as `check` does): laid in
+        // after loading, as a settings value built by hand could hold it.
+        let mut settings = settings("[marketplaces.\"MP-1\"]\n");
+        if let Some(section) = settings.marketplaces.get_mut("MP-1") {
+            section.settings.iam_user_policy_arns =
+                Some(vec!["arn:aws:iam::aws:policy/Admin Access".to_owned()]);
+        }
         let line = iam_names(&settings);
         assert_eq!(line.status, Status::Fail);
         assert!(

@@ -12,12 +12,13 @@ use figment::value::{Dict, Value};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::aws::{AccessToBilling, MemberAccess};
-use crate::domain::email::AccountEmail;
+use crate::domain::arn::RoleArn;
 use crate::domain::ids::{MarketplaceId, TierAccountId};
+use crate::domain::model::email_rules::check_spam_template;
 use crate::domain::model::{
-    Connections, MarketplaceSettings, ModelSettings, Rules, render_template,
+    Applicable, Connections, Layer, LayerTree, MarketplaceSettings, ModelSettings, Place, Rules,
 };
+use crate::domain::names::RoleName;
 
 /// The built-in defaults: the documented `config/default.toml`.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -157,7 +158,7 @@ pub struct RetrySettings {
 #[serde(deny_unknown_fields)]
 pub struct AwsSettings {
     /// The access role `CreateAccount` makes in new member accounts, assumed by the worker.
-    pub member_role_name: String,
+    pub member_role_name: RoleName,
     /// `CreateAccount`'s `IamUserAccessToBilling`.
     pub iam_user_access_to_billing: AccessToBilling,
     /// How long a new member account may refuse the worker (`AccessDenied`) before the refusal
@@ -185,12 +186,94 @@ pub struct AwsSettings {
     pub max_calls_in_flight_per_payer: u32,
 }
 
+/// `CreateAccount`'s `IamUserAccessToBilling` (`aws.iam_user_access_to_billing`): whether IAM
+/// users of the new account may see its billing information (given the permissions). AWS's
+/// own default is `ALLOW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AccessToBilling {
+    /// `ALLOW`.
+    Allow,
+    /// `DENY`.
+    Deny,
+}
+
+/// The management API's port when `amqp.management_url` is empty.
+pub const MANAGEMENT_DEFAULT_PORT: u16 = 15672;
+
+/// Where RabbitMQ's management API is and whom to sign in as: `amqp.management_url` parsed,
+/// or, when it is empty, `amqp.url`'s host on [`MANAGEMENT_DEFAULT_PORT`] with its user.
+#[derive(Debug, Clone)]
+pub struct ManagementEndpoint {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// The path prefix the API is served under (`""` or `/prefix`).
+    pub prefix: String,
+    /// `user:password`, for basic authentication.
+    pub credentials: SecretString,
+    /// The vhost of `amqp.url`.
+    pub vhost: String,
+}
+
+impl AmqpSettings {
+    /// The management API of `amqp.management_url`, or, when it is empty,
+    /// `http://<amqp.url host>:15672`; signed in as the user of the management URL if it names
+    /// one, else the user of `amqp.url`.
+    ///
+    /// # Errors
+    /// A URL that is not `http://[user:password@]host[:port][/prefix]`, named by its key.
+    pub fn management_endpoint(&self) -> Result<ManagementEndpoint, String> {
+        let uri = lapin::uri::AMQPUri::from_str(self.url.expose_secret())
+            .map_err(|_| "amqp.url is not an AMQP URL".to_owned())?;
+        let amqp_credentials = format!(
+            "{}:{}",
+            uri.authority.userinfo.username, uri.authority.userinfo.password
+        );
+        let given = self.management_url.expose_secret().trim();
+        if given.is_empty() {
+            return Ok(ManagementEndpoint {
+                host: uri.authority.host,
+                port: MANAGEMENT_DEFAULT_PORT,
+                prefix: String::new(),
+                credentials: amqp_credentials.into(),
+                vhost: uri.vhost,
+            });
+        }
+        let invalid = || "amqp.management_url is not http://[user:password@]host[:port][/prefix]";
+        let rest = given.strip_prefix("http://").ok_or_else(invalid)?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (credentials, host_port) = match authority.rsplit_once('@') {
+            Some((user, host)) => (user.to_owned(), host),
+            None => (amqp_credentials, authority),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().map_err(|_| invalid())?),
+            None => (host_port, 80),
+        };
+        if host.is_empty() || !credentials.contains(':') {
+            return Err(invalid().to_owned());
+        }
+        Ok(ManagementEndpoint {
+            host: host.to_owned(),
+            port,
+            prefix: prefix.to_owned(),
+            credentials: credentials.into(),
+            vhost: uri.vhost,
+        })
+    }
+}
+
 /// `[payers.NAME]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PayerSettings {
     /// Role to assume to act as this payer's management account.
-    pub role_arn: Option<String>,
+    pub role_arn: Option<RoleArn>,
 }
 
 /// `[observability]`.
@@ -211,11 +294,11 @@ impl Settings {
         }
     }
 
-    /// How new member accounts are made and entered.
-    pub fn member_access(&self) -> MemberAccess {
-        MemberAccess {
-            role_name: self.aws.member_role_name.clone(),
-            iam_user_access_to_billing: self.aws.iam_user_access_to_billing,
+    /// The business-model layers: `[business_model]` and `[marketplaces."MP-…"]`.
+    pub fn layers(&self) -> LayerTree<'_> {
+        LayerTree {
+            global: &self.business_model,
+            marketplaces: &self.marketplaces,
         }
     }
 }
@@ -307,7 +390,7 @@ impl Settings {
                 ),
             ));
         }
-        crate::broker::management::Management::from_settings(amqp).map_err(|_| {
+        amqp.management_endpoint().map_err(|_| {
             invalid(
                 "amqp.management_url",
                 "not http://[user:password@]host[:port][/prefix]",
@@ -345,14 +428,6 @@ impl Settings {
             ));
         }
         let aws = &self.aws;
-        let role_ok = (1..=64).contains(&aws.member_role_name.len())
-            && aws
-                .member_role_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
-        if !role_ok {
-            return Err(invalid("aws.member_role_name", "not a valid IAM role name"));
-        }
         if aws.max_concurrent_creations == 0 {
             return Err(invalid(
                 "aws.max_concurrent_creations",
@@ -420,7 +495,6 @@ impl Settings {
 
     fn validate_business_model(&self) -> Result<(), ConfigError> {
         let global = &self.business_model;
-        check_layer("business_model", global)?;
         for (key, missing) in [
             ("account_model", global.account_model.is_none()),
             (
@@ -436,14 +510,6 @@ impl Settings {
                 return Err(invalid(format!("business_model.{key}"), "must be set"));
             }
         }
-        for (name, payer) in &self.payers {
-            if let Some(arn) = &payer.role_arn
-                && let Err(why) = role_arn_problem(arn)
-            {
-                return Err(invalid(format!("payers.{name}.role_arn"), why));
-            }
-        }
-        self.check_payer("business_model", global)?;
         for (kind, payer) in [
             ("test", &self.connections.test),
             ("preview", &self.connections.preview),
@@ -452,30 +518,27 @@ impl Settings {
                 self.payer_exists(&format!("connections.{kind}"), payer)?;
             }
         }
-        check_spam_email(&self.business_model, "business_model", global)?;
-        for (marketplace, section) in &self.marketplaces {
-            let path = format!("marketplaces.\"{marketplace}\"");
-            MarketplaceId::parse(marketplace).map_err(|e| invalid(&path, e.to_string()))?;
-            check_layer(&path, &section.settings)?;
-            self.check_payer(&path, &section.settings)?;
-            check_spam_email(&section.settings, &path, global)?;
-            for (opco, settings) in &section.opcos {
-                let path = format!("{path}.opcos.\"{opco}\"");
-                TierAccountId::parse(opco).map_err(|e| invalid(&path, e.to_string()))?;
-                check_layer(&path, settings)?;
-                self.check_payer(&path, settings)?;
-                check_spam_email(settings, &path, global)?;
+        for (layer, applicable) in self.layers().every() {
+            let path = layer.place.key();
+            match layer.place {
+                Place::Global => {}
+                Place::Marketplace(id) => {
+                    MarketplaceId::parse(id).map_err(|e| invalid(&path, e.to_string()))?;
+                }
+                Place::Opco { account, .. } => {
+                    TierAccountId::parse(account).map_err(|e| invalid(&path, e.to_string()))?;
+                }
             }
+            layer
+                .settings
+                .validate()
+                .map_err(|issue| invalid(format!("{path}.{}", issue.key), issue.message))?;
+            if let Some(payer) = layer.settings.payer.as_deref() {
+                self.payer_exists(&format!("{path}.payer"), payer)?;
+            }
+            check_spam_email(layer, &applicable)?;
         }
         Ok(())
-    }
-
-    /// A layer's `payer` must name a `[payers.NAME]` entry.
-    fn check_payer(&self, path: &str, layer: &ModelSettings) -> Result<(), ConfigError> {
-        match layer.payer.as_deref() {
-            Some(payer) => self.payer_exists(&format!("{path}.payer"), payer),
-            None => Ok(()),
-        }
     }
 
     /// `payer`, set at `key`, must name a `[payers.NAME]` entry.
@@ -494,74 +557,29 @@ impl Settings {
     }
 }
 
-/// Validates one layer's own values.
-fn check_layer(path: &str, layer: &ModelSettings) -> Result<(), ConfigError> {
-    layer
-        .validate()
-        .map_err(|issue| invalid(format!("{path}.{}", issue.key), issue.message))
-}
-
-/// What makes `arn` not an IAM role ARN (`arn:<partition>:iam::<12 digits>:role/[path/]name`),
-/// if anything.
-fn role_arn_problem(arn: &str) -> Result<(), String> {
-    let expected = "expected arn:aws:iam::<12-digit account id>:role/[PATH/]NAME";
-    let fields: Vec<&str> = arn.splitn(6, ':').collect();
-    let ["arn", partition, "iam", "", account, resource] = fields.as_slice() else {
-        return Err(format!("`{arn}` is not an IAM role ARN; {expected}"));
-    };
-    let name_ok = |part: &str| {
-        (1..=64).contains(&part.len())
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
-    };
-    let well_formed = partition.starts_with("aws")
-        && account.len() == 12
-        && account.bytes().all(|b| b.is_ascii_digit())
-        && resource
-            .strip_prefix("role/")
-            .is_some_and(|path| path.split('/').all(name_ok));
-    if well_formed {
-        Ok(())
-    } else {
-        Err(format!("`{arn}` is not an IAM role ARN; {expected}"))
-    }
-}
-
-/// The SPAM email a layer would render must be an address on its provider domain.
-fn check_spam_email(
-    layer: &ModelSettings,
-    path: &str,
-    global: &ModelSettings,
-) -> Result<(), ConfigError> {
-    if layer.spam_email_template.is_none() && layer.provider_email_domain.is_none() {
+/// The SPAM email rendered where `layer` applies, when the layer sets its template or its
+/// domain, must be an address on the provider domain; the other values come from the layers
+/// that apply with it. (An OPCO override of a marketplace that is not `multi_payer` applies
+/// nowhere: its values are checked on their own only.)
+fn check_spam_email(layer: Layer<'_>, applicable: &Applicable<'_>) -> Result<(), ConfigError> {
+    let own = layer.settings;
+    if own.spam_email_template.is_none() && own.provider_email_domain.is_none() {
         return Ok(());
     }
-    let template = layer
-        .spam_email_template
-        .as_ref()
-        .or(global.spam_email_template.as_ref());
-    let domain = layer
-        .provider_email_domain
-        .as_ref()
-        .or(global.provider_email_domain.as_ref());
-    let (Some(template), Some(domain)) = (template, domain) else {
+    if !applicable.includes(&layer.place) {
+        return Ok(());
+    }
+    let template = applicable.pick(|s| s.spam_email_template.as_deref());
+    let domain = applicable.pick(|s| s.provider_email_domain.as_deref());
+    let (Some((template, _)), Some((domain, _))) = (template, domain) else {
         return Ok(());
     };
-    let sample = |name: &str| match name {
-        "provider_email_domain" => Some(domain.as_str()),
-        _ => Some("AS-1000-2000-3000"),
-    };
-    let key = format!("{path}.spam_email_template");
-    let rendered = render_template(template, &sample).map_err(|m| invalid(&key, m))?;
-    match AccountEmail::parse(&rendered) {
-        Ok(email) if email.is_on_domain(domain) => Ok(()),
-        Ok(email) => Err(invalid(
-            key,
-            format!("renders `{email}`, which is not on the provider domain `{domain}`"),
-        )),
-        Err(e) => Err(invalid(key, format!("renders `{rendered}`: {e}"))),
-    }
+    check_spam_template(template, domain).map_err(|message| {
+        invalid(
+            format!("{}.spam_email_template", layer.place.key()),
+            message,
+        )
+    })
 }
 
 /// A loading error, naming the key and where its value came from when figment knows them.
@@ -840,7 +858,7 @@ mod tests {
         let defaults = Settings::from_toml(VALID).expect("valid");
         assert_eq!(defaults.connections, Connections::default());
         assert_eq!(
-            defaults.member_access().iam_user_access_to_billing,
+            defaults.aws.iam_user_access_to_billing,
             AccessToBilling::Allow
         );
         assert_eq!(defaults.aws.member_account_ready_seconds, 300);

@@ -133,10 +133,15 @@ fn plan_lines(request: &PurchaseRequest, plan: &Plan) -> Vec<String> {
             ),
             "organizational_unit_id" => plan
                 .organizational_unit_id
-                .as_deref()
+                .as_ref()
+                .map(|id| id.as_str())
                 .unwrap_or("-")
                 .to_owned(),
-            "template_id" => plan.template_id.as_deref().unwrap_or("-").to_owned(),
+            "template_id" => plan
+                .template_id
+                .as_ref()
+                .map_or("-", |id| id.as_str())
+                .to_owned(),
             "connection" => format!("{} -> payer {}", plan.connection.as_str(), plan.payer),
             _ => continue,
         };

@@ -10,8 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Observed, RunError, Worker};
-use crate::aws::CallLimits;
 use crate::aws::sdk::{self, SdkOrganizations};
+use crate::aws::{CallLimits, MemberAccess};
 use crate::config::Settings;
 use crate::observability::{self, ServerLimits};
 use crate::pipeline::Pipeline;
@@ -72,7 +72,7 @@ impl Application {
         let payers = sdk::payers(
             aws,
             &settings.payers,
-            &settings.member_access(),
+            &MemberAccess::from_settings(&settings.aws),
             &CallLimits::from_settings(&settings.aws),
             &observed.metrics,
         )

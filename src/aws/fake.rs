@@ -10,7 +10,8 @@ use super::{
     AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount, MemberIam,
     NewAccount, Organizations,
 };
-use crate::domain::ids::PolicyId;
+use crate::domain::arn::PolicyArn;
+use crate::domain::ids::{OuId, PolicyId};
 use crate::domain::names::IamUserName;
 
 /// Scripted Organizations: `CreateAccount` answers the first state, each status poll the
@@ -100,7 +101,8 @@ impl Organizations for ScriptedOrganizations {
         self.fail_attach.clone().map_or(Ok(()), Err)
     }
 
-    async fn place_account(&self, account: &AccountId, parent: &str) -> AwsResult<bool> {
+    async fn place_account(&self, account: &AccountId, parent: &OuId) -> AwsResult<bool> {
+        let parent = parent.as_str();
         self.record(format!("ListParents {account}"));
         let here = self.parent.lock().expect("parent").clone();
         if here == parent {
@@ -128,7 +130,7 @@ impl MemberIam for ScriptedOrganizations {
         Ok(())
     }
 
-    async fn attach_user_policy(&self, name: &IamUserName, arn: &str) -> AwsResult<()> {
+    async fn attach_user_policy(&self, name: &IamUserName, arn: &PolicyArn) -> AwsResult<()> {
         self.record(format!("AttachUserPolicy {name} {arn}"));
         Ok(())
     }

@@ -14,8 +14,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::config::AwsSettings;
-use crate::domain::ids::PolicyId;
-use crate::domain::names::IamUserName;
+use crate::domain::arn::PolicyArn;
+use crate::domain::ids::{OuId, PolicyId};
+use crate::domain::names::{IamUserName, RoleName};
 use crate::retry::Reason;
 
 /// Whether retrying the same call later can succeed.
@@ -94,24 +95,25 @@ pub struct NewAccount {
     pub tags: Vec<(String, String)>,
 }
 
-/// `CreateAccount`'s `IamUserAccessToBilling`: whether IAM users of the new account may see
-/// its billing information (given the permissions). AWS's own default is `ALLOW`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum AccessToBilling {
-    /// `ALLOW`.
-    Allow,
-    /// `DENY`.
-    Deny,
-}
+pub use crate::config::AccessToBilling;
 
 /// How the worker makes and enters new member accounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberAccess {
     /// The role `CreateAccount` is asked to make (`RoleName`) and the worker assumes.
-    pub role_name: String,
+    pub role_name: RoleName,
     /// `CreateAccount`'s `IamUserAccessToBilling`.
     pub iam_user_access_to_billing: AccessToBilling,
+}
+
+impl MemberAccess {
+    /// From `[aws]`: `member_role_name` and `iam_user_access_to_billing`.
+    pub fn from_settings(aws: &AwsSettings) -> Self {
+        Self {
+            role_name: aws.member_role_name.clone(),
+            iam_user_access_to_billing: aws.iam_user_access_to_billing,
+        }
+    }
 }
 
 /// Bounds on the worker's AWS calls (`[aws]` `sdk_*` and `max_calls_in_flight_per_payer`), so
@@ -234,7 +236,7 @@ pub trait Organizations: Send + Sync + 'static {
     fn place_account(
         &self,
         account: &AccountId,
-        parent: &str,
+        parent: &OuId,
     ) -> impl Future<Output = AwsResult<bool>> + Send;
 
     /// `AssumeRole` into the member account's access role.
@@ -258,7 +260,7 @@ pub trait MemberIam: Send + Sync {
     fn attach_user_policy(
         &self,
         name: &IamUserName,
-        policy_arn: &str,
+        policy_arn: &PolicyArn,
     ) -> impl Future<Output = AwsResult<()>> + Send;
 }
 

@@ -30,7 +30,8 @@ use super::{
     CreateStatus, ExistingAccount, MemberAccess, MemberIam, NewAccount, Organizations, Retry,
 };
 use crate::config::PayerSettings;
-use crate::domain::ids::PolicyId;
+use crate::domain::arn::{PolicyArn, RoleArn};
+use crate::domain::ids::{OuId, PolicyId};
 use crate::domain::names::IamUserName;
 use crate::observability::Metrics;
 
@@ -90,11 +91,11 @@ pub async fn load_config(limits: &CallLimits) -> SdkConfig {
 /// acting as that role, assumed with `base`'s credentials. The role's credentials are fetched on
 /// first use, cached, and refreshed before they expire (the SDK's identity cache), so building
 /// this makes no call. `base` needs a time source, as [`load_config`] gives it.
-pub async fn payer_config(base: &SdkConfig, role_arn: Option<&str>) -> SdkConfig {
+pub async fn payer_config(base: &SdkConfig, role_arn: Option<&RoleArn>) -> SdkConfig {
     let Some(role_arn) = role_arn else {
         return base.clone();
     };
-    let role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+    let role = aws_config::sts::AssumeRoleProvider::builder(role_arn.as_str())
         .session_name("aws-account-worker")
         .configure(base)
         .build()
@@ -117,7 +118,7 @@ pub async fn payers(
 ) -> BTreeMap<String, SdkOrganizations> {
     let mut clients = BTreeMap::new();
     for (name, payer) in payers {
-        let config = payer_config(base, payer.role_arn.as_deref()).await;
+        let config = payer_config(base, payer.role_arn.as_ref()).await;
         clients.insert(
             name.clone(),
             SdkOrganizations::new(&config, member, limits.in_flight_per_payer, metrics),
@@ -404,7 +405,7 @@ impl Organizations for SdkOrganizations {
             .create_account()
             .email(&account.email)
             .account_name(&account.name)
-            .role_name(&self.member.role_name)
+            .role_name(self.member.role_name.as_str())
             .iam_user_access_to_billing(billing);
         for (key, value) in &account.tags {
             let tag = Tag::builder()
@@ -472,7 +473,8 @@ impl Organizations for SdkOrganizations {
         }
     }
 
-    async fn place_account(&self, account: &AccountId, parent: &str) -> AwsResult<bool> {
+    async fn place_account(&self, account: &AccountId, parent: &OuId) -> AwsResult<bool> {
+        let parent = parent.as_str();
         let _turn = self.turn().await;
         let parents = self
             .organizations
@@ -606,11 +608,15 @@ impl MemberIam for SdkMemberIam {
         }
     }
 
-    async fn attach_user_policy(&self, name: &IamUserName, policy_arn: &str) -> AwsResult<()> {
+    async fn attach_user_policy(
+        &self,
+        name: &IamUserName,
+        policy_arn: &PolicyArn,
+    ) -> AwsResult<()> {
         self.iam
             .attach_user_policy()
             .user_name(name.as_str())
-            .policy_arn(policy_arn)
+            .policy_arn(policy_arn.as_str())
             .send()
             .await
             .map(|_| ())
@@ -707,7 +713,8 @@ mod tests {
             .credentials_provider(SharedCredentialsProvider::new(Refused))
             .build();
         let member = MemberAccess {
-            role_name: "OrganizationAccountAccessRole".to_owned(),
+            role_name: crate::domain::names::RoleName::parse("OrganizationAccountAccessRole")
+                .expect("role name"),
             iam_user_access_to_billing: AccessToBilling::Allow,
         };
         let payer = SdkOrganizations::new(&config, &member, 16, &Metrics::default());

@@ -2,7 +2,6 @@
 //! force on the worker's queues, which AMQP cannot see. Plain HTTP/1.0 (one request per
 //! connection, no chunked bodies), basic authentication, a deadline on every request.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -13,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::config::AmqpSettings;
 
 /// The management API's port when `amqp.management_url` is empty.
-pub const DEFAULT_PORT: u16 = 15672;
+pub const DEFAULT_PORT: u16 = crate::config::MANAGEMENT_DEFAULT_PORT;
 
 /// How long one request may take, connecting included.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,45 +81,13 @@ impl Management {
     /// # Errors
     /// A URL that is not `http://[user:password@]host[:port][/prefix]`, named by its key.
     pub fn from_settings(amqp: &AmqpSettings) -> Result<Self, String> {
-        let uri = lapin::uri::AMQPUri::from_str(amqp.url.expose_secret())
-            .map_err(|_| "amqp.url is not an AMQP URL".to_owned())?;
-        let amqp_credentials = format!(
-            "{}:{}",
-            uri.authority.userinfo.username, uri.authority.userinfo.password
-        );
-        let given = amqp.management_url.expose_secret().trim();
-        if given.is_empty() {
-            return Ok(Self {
-                host: uri.authority.host,
-                port: DEFAULT_PORT,
-                prefix: String::new(),
-                credentials: amqp_credentials.into(),
-                vhost: uri.vhost,
-            });
-        }
-        let invalid = || "amqp.management_url is not http://[user:password@]host[:port][/prefix]";
-        let rest = given.strip_prefix("http://").ok_or_else(invalid)?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        let (credentials, host_port) = match authority.rsplit_once('@') {
-            Some((user, host)) => (user.to_owned(), host),
-            None => (amqp_credentials, authority),
-        };
-        let (host, port) = match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, port.parse().map_err(|_| invalid())?),
-            None => (host_port, 80),
-        };
-        if host.is_empty() || !credentials.contains(':') {
-            return Err(invalid().to_owned());
-        }
+        let endpoint = amqp.management_endpoint()?;
         Ok(Self {
-            host: host.to_owned(),
-            port,
-            prefix: prefix.to_owned(),
-            credentials: credentials.into(),
-            vhost: uri.vhost,
+            host: endpoint.host,
+            port: endpoint.port,
+            prefix: endpoint.prefix,
+            credentials: endpoint.credentials,
+            vhost: endpoint.vhost,
         })
     }
 

@@ -82,6 +82,12 @@ connect_id!(
     "marketplace id"
 );
 connect_id!(
+    /// A Connect template id (`TL-…`), sent with a result to pick the customer's message.
+    TemplateId,
+    "TL",
+    "Connect template id"
+);
+connect_id!(
     /// A Connect tier account id (`TA-…`): a customer or a reseller (OPCO).
     TierAccountId,
     "TA",
@@ -137,9 +143,87 @@ impl fmt::Display for PolicyId {
     }
 }
 
+/// An Organizations parent id: an OU id (`ou-` then 4 to 32 of `a-z0-9`, `-`, 8 to 32 of
+/// `a-z0-9`) or a root id (`r-` then 4 to 32 of `a-z0-9`), as AWS Organizations writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct OuId(String);
+
+impl OuId {
+    /// Parses an OU or root id.
+    ///
+    /// # Errors
+    /// [`IdError`] when the value has another shape.
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        let part = |s: &str, min: usize| {
+            (min..=32).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        };
+        let ok = if let Some(rest) = value.strip_prefix("ou-") {
+            rest.split_once('-')
+                .is_some_and(|(root, ou)| part(root, 4) && part(ou, 8))
+        } else {
+            value.strip_prefix("r-").is_some_and(|root| part(root, 4))
+        };
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(IdError {
+                what: "OU id",
+                expected: "ou-<4 to 32 of a-z0-9>-<8 to 32 of a-z0-9>, or a root id r-<4 to 32 of a-z0-9>",
+                value: value.to_owned(),
+            })
+        }
+    }
+
+    /// The id as AWS knows it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ou_and_template_ids_follow_their_formats() {
+        for (id, ok) in [
+            ("ou-ab12-cdef3456", true),
+            ("ou-a1b2c3d4e5-0123456789abcdef", true),
+            ("r-ab12", true),
+            ("ou-ab12", false),
+            ("ou-ab1-cdef3456", false),
+            ("ou-ab12-cdef345", false),
+            ("OU-AB12-CDEF3456", false),
+            ("r-", false),
+            ("r-ab1", false),
+            ("o-ab12cdef34", false),
+            (" ou-ab12-cdef3456", false),
+        ] {
+            assert_eq!(OuId::parse(id).is_ok(), ok, "{id}");
+        }
+        for (id, ok) in [
+            ("TL-123-456-789", true),
+            ("TL-1", true),
+            ("TL-", false),
+            ("TL-12a-345", false),
+            ("TL-123--456", false),
+            ("tl-123-456", false),
+            ("PR-123-456", false),
+        ] {
+            assert_eq!(TemplateId::parse(id).is_ok(), ok, "{id}");
+        }
+        let error = OuId::parse("x").expect_err("not an OU").to_string();
+        assert!(error.contains("ou-<4 to 32 of a-z0-9>"), "{error}");
+    }
 
     #[test]
     fn connect_ids_need_their_prefix_and_digit_groups() {

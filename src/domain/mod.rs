@@ -2,6 +2,8 @@
 //!
 //! Nothing here does I/O, is async, or knows an SDK type.
 
+pub mod account_model;
+pub mod arn;
 pub mod email;
 pub mod ids;
 pub mod model;

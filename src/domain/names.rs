@@ -1,4 +1,4 @@
-//! Names AWS puts limits on: the account name and the IAM user name.
+//! Names AWS puts limits on: the account name, the IAM user name and the IAM role name.
 
 use std::fmt;
 
@@ -125,7 +125,58 @@ impl fmt::Display for IamUserName {
     }
 }
 
-fn is_iam_name_byte(b: u8) -> bool {
+/// IAM role names are 1 to 64 characters of `[A-Za-z0-9+=,.@_-]`.
+const ROLE_NAME_MAX: usize = 64;
+
+/// Why a string cannot be an IAM role name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is not a valid IAM role name (1 to 64 characters: letters, digits and + = , . @ _ -)"
+)]
+pub struct RoleNameError(pub String);
+
+/// An IAM role name (`aws.member_role_name`: the access role `CreateAccount` makes in a new
+/// member account).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct RoleName(String);
+
+impl RoleName {
+    /// Checks a role name as written (not trimmed: the configuration says it exactly).
+    ///
+    /// # Errors
+    /// [`RoleNameError`] when it breaks IAM's rules.
+    pub fn parse(name: &str) -> Result<Self, RoleNameError> {
+        let ok = (1..=ROLE_NAME_MAX).contains(&name.len()) && name.bytes().all(is_iam_name_byte);
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(RoleNameError(name.to_owned()))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RoleName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <String as serde::Deserialize>::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// True for a character IAM allows in user, role and policy names and paths: letters,
+/// digits and `+=,.@_-`.
+pub(crate) fn is_iam_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b)
 }
 
@@ -152,6 +203,24 @@ mod tests {
         let cut_at_space =
             AccountName::derive(Some(&format!("{} tail", "a".repeat(49))), "", None, "");
         assert_eq!(cut_at_space.as_str(), "a".repeat(49));
+    }
+
+    #[test]
+    fn role_names_follow_iam_rules() {
+        let cases = [
+            ("OrganizationAccountAccessRole", true),
+            ("vending+x=y,z.w@q_1-2", true),
+            ("", false),
+            ("bad role", false),
+            (" padded", false),
+            ("path/role", false),
+            ("rôle", false),
+        ];
+        for (raw, ok) in cases {
+            assert_eq!(RoleName::parse(raw).is_ok(), ok, "{raw:?}");
+        }
+        assert!(RoleName::parse(&"r".repeat(64)).is_ok());
+        assert!(RoleName::parse(&"r".repeat(65)).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Business outcomes: why an order ends `aws.account.failed`, and what the customer can do.
 
-use super::model::AccountModel;
+use super::account_model::AccountModel;
 
 /// A failure code of `aws.account.failed` (docs/contract.md §5).
 #[derive(Debug, Clone, PartialEq, Eq)]

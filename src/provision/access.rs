@@ -9,6 +9,7 @@ use tracing::{debug, info};
 
 use super::Polling;
 use crate::aws::{AccountId, AwsError, MemberIam, Organizations, Retry};
+use crate::domain::arn::PolicyArn;
 use crate::domain::model::Access;
 use crate::domain::names::IamUserName;
 use crate::domain::password;
@@ -44,7 +45,7 @@ async fn iam_user<O: Organizations>(
     aws: &O,
     account: &AccountId,
     user_name: &IamUserName,
-    policy_arns: &[String],
+    policy_arns: &[PolicyArn],
 ) -> Result<SecretString, AwsError> {
     let member = aws.member(account).await?;
     let password = password::generate();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{Polling, ProvisionError, provision};
 use crate::aws::fake::ScriptedOrganizations;
 use crate::aws::{AccountId, CreateState, ExistingAccount};
+use crate::domain::arn::PolicyArn;
 use crate::domain::email::AccountEmail;
 use crate::domain::ids::PolicyId;
 use crate::domain::model::{Access, AccountModel, Plan};
@@ -45,7 +46,7 @@ pub(super) fn plan(access: Access) -> Plan {
 pub(super) fn iam_user() -> Access {
     Access::IamUser {
         user_name: IamUserName::parse("admin").expect("name"),
-        policy_arns: vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()],
+        policy_arns: vec![PolicyArn::parse("arn:aws:iam::aws:policy/ReadOnlyAccess").expect("ARN")],
     }
 }
 

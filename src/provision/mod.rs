@@ -128,6 +128,7 @@ mod tests {
     use super::*;
     use crate::aws::fake::ScriptedOrganizations;
     use crate::aws::{CreateState, Retry};
+    use crate::domain::ids::OuId;
     use crate::domain::progress::Granted;
 
     #[tokio::test(start_paused = true)]
@@ -207,7 +208,7 @@ mod tests {
         let aws = ScriptedOrganizations::with_states([succeeded()]);
         *aws.parent.lock().expect("parent") = "r-root".to_owned();
         let plan = Plan {
-            organizational_unit_id: Some("ou-root-opco0001".into()),
+            organizational_unit_id: Some(OuId::parse("ou-root-opco0001").expect("OU id")),
             ..plan(iam_user())
         };
         provision_plan(&aws, &plan, Progress::default())

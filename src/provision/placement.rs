@@ -36,6 +36,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use crate::aws::fake::ScriptedOrganizations;
+    use crate::domain::ids::OuId;
     use crate::domain::model::{Access, Plan};
     use crate::domain::progress::Progress;
     use crate::provision::fixtures::{plan, provision_plan, provision_root, succeeded};
@@ -45,7 +46,7 @@ mod tests {
         let aws = ScriptedOrganizations::with_states([succeeded()]);
         *aws.parent.lock().expect("parent") = "r-root".to_owned();
         let plan = Plan {
-            organizational_unit_id: Some("ou-root-opco0001".into()),
+            organizational_unit_id: Some(OuId::parse("ou-root-opco0001").expect("OU id")),
             ..plan(Access::RootUser)
         };
         provision_plan(&aws, &plan, Progress::default())

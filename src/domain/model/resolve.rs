@@ -1,97 +1,21 @@
-//! Business-model resolution (docs/contract.md §4): from an order and the configured layers to a
-//! [`Plan`] of what to provision, or a [`Rejection`] saying why the order gets no account.
+//! Resolution (docs/contract.md §4): from an order and the configured layers to a [`Plan`] of
+//! what to provision, each setting with its [`Origin`], or a [`Rejection`] saying why the
+//! order gets no account.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::email::{AccountEmail, EmailError};
-use super::ids::PolicyId;
-use super::names::{AccountName, IamUserName};
-use super::order::{ConnectionType, OrderMode, PurchaseRequest};
-use super::outcome::{FailureCode, Rejection};
-
-/// Who owns the account's root email.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AccountModel {
-    /// Solution Provider Account Model: the email is on the provider's domain.
-    #[serde(rename = "SPAM")]
-    Spam,
-    /// End Customer Account Model: the email is the customer's own.
-    #[serde(rename = "ECAM")]
-    Ecam,
-}
-
-impl AccountModel {
-    /// Reads `SPAM` or `ECAM`, ignoring case and surrounding blanks.
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw.trim().to_ascii_uppercase().as_str() {
-            "SPAM" => Some(Self::Spam),
-            "ECAM" => Some(Self::Ecam),
-            _ => None,
-        }
-    }
-
-    /// `SPAM` or `ECAM`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Spam => "SPAM",
-            Self::Ecam => "ECAM",
-        }
-    }
-}
-
-/// One layer of business-model settings (global, marketplace or OPCO); unset fields fall
-/// through to the next layer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ModelSettings {
-    /// SPAM or ECAM.
-    pub account_model: Option<AccountModel>,
-    /// Under ECAM, give the customer the root user instead of an IAM user.
-    pub provide_root_user_for_ecam: Option<bool>,
-    /// SCP ids attached to every new account.
-    pub service_control_policies: Option<Vec<String>>,
-    /// The provider's own email domain.
-    pub provider_email_domain: Option<String>,
-    /// The SPAM account email, with placeholders.
-    pub spam_email_template: Option<String>,
-    /// Policies attached to the customer's IAM user.
-    pub iam_user_policy_arns: Option<Vec<String>>,
-    /// The `[payers.NAME]` entry whose organization gets the account.
-    pub payer: Option<String>,
-    /// The OU the new account is moved to.
-    pub organizational_unit_id: Option<String>,
-    /// Connect template id sent with an IAM-user result.
-    pub iam_user_template_id: Option<String>,
-    /// Connect template id sent with a root-user result.
-    pub root_user_template_id: Option<String>,
-}
-
-/// A `[marketplaces."MP-…"]` section: its own settings plus per-OPCO overrides.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MarketplaceSettings {
-    /// OPCO overrides apply only where this is true.
-    #[serde(default)]
-    pub multi_payer: bool,
-    /// Overrides keyed by a tier account id (`TA-…`) of the request: its tier1, else its
-    /// tier2.
-    #[serde(default)]
-    pub opcos: BTreeMap<String, ModelSettings>,
-    /// The marketplace's own settings.
-    #[serde(flatten)]
-    pub settings: ModelSettings,
-}
-
-/// The placeholders a `spam_email_template` may use.
-pub const TEMPLATE_PLACEHOLDERS: [&str; 6] = [
-    "asset_id",
-    "request_id",
-    "customer_id",
-    "customer_external_id",
-    "marketplace_id",
-    "provider_email_domain",
-];
+use super::email_rules::{ecam_email, spam_email};
+use super::layers::{Applicable, LayerTree, Origin, Tier};
+use super::settings::{MarketplaceSettings, ModelSettings, SettingsIssue};
+use crate::domain::account_model::AccountModel;
+use crate::domain::arn::PolicyArn;
+use crate::domain::email::AccountEmail;
+use crate::domain::ids::{OuId, PolicyId, TemplateId};
+use crate::domain::names::{AccountName, IamUserName};
+use crate::domain::order::{ConnectionType, OrderMode, PurchaseRequest};
+use crate::domain::outcome::{FailureCode, Rejection};
 
 /// What the customer signs in with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +25,7 @@ pub enum Access {
         /// Its name.
         user_name: IamUserName,
         /// Managed policies attached to it.
-        policy_arns: Vec<String>,
+        policy_arns: Vec<PolicyArn>,
     },
     /// The account's root user, after a password reset.
     RootUser,
@@ -125,9 +49,9 @@ pub struct Plan {
     /// The payer whose organization gets the account.
     pub payer: String,
     /// Where the account is moved, if anywhere.
-    pub organizational_unit_id: Option<String>,
+    pub organizational_unit_id: Option<OuId>,
     /// The Connect template id for the result.
-    pub template_id: Option<String>,
+    pub template_id: Option<TemplateId>,
     /// The connection the order came through; a test or preview order's payer is the one
     /// `[connections]` names.
     pub connection: ConnectionType,
@@ -150,75 +74,6 @@ pub const SETTINGS: [&str; 12] = [
     "template_id",
     "connection",
 ];
-
-/// Which tier account an OPCO override was found under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    /// `asset.tiers.tier1.id`.
-    Tier1,
-    /// `asset.tiers.tier2.id`.
-    Tier2,
-}
-
-/// Where a resolved setting came from: one of the layers of docs/contract.md §4, or the order itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// The OPCO override of a `multi_payer` marketplace, found under this tier's account.
-    Opco {
-        /// tier1 or tier2.
-        tier: Tier,
-        /// The tier account id (`TA-…`) the override is keyed by.
-        id: String,
-    },
-    /// The request's own parameter, by its Connect id.
-    Request(&'static str),
-    /// The `[marketplaces."MP-…"]` section.
-    Marketplace(String),
-    /// The global `[business_model]` defaults.
-    Global,
-    /// Nothing configured: the worker's fallback (no OU, no template id, no SCPs, no root user).
-    Fallback,
-    /// Derived from the order's ids and customer (a name).
-    Derived,
-    /// A field of the order itself.
-    Order,
-    /// `[connections]`: the payer named for the order's connection type.
-    Connection(&'static str),
-    /// A rule of the business model (SPAM always gives an IAM user).
-    Rule(&'static str),
-    /// Configured for the layers' payer, not applied: a test or preview order goes to the
-    /// payer `[connections]` names, whose organization has other OUs and SCPs.
-    NotForConnection {
-        /// The payer the layers chose.
-        layers_payer: String,
-    },
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Opco { tier, id } => {
-                let tier = match tier {
-                    Tier::Tier1 => "tier1",
-                    Tier::Tier2 => "tier2",
-                };
-                write!(f, "OPCO {tier} {id}")
-            }
-            Self::Request(param) => write!(f, "request parameter {param}"),
-            Self::Marketplace(id) => write!(f, "marketplace {id}"),
-            Self::Global => f.write_str("global default"),
-            Self::Fallback => f.write_str("not configured"),
-            Self::Derived => f.write_str("derived from the order"),
-            Self::Order => f.write_str("order"),
-            Self::Connection(kind) => write!(f, "connections.{kind}"),
-            Self::Rule(rule) => write!(f, "rule: {rule}"),
-            Self::NotForConnection { layers_payer } => write!(
-                f,
-                "not applied: configured for payer {layers_payer}, the connection's payer is another organization"
-            ),
-        }
-    }
-}
 
 /// `[connections]`: the payer (a `[payers.NAME]` entry) of each non-production connection
 /// type. A type without one gets no account (`CONNECTION_NOT_ALLOWED`).
@@ -273,178 +128,6 @@ pub struct Rules {
     pub connections: Connections,
 }
 
-/// A problem in a configured layer, with the key it is under (relative to the layer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SettingsIssue {
-    /// The key inside the layer, e.g. `service_control_policies`.
-    pub key: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl ModelSettings {
-    /// Checks every field that is set; returns the first problem.
-    ///
-    /// # Errors
-    /// [`SettingsIssue`] naming the key.
-    pub fn validate(&self) -> Result<(), SettingsIssue> {
-        let issue = |key, message: String| Err(SettingsIssue { key, message });
-        if let Some(ids) = &self.service_control_policies {
-            for id in ids {
-                if let Err(e) = PolicyId::parse(id) {
-                    return issue("service_control_policies", e.to_string());
-                }
-            }
-        }
-        if let Some(domain) = &self.provider_email_domain
-            && AccountEmail::parse(&format!("probe@{domain}")).is_err()
-        {
-            return issue(
-                "provider_email_domain",
-                format!("`{domain}` is not a domain name"),
-            );
-        }
-        if let Some(template) = &self.spam_email_template
-            && let Err(message) = render_template(template, &|_| Some("x1"))
-        {
-            return issue("spam_email_template", message);
-        }
-        if let Some(arns) = &self.iam_user_policy_arns
-            && let Some(bad) = arns.iter().find(|arn| !is_policy_arn(arn))
-        {
-            return issue(
-                "iam_user_policy_arns",
-                format!(
-                    "`{bad}` is not an IAM policy ARN (arn:aws:iam::<account|aws>:policy/<name>)"
-                ),
-            );
-        }
-        if let Some(ou) = &self.organizational_unit_id
-            && !is_parent_id(ou)
-        {
-            return issue(
-                "organizational_unit_id",
-                format!(
-                    "`{ou}` is not an OU id (ou-<4 to 32 of a-z0-9>-<8 to 32 of a-z0-9>) or root id (r-<4 to 32 of a-z0-9>)"
-                ),
-            );
-        }
-        for (key, id) in [
-            ("iam_user_template_id", &self.iam_user_template_id),
-            ("root_user_template_id", &self.root_user_template_id),
-        ] {
-            if let Some(id) = id.as_deref().filter(|id| !is_template_id(id)) {
-                return issue(
-                    key,
-                    format!(
-                        "`{id}` is not a Connect template id (TL-<digits>[-<digits>…], e.g. TL-123-456-789)"
-                    ),
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// An OU id (`ou-` root part `-` suffix) or a root id (`r-…`), as AWS Organizations writes them.
-fn is_parent_id(id: &str) -> bool {
-    let part = |s: &str, min: usize| {
-        (min..=32).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    if let Some(rest) = id.strip_prefix("ou-") {
-        rest.split_once('-')
-            .is_some_and(|(root, ou)| part(root, 4) && part(ou, 8))
-    } else {
-        id.strip_prefix("r-").is_some_and(|root| part(root, 4))
-    }
-}
-
-/// A Connect template id: `TL-` and groups of digits joined by `-`.
-fn is_template_id(id: &str) -> bool {
-    id.strip_prefix("TL-").is_some_and(|rest| {
-        rest.split('-')
-            .all(|group| !group.is_empty() && group.bytes().all(|b| b.is_ascii_digit()))
-    })
-}
-
-fn is_policy_arn(arn: &str) -> bool {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    matches!(parts.as_slice(), ["arn", partition, "iam", "", owner, resource]
-        if partition.starts_with("aws")
-            && (*owner == "aws" || (owner.len() == 12 && owner.bytes().all(|b| b.is_ascii_digit())))
-            && resource.strip_prefix("policy/").is_some_and(|name| !name.is_empty()))
-}
-
-/// Replaces each `{name}` in `template` by `value(name)`.
-///
-/// # Errors
-/// A message naming an unknown placeholder or an unclosed brace.
-pub fn render_template<'a>(
-    template: &str,
-    value: &dyn Fn(&str) -> Option<&'a str>,
-) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len() + 32);
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
-        let name = &after[..close];
-        if !TEMPLATE_PLACEHOLDERS.contains(&name) {
-            return Err(format!(
-                "unknown placeholder `{{{name}}}`; known: {}",
-                TEMPLATE_PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
-            ));
-        }
-        out.push_str(value(name).unwrap_or(""));
-        rest = &after[close + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// The settings that apply to one order, most specific first.
-#[derive(Clone)]
-struct Layers<'a> {
-    opco: Option<(&'a ModelSettings, Origin)>,
-    marketplace: Option<(&'a ModelSettings, &'a str)>,
-    global: &'a ModelSettings,
-}
-
-impl Layers<'_> {
-    /// The first configured value, OPCO then marketplace then global, with its origin.
-    fn pick<T>(&self, field: impl Fn(&ModelSettings) -> Option<T>) -> Option<(T, Origin)> {
-        self.pick_with_request(None, field)
-    }
-
-    /// Like `pick`, with the request's own value (and its parameter id) between the OPCO and
-    /// marketplace layers.
-    fn pick_with_request<T>(
-        &self,
-        request: Option<(T, &'static str)>,
-        field: impl Fn(&ModelSettings) -> Option<T>,
-    ) -> Option<(T, Origin)> {
-        if let Some((layer, origin)) = &self.opco
-            && let Some(value) = field(layer)
-        {
-            return Some((value, origin.clone()));
-        }
-        if let Some((value, param)) = request {
-            return Some((value, Origin::Request(param)));
-        }
-        if let Some((layer, id)) = self.marketplace
-            && let Some(value) = field(layer)
-        {
-            return Some((value, Origin::Marketplace(id.to_owned())));
-        }
-        field(self.global).map(|value| (value, Origin::Global))
-    }
-}
-
 fn invalid_configuration(message: String) -> Rejection {
     Rejection::new(FailureCode::InvalidConfiguration, message)
 }
@@ -458,32 +141,30 @@ fn parse_yes_no(raw: &str) -> Option<bool> {
     }
 }
 
-/// The OPCO override of `order`, when its marketplace is `multi_payer`: the entry keyed by its
-/// tier1 account, else the one keyed by its tier2 account.
-fn opco_layer<'a>(
-    marketplace: Option<&'a MarketplaceSettings>,
-    order: &PurchaseRequest,
-) -> Option<(&'a ModelSettings, Origin)> {
-    let section = marketplace.filter(|m| m.multi_payer)?;
-    [
-        (Tier::Tier1, &order.tier1_id),
-        (Tier::Tier2, &order.tier2_id),
-    ]
-    .into_iter()
-    .find_map(|(tier, id)| {
-        let id = id.as_ref()?.as_str();
-        let layer = section.opcos.get(id)?;
-        Some((
-            layer,
-            Origin::Opco {
-                tier,
-                id: id.to_owned(),
-            },
-        ))
-    })
+/// A typed value picked from the layers: start-up validation refused every malformed value,
+/// so an error here means the rules did not come from validated settings.
+fn typed<T>(
+    picked: Option<(Result<T, SettingsIssue>, Origin)>,
+) -> Result<Option<(T, Origin)>, Rejection> {
+    match picked {
+        None => Ok(None),
+        Some((Ok(value), origin)) => Ok(Some((value, origin))),
+        Some((Err(issue), origin)) => Err(invalid_configuration(format!(
+            "{} ({origin}): {}",
+            issue.key, issue.message
+        ))),
+    }
 }
 
 impl Rules {
+    /// The configured layers.
+    pub fn layers(&self) -> LayerTree<'_> {
+        LayerTree {
+            global: &self.global,
+            marketplaces: &self.marketplaces,
+        }
+    }
+
     /// The business model resolved for `order` (docs/contract.md §4), each setting with its origin.
     ///
     /// # Errors
@@ -514,12 +195,13 @@ impl Rules {
             };
             return Err(Rejection::new(FailureCode::ConnectionNotAllowed, message));
         }
-        let marketplace = self.marketplaces.get(order.marketplace_id.as_str());
-        let layers = Layers {
-            opco: opco_layer(marketplace, order),
-            marketplace: marketplace.map(|m| (&m.settings, order.marketplace_id.as_str())),
-            global: &self.global,
-        };
+        let tiers = [
+            (Tier::Tier1, order.tier1_id.as_ref().map(|id| id.as_str())),
+            (Tier::Tier2, order.tier2_id.as_ref().map(|id| id.as_str())),
+        ];
+        let layers = self
+            .layers()
+            .applicable(order.marketplace_id.as_str(), tiers);
         let params = &order.configuration;
 
         let requested_model = match params.account_model.as_deref() {
@@ -562,12 +244,12 @@ impl Rules {
 /// The rest of the plan, once the model is known.
 fn plan_for(
     order: &PurchaseRequest,
-    layers: &Layers<'_>,
+    layers: &Applicable<'_>,
     model: AccountModel,
 ) -> Result<Plan, Rejection> {
     let mut origins = BTreeMap::new();
-    let params = &order.configuration;
-    let requested_root = match params.provide_root_user_for_ecam.as_deref() {
+    // The request's parameters are read in this order: the first unusable one rejects.
+    let requested_root = match order.configuration.provide_root_user_for_ecam.as_deref() {
         Some(raw) => Some((
             parse_yes_no(raw).ok_or_else(|| {
                 invalid_configuration(format!(
@@ -578,88 +260,27 @@ fn plan_for(
         )),
         None => None,
     };
-    let (root_for_ecam, root_origin) = layers
-        .pick_with_request(requested_root, |s| s.provide_root_user_for_ecam)
-        .unwrap_or((false, Origin::Fallback));
-
-    let requested_scps = match params.service_control_policies.as_deref() {
-        Some(raw) => Some((
-            PolicyId::parse_list(raw).map_err(|e| {
-                invalid_configuration(format!("provisionServiceControlPolicies: {e}"))
-            })?,
-            "provisionServiceControlPolicies",
-        )),
-        None => None,
-    };
-    // Configured ids were validated at start-up.
-    let (service_control_policies, origin) = layers
-        .pick_with_request(requested_scps, |s| {
-            let ids = s.service_control_policies.as_ref()?;
-            Some(
-                ids.iter()
-                    .filter_map(|id| PolicyId::parse(id).ok())
-                    .collect(),
-            )
-        })
-        .unwrap_or((Vec::new(), Origin::Fallback));
+    let (service_control_policies, origin) = scps_for(order, layers)?;
     origins.insert("service_control_policies", origin);
-
     let (provider_domain, origin) = layers
         .pick(|s| s.provider_email_domain.clone())
         .ok_or_else(|| invalid_configuration("no provider_email_domain is configured".into()))?;
     origins.insert("provider_email_domain", origin);
-    let (email, origin) = match model {
-        AccountModel::Spam => spam_email(order, layers, &provider_domain)?,
-        AccountModel::Ecam => (
-            ecam_email(order, &provider_domain)?,
-            Origin::Request("aws_account_email"),
-        ),
-    };
+    let (email, origin) = email_for(order, layers, model, &provider_domain)?;
     origins.insert("account_email", origin);
-
-    let access = if model == AccountModel::Ecam && root_for_ecam {
-        origins.insert("access", root_origin);
-        Access::RootUser
-    } else {
-        origins.insert(
-            "access",
-            match model {
-                AccountModel::Spam => Origin::Rule("SPAM always gives an IAM user"),
-                AccountModel::Ecam => root_origin,
-            },
-        );
-        let user_name = match order.iam_user_name.as_deref() {
-            Some(requested) => {
-                origins.insert("iam_user_name", Origin::Request("iam_user_name"));
-                IamUserName::parse(requested)
-                    .map_err(|e| Rejection::new(FailureCode::InvalidIamUserName, e.to_string()))?
-            }
-            None => {
-                origins.insert("iam_user_name", Origin::Derived);
-                IamUserName::derive(&order.customer.name, order.customer.id.as_str())
-            }
-        };
-        let (policy_arns, origin) = layers
-            .pick(|s| s.iam_user_policy_arns.clone())
-            .unwrap_or((Vec::new(), Origin::Fallback));
-        origins.insert("iam_user_policy_arns", origin);
-        Access::IamUser {
-            user_name,
-            policy_arns,
-        }
+    let access = access_for(order, layers, model, requested_root, &mut origins)?;
+    let template = match access {
+        Access::IamUser { .. } => layers.pick(ModelSettings::iam_user_template_id),
+        Access::RootUser => layers.pick(ModelSettings::root_user_template_id),
     };
-    let (template_id, origin) = match access {
-        Access::IamUser { .. } => layers.pick(|s| s.iam_user_template_id.clone()),
-        Access::RootUser => layers.pick(|s| s.root_user_template_id.clone()),
-    }
-    .map_or((None, Origin::Fallback), |(id, origin)| (Some(id), origin));
+    let (template_id, origin) =
+        typed(template)?.map_or((None, Origin::Fallback), |(id, origin)| (Some(id), origin));
     origins.insert("template_id", origin);
     let (payer, origin) = layers
         .pick(|s| s.payer.clone())
         .unwrap_or_else(|| ("default".to_owned(), Origin::Fallback));
     origins.insert("payer", origin);
-    let (organizational_unit_id, origin) = layers
-        .pick(|s| s.organizational_unit_id.clone())
+    let (organizational_unit_id, origin) = typed(layers.pick(ModelSettings::ou_id))?
         .map_or((None, Origin::Fallback), |(id, origin)| (Some(id), origin));
     origins.insert("organizational_unit_id", origin);
     origins.insert(
@@ -692,54 +313,92 @@ fn plan_for(
     })
 }
 
-/// The SPAM email rendered from the layers' template, with the template's origin.
-fn spam_email(
+/// The SCPs: the request's `provisionServiceControlPolicies` (a malformed one rejects the
+/// order), between the OPCO and the marketplace layers.
+fn scps_for(
     order: &PurchaseRequest,
-    layers: &Layers<'_>,
-    domain: &str,
-) -> Result<(AccountEmail, Origin), Rejection> {
-    let (template, origin) = layers
-        .pick(|s| s.spam_email_template.clone())
-        .ok_or_else(|| invalid_configuration("no spam_email_template is configured".into()))?;
-    let external_id = order.customer.external_id.as_deref();
-    let value = |name: &str| match name {
-        "asset_id" => Some(order.asset_id.as_str()),
-        "request_id" => Some(order.request_id.as_str()),
-        "customer_id" => Some(order.customer.id.as_str()),
-        "customer_external_id" => external_id,
-        "marketplace_id" => Some(order.marketplace_id.as_str()),
-        "provider_email_domain" => Some(domain),
-        _ => None,
+    layers: &Applicable<'_>,
+) -> Result<(Vec<PolicyId>, Origin), Rejection> {
+    let requested = match order.configuration.service_control_policies.as_deref() {
+        Some(raw) => Some((
+            Ok(PolicyId::parse_list(raw).map_err(|e| {
+                invalid_configuration(format!("provisionServiceControlPolicies: {e}"))
+            })?),
+            "provisionServiceControlPolicies",
+        )),
+        None => None,
     };
-    let rendered = render_template(&template, &value).map_err(invalid_configuration)?;
-    let email = AccountEmail::parse(&rendered).map_err(|e| {
-        invalid_configuration(format!(
-            "the SPAM email rendered from spam_email_template is unusable: {e}"
-        ))
-    })?;
-    if !email.is_on_domain(domain) {
-        return Err(invalid_configuration(format!(
-            "the SPAM email `{email}` is not on the provider's domain `{domain}`"
-        )));
-    }
-    Ok((email, origin))
+    Ok(
+        typed(layers.pick_with_request(requested, ModelSettings::scp_ids))?
+            .unwrap_or((Vec::new(), Origin::Fallback)),
+    )
 }
 
-fn ecam_email(order: &PurchaseRequest, provider_domain: &str) -> Result<AccountEmail, Rejection> {
-    let invalid = |message: String| Rejection::new(FailureCode::InvalidEmail, message);
-    let raw = order.aws_account_email.as_deref().unwrap_or("");
-    let email = AccountEmail::parse(raw).map_err(|e| match e {
-        EmailError::Missing => {
-            invalid("ECAM needs the customer's own email in aws_account_email".into())
+/// The account email: SPAM's rendered from the layers' template, ECAM's the customer's own.
+fn email_for(
+    order: &PurchaseRequest,
+    layers: &Applicable<'_>,
+    model: AccountModel,
+    provider_domain: &str,
+) -> Result<(AccountEmail, Origin), Rejection> {
+    match model {
+        AccountModel::Spam => {
+            let (template, origin) = layers
+                .pick(|s| s.spam_email_template.as_deref())
+                .ok_or_else(|| {
+                    invalid_configuration("no spam_email_template is configured".into())
+                })?;
+            Ok((spam_email(order, template, provider_domain)?, origin))
         }
-        other => invalid(other.to_string()),
-    })?;
-    if email.is_on_domain(provider_domain) {
-        return Err(invalid(format!(
-            "`{email}` is on the provider's domain; ECAM needs the customer's own email"
-        )));
+        AccountModel::Ecam => Ok((
+            ecam_email(order, provider_domain)?,
+            Origin::Request("aws_account_email"),
+        )),
     }
-    Ok(email)
+}
+
+/// The root user (ECAM, where `provideRootUserForECAM`, the request's or the layers', says so)
+/// or an IAM user with its policies; records the origins of `access`, `iam_user_name` and
+/// `iam_user_policy_arns`.
+fn access_for(
+    order: &PurchaseRequest,
+    layers: &Applicable<'_>,
+    model: AccountModel,
+    requested_root: Option<(bool, &'static str)>,
+    origins: &mut BTreeMap<&'static str, Origin>,
+) -> Result<Access, Rejection> {
+    let (root_for_ecam, root_origin) = layers
+        .pick_with_request(requested_root, |s| s.provide_root_user_for_ecam)
+        .unwrap_or((false, Origin::Fallback));
+    if model == AccountModel::Ecam && root_for_ecam {
+        origins.insert("access", root_origin);
+        return Ok(Access::RootUser);
+    }
+    origins.insert(
+        "access",
+        match model {
+            AccountModel::Spam => Origin::Rule("SPAM always gives an IAM user"),
+            AccountModel::Ecam => root_origin,
+        },
+    );
+    let user_name = match order.iam_user_name.as_deref() {
+        Some(requested) => {
+            origins.insert("iam_user_name", Origin::Request("iam_user_name"));
+            IamUserName::parse(requested)
+                .map_err(|e| Rejection::new(FailureCode::InvalidIamUserName, e.to_string()))?
+        }
+        None => {
+            origins.insert("iam_user_name", Origin::Derived);
+            IamUserName::derive(&order.customer.name, order.customer.id.as_str())
+        }
+    };
+    let (policy_arns, origin) =
+        typed(layers.pick(ModelSettings::policy_arns))?.unwrap_or((Vec::new(), Origin::Fallback));
+    origins.insert("iam_user_policy_arns", origin);
+    Ok(Access::IamUser {
+        user_name,
+        policy_arns,
+    })
 }
 
 #[cfg(test)]
@@ -941,7 +600,10 @@ mod tests {
             [PolicyId::parse("p-opco00001").expect("id")]
         );
         assert_eq!(with.payer, "opco");
-        assert_eq!(with.template_id.as_deref(), Some("TL-333-333"));
+        assert_eq!(
+            with.template_id.as_ref().map(TemplateId::as_str),
+            Some("TL-333-333")
+        );
         let without = resolve(
             &order(json!([]), configuration),
             &global(),
@@ -953,7 +615,10 @@ mod tests {
             [PolicyId::parse("p-request01").expect("id")]
         );
         assert_eq!(without.payer, "default");
-        assert_eq!(without.template_id.as_deref(), Some("TL-111-111"));
+        assert_eq!(
+            without.template_id.as_ref().map(TemplateId::as_str),
+            Some("TL-111-111")
+        );
     }
 
     /// A root-user ECAM order from these tiers, through this connection type.
@@ -1057,7 +722,7 @@ mod tests {
             assert_eq!(rejection.code, FailureCode::ConnectionNotAllowed, "{kind}");
             assert_eq!(
                 rejection.action(),
-                (super::super::outcome::Action::Fail, None)
+                (crate::domain::outcome::Action::Fail, None)
             );
         }
         let sandbox = rules(Connections {
@@ -1102,7 +767,7 @@ mod tests {
             .resolve(&order_from(tiers(), Some("test")))
             .expect("plan");
         assert_eq!(
-            plan.organizational_unit_id.as_deref(),
+            plan.organizational_unit_id.as_ref().map(OuId::as_str),
             Some("ou-ab12-cdef3456")
         );
         assert_eq!(plan.service_control_policies.len(), 1);
@@ -1197,14 +862,20 @@ mod tests {
         };
         assert_eq!(user_name.as_str(), "hospitaller-ltd");
         assert_eq!(
-            policy_arns,
-            &["arn:aws:iam::aws:policy/AdministratorAccess"]
+            policy_arns
+                .iter()
+                .map(PolicyArn::as_str)
+                .collect::<Vec<_>>(),
+            ["arn:aws:iam::aws:policy/AdministratorAccess"]
         );
         assert_eq!(
             plan.account_name.as_str(),
             "AS-8790-0160-2196 42 Hospitaller Ltd"
         );
-        assert_eq!(plan.template_id.as_deref(), Some("TL-111-111"));
+        assert_eq!(
+            plan.template_id.as_ref().map(TemplateId::as_str),
+            Some("TL-111-111")
+        );
     }
 
     #[test]
@@ -1286,7 +957,10 @@ mod tests {
             .expect("plan");
             assert_eq!(plan.access == Access::RootUser, root, "{flag}");
             let expected_template = if root { "TL-222-222" } else { "TL-111-111" };
-            assert_eq!(plan.template_id.as_deref(), Some(expected_template));
+            assert_eq!(
+                plan.template_id.as_ref().map(TemplateId::as_str),
+                Some(expected_template)
+            );
             if let Access::IamUser { user_name, .. } = &plan.access {
                 assert_eq!(user_name.as_str(), "jane.admin");
             }
@@ -1332,103 +1006,5 @@ mod tests {
             .expect_err("rejected");
             assert_eq!(rejection.code, code, "{ordering} {configuration}");
         }
-    }
-
-    #[test]
-    fn templates_render_and_refuse_unknown_placeholders() {
-        let value = |name: &str| (name == "asset_id").then_some("AS-1");
-        assert_eq!(
-            render_template("aws+{asset_id}@x.com", &value).as_deref(),
-            Ok("aws+AS-1@x.com")
-        );
-        assert!(render_template("{nope}@x.com", &value).is_err());
-        assert!(render_template("{asset_id@x.com", &value).is_err());
-    }
-
-    #[test]
-    fn ou_and_template_ids_follow_their_formats() {
-        for (id, ok) in [
-            ("ou-ab12-cdef3456", true),
-            ("ou-a1b2c3d4e5-0123456789abcdef", true),
-            ("r-ab12", true),
-            ("ou-ab12", false),
-            ("ou-ab1-cdef3456", false),
-            ("ou-ab12-cdef345", false),
-            ("OU-AB12-CDEF3456", false),
-            ("r-", false),
-            ("o-ab12cdef34", false),
-        ] {
-            assert_eq!(is_parent_id(id), ok, "{id}");
-        }
-        for (id, ok) in [
-            ("TL-123-456-789", true),
-            ("TL-1", true),
-            ("TL-", false),
-            ("TL-12a-345", false),
-            ("TL-123--456", false),
-            ("tl-123-456", false),
-            ("PR-123-456", false),
-        ] {
-            assert_eq!(is_template_id(id), ok, "{id}");
-        }
-    }
-
-    #[test]
-    fn settings_validation_names_the_key() {
-        let cases = [
-            (
-                ModelSettings {
-                    service_control_policies: Some(vec!["x".into()]),
-                    ..ModelSettings::default()
-                },
-                "service_control_policies",
-            ),
-            (
-                ModelSettings {
-                    provider_email_domain: Some("no domain".into()),
-                    ..ModelSettings::default()
-                },
-                "provider_email_domain",
-            ),
-            (
-                ModelSettings {
-                    spam_email_template: Some("{bad}".into()),
-                    ..ModelSettings::default()
-                },
-                "spam_email_template",
-            ),
-            (
-                ModelSettings {
-                    iam_user_policy_arns: Some(vec!["AdministratorAccess".into()]),
-                    ..ModelSettings::default()
-                },
-                "iam_user_policy_arns",
-            ),
-            (
-                ModelSettings {
-                    organizational_unit_id: Some("x".into()),
-                    ..ModelSettings::default()
-                },
-                "organizational_unit_id",
-            ),
-            (
-                ModelSettings {
-                    root_user_template_id: Some("123".into()),
-                    ..ModelSettings::default()
-                },
-                "root_user_template_id",
-            ),
-        ];
-        for (settings, key) in cases {
-            assert_eq!(settings.validate().expect_err("invalid").key, key);
-        }
-        assert_eq!(global().validate(), Ok(()));
-        let arn = ModelSettings {
-            iam_user_policy_arns: Some(vec![
-                "arn:aws:iam::123456789012:policy/team/ReadOnly".into(),
-            ]),
-            ..ModelSettings::default()
-        };
-        assert_eq!(arn.validate(), Ok(()));
     }
 }
