@@ -8,12 +8,17 @@
 //! messages left behind keep their order. (A quorum queue does not keep the order of messages
 //! handed back with `basic.nack`: RabbitMQ 3.10 returned them shuffled, so holding them
 //! unacknowledged and handing them back is no way to leave them in place.)
+//!
+//! A message put back carries the run's mark ([`PASS`]): the count read at the start can be
+//! one too many (a quorum queue counts an acknowledgement only once its log applied it), and a
+//! run that meets its own mark has gone round the queue once; it hands that message back
+//! (`basic.nack`, to the front, one message) and stops.
 
 use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat};
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ExchangeKind};
 use tracing::info;
@@ -27,6 +32,9 @@ use crate::domain::ids::RequestId;
 /// How long `replay` waits for the broker to answer its one connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The mark of the replay run that last put a message back in the DLQ; dropped on replay.
+pub const PASS: &str = "x-replay-pass";
+
 /// RabbitMQ's record of the times it dead-lettered a message, most recent first.
 const DEATH: &str = "x-death";
 /// The reason of a message's first RabbitMQ dead-lettering.
@@ -37,7 +45,8 @@ const EXPIRED: &str = "expired";
 /// Headers a replayed message does not carry on: the failure record of the attempts that led to
 /// the DLQ (the replay starts them afresh), RabbitMQ's dead-letter and delivery records, and
 /// the `x-last-death-*` headers of RabbitMQ 3.13 and later.
-const DROPPED_ON_REPLAY: [&str; 14] = [
+const DROPPED_ON_REPLAY: [&str; 15] = [
+    PASS,
     headers::ATTEMPTS,
     headers::FAILURE_REASON,
     headers::FAILURE_MESSAGE,
@@ -200,6 +209,13 @@ pub fn replay_properties(original: &BasicProperties, replays: u32) -> BasicPrope
         }
     }
     headers::set_number(&mut table, REPLAY_COUNT, i64::from(replays) + 1);
+    original.clone().with_headers(table)
+}
+
+/// `original` with the run's mark `pass` in its headers.
+fn marked(original: &BasicProperties, pass: &str) -> BasicProperties {
+    let mut table = original.headers().clone().unwrap_or_default();
+    headers::set_text(&mut table, PASS, pass);
     original.clone().with_headers(table)
 }
 
@@ -394,6 +410,7 @@ async fn replay_on(
         dry_run = request.dry_run,
         "replay reads the dead-letter queue"
     );
+    let pass = uuid::Uuid::new_v4().to_string();
     for _ in 0..depth {
         // Another replay may have taken the rest.
         let Some(message) = channel
@@ -407,7 +424,17 @@ async fn replay_on(
             break;
         };
         let delivery = message.delivery;
-        let letter = DeadLetter::read(delivery.properties.headers().as_ref(), &delivery.data);
+        let table = delivery.properties.headers().as_ref();
+        if table.and_then(|t| headers::text(t, PASS)).as_deref() == Some(pass.as_str()) {
+            // Round the queue once: this one and all behind it were put back by this run.
+            let front = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            delivery.nack(front).await.map_err(broker_failed(summary))?;
+            break;
+        }
+        let letter = DeadLetter::read(table, &delivery.data);
         let replayed = summary.replayed + summary.would_replay;
         let decision = decide(
             &letter,
@@ -426,14 +453,15 @@ async fn replay_on(
                     )
                     .await
             }
-            // Left in the DLQ: to its back, as it was, so the messages left keep their order.
+            // Left in the DLQ: to its back, as it was but for this run's mark, so the
+            // messages left keep their order.
             _ => {
                 publisher
                     .publish(
                         "",
                         &amqp.dead_letter_queue,
                         &delivery.data,
-                        delivery.properties.clone(),
+                        marked(&delivery.properties, &pass),
                     )
                     .await
             }

@@ -149,6 +149,20 @@ impl Queues {
             .message_count()
     }
 
+    /// The depth of `queue` once it is `expected`, or what it is after a deadline of 5 s: a
+    /// quorum queue counts an acknowledgement only once its log applied it, so a count read
+    /// right after a replay can lag by a message or two.
+    async fn depth_settled_at(&self, queue: &str, expected: u32) -> u32 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let depth = self.depth(queue).await;
+            if depth == expected || tokio::time::Instant::now() >= deadline {
+                return depth;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Takes every message now in `queue`, in order: (properties, body).
     async fn take_all(&self, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
         let mut messages = Vec::new();
@@ -224,7 +238,10 @@ async fn orders_dead_lettered_while_aws_was_away_are_replayed_once_it_is_back() 
         dead.insert(event["request_id"].as_str().expect("id").to_owned());
     }
     worker.stop().await;
-    assert_eq!(queues.depth(&amqp.dead_letter_queue).await, 20);
+    assert_eq!(
+        queues.depth_settled_at(&amqp.dead_letter_queue, 20).await,
+        20
+    );
 
     // A dry run lists all 20 and moves none.
     let dry = replay(&env, &["--dry-run"]).await;
@@ -246,8 +263,15 @@ async fn orders_dead_lettered_while_aws_was_away_are_replayed_once_it_is_back() 
         dry.stderr.contains("dry run: 20 would be replayed"),
         "{dry}"
     );
-    assert_eq!(queues.depth(&amqp.dead_letter_queue).await, 20);
-    assert_eq!(queues.depth(&amqp.orders_queue).await, 0, "nothing moved");
+    assert_eq!(
+        queues.depth_settled_at(&amqp.dead_letter_queue, 20).await,
+        20
+    );
+    assert_eq!(
+        queues.depth_settled_at(&amqp.orders_queue, 0).await,
+        0,
+        "nothing moved"
+    );
 
     // AWS back; the worker runs while the replays do.
     env.aws = env.payer.config.clone();
@@ -259,7 +283,10 @@ async fn orders_dead_lettered_while_aws_was_away_are_replayed_once_it_is_back() 
     one.expect("replayed 1, kept 0, skipped 19");
     assert_eq!(one.listed("replayed").len(), 1, "{one}");
     assert!(one.listed("replayed")[0].contains(&ids[7]), "{one}");
-    assert_eq!(queues.depth(&amqp.dead_letter_queue).await, 19);
+    assert_eq!(
+        queues.depth_settled_at(&amqp.dead_letter_queue, 19).await,
+        19
+    );
     let first = provisioned_events(&mut env, &ids[7..8]).await;
     assert_eq!(first.len(), 1, "only the one replayed is provisioned");
 
@@ -267,7 +294,7 @@ async fn orders_dead_lettered_while_aws_was_away_are_replayed_once_it_is_back() 
     let all = replay(&env, &[]).await;
     println!("--- replay\n{}", all.stdout);
     all.expect("replayed 19, kept 0, skipped 0");
-    assert_eq!(queues.depth(&amqp.dead_letter_queue).await, 0);
+    assert_eq!(queues.depth_settled_at(&amqp.dead_letter_queue, 0).await, 0);
     let rest: Vec<String> = ids.iter().filter(|id| *id != &ids[7]).cloned().collect();
     let mut events = provisioned_events(&mut env, &rest).await;
     events.extend(first);
@@ -514,7 +541,12 @@ async fn a_replay_killed_mid_way_and_run_again_loses_nothing() {
     let amqp = env.settings.amqp.clone();
     const MESSAGES: usize = 600;
     let ids = dead_letter_orders(&env, &queues, MESSAGES).await;
-    assert_eq!(queues.depth(&amqp.dead_letter_queue).await, MESSAGES as u32);
+    assert_eq!(
+        queues
+            .depth_settled_at(&amqp.dead_letter_queue, MESSAGES as u32)
+            .await,
+        MESSAGES as u32
+    );
 
     let config = write_config(&env.toml);
     let mut first = tokio::process::Command::new(BIN)
@@ -655,7 +687,7 @@ async fn two_replays_at_once_share_the_dlq_and_lose_nothing() {
         MESSAGES,
         "each message replayed by one of them:\n{a}\n{b}"
     );
-    assert_eq!(queues.depth(&amqp.dead_letter_queue).await, 0);
+    assert_eq!(queues.depth_settled_at(&amqp.dead_letter_queue, 0).await, 0);
     let moved: BTreeSet<String> = queues
         .take_all(&amqp.orders_queue)
         .await
