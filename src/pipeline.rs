@@ -207,18 +207,12 @@ impl<O: Organizations> Pipeline<O> {
     /// progress: try again later, from where it stands.
     fn busy(&self, order: &Resolved, progress: Progress) -> Outcome {
         info!("another delivery for this account email is in progress: trying again later");
-        Outcome::Later(
-            Failure {
-                reason: Reason::OrderBusy,
-                message: format!(
-                    "another delivery for the account email {} was being processed",
-                    order.plan.email
-                ),
-                ids: order.ids.clone(),
-                progress,
-            },
-            self.waits.order_busy,
-        )
+        let message = format!(
+            "another delivery for the account email {} was being processed",
+            order.plan.email
+        );
+        let failure = order.failure(Reason::OrderBusy, message, progress);
+        Outcome::Later(failure, self.waits.order_busy)
     }
 
     /// Provisions a resolved order, resuming from `progress`; a `CreateAccount` waits for one
@@ -235,12 +229,8 @@ impl<O: Organizations> Pipeline<O> {
         let Some(aws) = self.payers.get(&plan.payer) else {
             // Start-up validation refuses a payer without a [payers.NAME] entry.
             warn!(payer = %plan.payer, "no such payer");
-            return Outcome::DeadLetter(Failure {
-                reason: Reason::UnknownPayer,
-                message: format!("payer `{}` is not configured", plan.payer),
-                ids: ids.clone(),
-                progress,
-            });
+            let message = format!("payer `{}` is not configured", plan.payer);
+            return Outcome::DeadLetter(order.failure(Reason::UnknownPayer, message, progress));
         };
         match provision(aws, slots, request, plan, progress, self.polling).await {
             Ok(done) => {
@@ -248,40 +238,32 @@ impl<O: Organizations> Pipeline<O> {
                 Outcome::Report(report::provisioned(ids, plan, done))
             }
             Err(ProvisionError::NotYet) => {
-                info!(wait = ?self.waits.maybe_in_flight, "no account found after an unsettled delivery: looking again before creating one");
-                Outcome::Later(
-                    Failure {
-                        reason: Reason::CreateMaybeInFlight,
-                        message: "an earlier delivery ended unsettled; its CreateAccount may still be on its way".to_owned(),
-                        ids: ids.clone(),
-                        progress: Progress::default(),
-                    },
-                    self.waits.maybe_in_flight,
-                )
+                let wait = self.waits.maybe_in_flight;
+                info!(
+                    ?wait,
+                    "no account found after an unsettled delivery: looking again before creating one"
+                );
+                let message = "an earlier delivery ended unsettled; its CreateAccount may still be on its way";
+                let failure = order.failure(
+                    Reason::CreateMaybeInFlight,
+                    message.to_owned(),
+                    Progress::default(),
+                );
+                Outcome::Later(failure, wait)
             }
             Err(ProvisionError::NoSlot(why)) => {
-                info!(reason = %why, wait = ?self.waits.slot_busy, "no creation slot for this delivery: trying again later");
-                Outcome::Later(
-                    Failure {
-                        reason: Reason::CreationSlotBusy,
-                        message: format!("no CreateAccount slot of payer {}: {why}", plan.payer),
-                        ids: ids.clone(),
-                        progress: Progress::default(),
-                    },
-                    self.waits.slot_busy,
-                )
+                let wait = self.waits.slot_busy;
+                info!(reason = %why, ?wait, "no creation slot for this delivery: trying again later");
+                let message = format!("no CreateAccount slot of payer {}: {why}", plan.payer);
+                let failure = order.failure(Reason::CreationSlotBusy, message, Progress::default());
+                Outcome::Later(failure, wait)
             }
             Err(ProvisionError::Rejected(rejection)) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order failed");
                 Outcome::Report(report::failed(ids, Some(&plan.payer), &rejection))
             }
             Err(ProvisionError::Aws { error, progress }) => {
-                let failure = Failure {
-                    reason: error.reason(),
-                    message: error.to_string(),
-                    ids: ids.clone(),
-                    progress,
-                };
+                let failure = order.failure(error.reason(), error.to_string(), progress);
                 match error.retry {
                     // Provisioning settles WhileNew by the account's age; should one get here,
                     // retrying is the side that loses nothing.
@@ -340,6 +322,16 @@ impl Resolved {
     /// email (the same order delivered twice, or two orders for one email).
     pub fn lock_key(&self) -> String {
         self.plan.email.as_str().to_ascii_lowercase()
+    }
+
+    /// The order's failure for `reason`, to resume from `progress`.
+    fn failure(&self, reason: Reason, message: String, progress: Progress) -> Failure {
+        Failure {
+            reason,
+            message,
+            ids: self.ids.clone(),
+            progress,
+        }
     }
 }
 

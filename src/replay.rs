@@ -425,7 +425,7 @@ async fn replay_on(
         };
         let delivery = message.delivery;
         let table = delivery.properties.headers().as_ref();
-        if table.and_then(|t| headers::text(t, PASS)).as_deref() == Some(pass.as_str()) {
+        if table.and_then(|t| headers::text(t, PASS)) == Some(pass.clone()) {
             // Round the queue once: this one and all behind it were put back by this run.
             let front = BasicNackOptions {
                 requeue: true,
@@ -442,34 +442,27 @@ async fn replay_on(
             settings.retry.max_replays,
             replayed,
         );
-        let published = match decision {
-            Decision::Replay if !request.dry_run => {
-                publisher
-                    .publish(
-                        &amqp.orders_exchange,
-                        &amqp.orders_routing_key,
-                        &delivery.data,
-                        replay_properties(&delivery.properties, letter.replays),
-                    )
-                    .await
-            }
-            // Left in the DLQ: to its back, as it was but for this run's mark, so the
-            // messages left keep their order.
-            _ => {
-                publisher
-                    .publish(
-                        "",
-                        &amqp.dead_letter_queue,
-                        &delivery.data,
-                        marked(&delivery.properties, &pass),
-                    )
-                    .await
-            }
+        // Replayed: to the orders exchange. Left in the DLQ: to its back, as it was but for
+        // this run's mark, so the messages left keep their order.
+        let (exchange, routing_key, properties) = match decision {
+            Decision::Replay if !request.dry_run => (
+                amqp.orders_exchange.as_str(),
+                amqp.orders_routing_key.as_str(),
+                replay_properties(&delivery.properties, letter.replays),
+            ),
+            _ => (
+                "",
+                amqp.dead_letter_queue.as_str(),
+                marked(&delivery.properties, &pass),
+            ),
         };
-        published.map_err(|error| ReplayError::Publish {
-            done: summary,
-            error,
-        })?;
+        publisher
+            .publish(exchange, routing_key, &delivery.data, properties)
+            .await
+            .map_err(|error| ReplayError::Publish {
+                done: summary,
+                error,
+            })?;
         delivery
             .ack(BasicAckOptions::default())
             .await
