@@ -177,69 +177,22 @@ mod tests {
             f64,
             (&'static str, u32, u64, u64),
         );
+        #[rustfmt::skip]
         let cases: [Case; 14] = [
             // A transient failure: the n-th waits between half and all of step n.
-            (
-                "transient, first",
-                transient,
-                0,
-                1.0,
-                ("retry", 1, 1000, 1000),
-            ),
-            (
-                "transient, jitter low",
-                transient,
-                0,
-                0.0,
-                ("retry", 1, 1000, 500),
-            ),
-            (
-                "transient, third",
-                transient,
-                2,
-                1.0,
-                ("retry", 3, 4000, 4000),
-            ),
-            (
-                "transient, last",
-                transient,
-                3,
-                1.0,
-                ("dead-letter", 4, 0, 0),
-            ),
-            (
-                "transient, past the last",
-                transient,
-                9,
-                1.0,
-                ("dead-letter", 10, 0, 0),
-            ),
+            ("transient, first", transient, 0, 1.0, ("retry", 1, 1000, 1000)),
+            ("transient, jitter low", transient, 0, 0.0, ("retry", 1, 1000, 500)),
+            ("transient, third", transient, 2, 1.0, ("retry", 3, 4000, 4000)),
+            ("transient, last", transient, 3, 1.0, ("dead-letter", 4, 0, 0)),
+            ("transient, past the last", transient, 9, 1.0, ("dead-letter", 10, 0, 0)),
             // Waits spend no attempt, whatever the history, and find a queue that holds them.
             ("busy", busy, 0, 0.0, ("retry", 0, 1000, 1000)),
-            (
-                "busy after failures",
-                busy,
-                3,
-                0.0,
-                ("retry", 3, 1000, 1000),
-            ),
+            ("busy after failures", busy, 3, 0.0, ("retry", 3, 1000, 1000)),
             ("no slot", slot, 1, 0.0, ("retry", 1, 30_000, 10_000)),
-            (
-                "maybe in flight",
-                in_flight,
-                2,
-                0.0,
-                ("retry", 2, 30_000, 30_000),
-            ),
+            ("maybe in flight", in_flight, 2, 0.0, ("retry", 2, 30_000, 30_000)),
             // Bad messages and permanent failures go at once.
             ("malformed", bad, 0, 0.0, ("dead-letter", 1, 0, 0)),
-            (
-                "permanent after retries",
-                bad,
-                2,
-                0.0,
-                ("dead-letter", 3, 0, 0),
-            ),
+            ("permanent after retries", bad, 2, 0.0, ("dead-letter", 3, 0, 0)),
             // Reports and hand-backs do not look at the history.
             ("failed event", failed, 0, 0.0, ("report", 0, 0, 0)),
             ("failed event, late", failed, 7, 0.0, ("report", 0, 0, 0)),
