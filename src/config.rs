@@ -303,6 +303,14 @@ impl Settings {
     }
 }
 
+/// `value`, set at `key`, must not be 0.
+fn at_least_one(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
 fn redacted<S: Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str("[REDACTED]")
 }
@@ -351,6 +359,17 @@ impl Settings {
     /// # Errors
     /// The first problem, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_amqp()?;
+        self.validate_retry()?;
+        self.validate_aws()?;
+        self.validate_call_limits()?;
+        SocketAddr::from_str(&self.observability.listen)
+            .map_err(|_| invalid("observability.listen", "not an address (host:port)"))?;
+        self.validate_business_model()
+    }
+
+    /// `[amqp]`: a URL, names of 1 to 200 characters, the limits in their ranges.
+    fn validate_amqp(&self) -> Result<(), ConfigError> {
         let amqp = &self.amqp;
         lapin::uri::AMQPUri::from_str(amqp.url.expose_secret()).map_err(|_| {
             invalid(
@@ -376,12 +395,8 @@ impl Settings {
                 ));
             }
         }
-        if amqp.prefetch == 0 {
-            return Err(invalid("amqp.prefetch", "must be at least 1"));
-        }
-        if amqp.delivery_limit == 0 {
-            return Err(invalid("amqp.delivery_limit", "must be at least 1"));
-        }
+        at_least_one("amqp.prefetch", u64::from(amqp.prefetch))?;
+        at_least_one("amqp.delivery_limit", u64::from(amqp.delivery_limit))?;
         if amqp.delivery_limit > DELIVERY_LIMIT_CEILING {
             return Err(invalid(
                 "amqp.delivery_limit",
@@ -396,63 +411,61 @@ impl Settings {
                 "not http://[user:password@]host[:port][/prefix]",
             )
         })?;
-        let retry = &self.retry;
-        if retry.initial_delay_ms == 0 {
-            return Err(invalid("retry.initial_delay_ms", "must be at least 1"));
-        }
-        if retry.max_delay_ms < retry.initial_delay_ms {
-            return Err(invalid(
-                "retry.max_delay_ms",
-                "must not be less than retry.initial_delay_ms",
-            ));
-        }
-        if retry.creation_slot_busy_delay_ms == 0 {
-            return Err(invalid(
-                "retry.creation_slot_busy_delay_ms",
-                "must be at least 1",
-            ));
-        }
         if !(1..=RECONNECT_PAUSE_CEILING_MS).contains(&amqp.reconnect_pause_ms) {
             return Err(invalid(
                 "amqp.reconnect_pause_ms",
                 format!("must be between 1 and {RECONNECT_PAUSE_CEILING_MS}"),
             ));
         }
-        if retry.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts", "must be at least 1"));
+        Ok(())
+    }
+
+    /// `[retry]`: delays and counts of at least 1, the largest delay not below the first.
+    fn validate_retry(&self) -> Result<(), ConfigError> {
+        let retry = &self.retry;
+        at_least_one("retry.initial_delay_ms", retry.initial_delay_ms)?;
+        if retry.max_delay_ms < retry.initial_delay_ms {
+            return Err(invalid(
+                "retry.max_delay_ms",
+                "must not be less than retry.initial_delay_ms",
+            ));
         }
+        at_least_one(
+            "retry.creation_slot_busy_delay_ms",
+            retry.creation_slot_busy_delay_ms,
+        )?;
+        at_least_one("retry.max_attempts", u64::from(retry.max_attempts))?;
         if retry.max_replays == 0 {
             return Err(invalid(
                 "retry.max_replays",
                 "must be at least 1 (0 would keep every dead letter from replay)",
             ));
         }
+        Ok(())
+    }
+
+    /// `[aws]`'s creation slots and polling: each at least 1.
+    fn validate_aws(&self) -> Result<(), ConfigError> {
         let aws = &self.aws;
-        if aws.max_concurrent_creations == 0 {
-            return Err(invalid(
+        for (key, value) in [
+            (
                 "aws.max_concurrent_creations",
-                "must be at least 1",
-            ));
-        }
-        if aws.creation_slot_poll_ms == 0 {
-            return Err(invalid("aws.creation_slot_poll_ms", "must be at least 1"));
-        }
-        if aws.max_waiting_for_slot == 0 {
-            return Err(invalid("aws.max_waiting_for_slot", "must be at least 1"));
-        }
-        if aws.creation_slot_wait_seconds == 0 {
-            return Err(invalid(
+                u64::from(aws.max_concurrent_creations),
+            ),
+            ("aws.creation_slot_poll_ms", aws.creation_slot_poll_ms),
+            (
+                "aws.max_waiting_for_slot",
+                u64::from(aws.max_waiting_for_slot),
+            ),
+            (
                 "aws.creation_slot_wait_seconds",
-                "must be at least 1",
-            ));
+                aws.creation_slot_wait_seconds,
+            ),
+            ("aws.create_status_poll_ms", aws.create_status_poll_ms),
+        ] {
+            at_least_one(key, value)?;
         }
-        if aws.create_status_poll_ms == 0 {
-            return Err(invalid("aws.create_status_poll_ms", "must be at least 1"));
-        }
-        self.validate_call_limits()?;
-        SocketAddr::from_str(&self.observability.listen)
-            .map_err(|_| invalid("observability.listen", "not an address (host:port)"))?;
-        self.validate_business_model()
+        Ok(())
     }
 
     /// The SDK's timeouts and the calls in flight: none zero, none absurd, and one attempt no
