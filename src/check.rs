@@ -260,14 +260,24 @@ pub async fn run<P: Probe>(
     report(configuration(file, &environment_keys()));
     report(connections(settings));
     report(iam_names(settings));
+    broker_checks(settings, broker_timeout, &mut report).await;
+    aws_checks(settings, probes, &mut report).await;
+    summary
+}
 
+/// The broker, its topology and its policies; each check past a failed one is skipped.
+async fn broker_checks(
+    settings: &Settings,
+    broker_timeout: Duration,
+    report: &mut impl FnMut(Line),
+) {
     let connection = match broker::connect_once(&settings.amqp.url, broker_timeout).await {
         Ok(connection) => {
             report(Line::ok(
                 BROKER,
                 format!("connected to {}", broker_address(settings)),
             ));
-            Some(connection)
+            connection
         }
         Err(e) => {
             report(Line::fail(
@@ -275,34 +285,31 @@ pub async fn run<P: Probe>(
                 format!("cannot connect to {}: {e}", broker_address(settings)),
                 "check amqp.url (WORKER__AMQP__URL): host, port, user, password and vhost, and that RabbitMQ runs and this host can reach it",
             ));
-            None
+            let unreachable = "not checked: the broker is not reachable";
+            report(Line::skip(TOPOLOGY, unreachable));
+            report(Line::skip(POLICIES, unreachable));
+            return;
         }
     };
-    match &connection {
-        Some(connection) => {
-            let topology = topology_line(connection, settings).await;
-            let complete = topology.status == Status::Ok;
-            report(topology);
-            // The answers are in; a close that fails changes nothing.
-            let _ = connection.close(200, "check done".into()).await;
-            report(if complete {
-                policies_line(settings).await
-            } else {
-                Line::skip(POLICIES, "not checked: the topology is incomplete")
-            });
-        }
-        None => {
-            report(Line::skip(
-                TOPOLOGY,
-                "not checked: the broker is not reachable",
-            ));
-            report(Line::skip(
-                POLICIES,
-                "not checked: the broker is not reachable",
-            ));
-        }
-    }
+    let topology = topology_line(&connection, settings).await;
+    let complete = topology.status == Status::Ok;
+    report(topology);
+    // The answers are in; a close that fails changes nothing.
+    let _ = connection.close(200, "check done".into()).await;
+    report(if complete {
+        policies_line(settings).await
+    } else {
+        Line::skip(POLICIES, "not checked: the topology is incomplete")
+    });
+}
 
+/// The AWS credentials, each payer's organization, then the configured SCPs in the
+/// organizations found.
+async fn aws_checks<P: Probe>(
+    settings: &Settings,
+    probes: &Probes<P>,
+    report: &mut impl FnMut(Line),
+) {
     let identity = match probes.own.caller_identity().await {
         Ok(identity) => {
             report(Line::ok(
@@ -351,13 +358,11 @@ pub async fn run<P: Probe>(
         };
         lines.push((name.as_str(), line));
     }
-    let line = match lines.as_slice() {
+    report(match lines.as_slice() {
         [] => Line::ok(SCPS, "none configured"),
         [(_, line)] if only_default => line.clone(),
         _ => combined(SCPS, lines),
-    };
-    report(line);
-    summary
+    });
 }
 
 /// The `WORKER__…` variables set in the environment (names only: values may be secret).
