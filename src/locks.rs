@@ -2,7 +2,7 @@
 //! holds it. A [`Lock`] is taken before provisioning and given back after settling, so the next
 //! delivery of the same order finds the account and the event already out. [`OrderLocks`] is
 //! the narrow interface the trip sees; `broker::locks` shares the locks between every replica
-//! through RabbitMQ, [`Unlocked`] and [`Local`] serve tests and one-off runs.
+//! through RabbitMQ, [`Local`] serves tests.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -57,24 +57,6 @@ pub trait OrderLocks: Send + Sync {
         &self,
         key: &str,
     ) -> impl Future<Output = Result<Option<Lock>, LocksUnavailable>> + Send;
-}
-
-/// No locking: every key is free (`process_one` in unit tests, one-off runs).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unlocked;
-
-struct Nothing;
-
-impl Release for Nothing {
-    fn release(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async {})
-    }
-}
-
-impl OrderLocks for Unlocked {
-    async fn try_take(&self, _: &str) -> Result<Option<Lock>, LocksUnavailable> {
-        Ok(Some(Lock::new(Nothing)))
-    }
 }
 
 /// Locks for one process alone (tests): a set of held keys.

@@ -50,7 +50,8 @@ pub fn retry_queue(amqp: &AmqpSettings, delay_ms: u64) -> String {
     format!("{}.{delay_ms}ms", amqp.retry_queue_prefix)
 }
 
-fn arguments(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+/// A queue-arguments table of `pairs`.
+pub fn arguments(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (key, value) in pairs {
         table.insert((*key).into(), value.clone());
@@ -58,7 +59,8 @@ fn arguments(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     table
 }
 
-fn text(value: &str) -> AMQPValue {
+/// A text argument.
+pub fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 

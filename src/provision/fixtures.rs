@@ -9,7 +9,7 @@ use crate::aws::fake::ScriptedOrganizations;
 use crate::aws::{AccountId, CreateState, ExistingAccount};
 use crate::domain::arn::PolicyArn;
 use crate::domain::email::AccountEmail;
-use crate::domain::ids::PolicyId;
+use crate::domain::ids::{OuId, PolicyId};
 use crate::domain::model::{Access, AccountModel, Plan};
 use crate::domain::names::{AccountName, IamUserName};
 use crate::domain::order::PurchaseRequest;
@@ -105,4 +105,23 @@ pub(super) fn created(aws: &ScriptedOrganizations) -> usize {
         .iter()
         .filter(|c| c.starts_with("CreateAccount"))
         .count()
+}
+
+/// The test plan giving `access`, with OU `ou-root-opco0001`.
+pub(super) fn ou_plan(access: Access) -> Plan {
+    Plan {
+        organizational_unit_id: Some(OuId::parse("ou-root-opco0001").expect("OU id")),
+        ..plan(access)
+    }
+}
+
+/// Provisions `access` for the test order into OU `ou-root-opco0001`, from an account under
+/// the root; returns the calls after the creation (`CreateAccount` and its status).
+pub(super) async fn calls_after_creation_into_an_ou(access: Access) -> Vec<String> {
+    let aws = ScriptedOrganizations::with_states([succeeded()]);
+    *aws.parent.lock().expect("parent") = "r-root".to_owned();
+    provision_plan(&aws, &ou_plan(access), Progress::default())
+        .await
+        .expect("provisioned");
+    aws.calls()[3..].to_vec()
 }

@@ -124,11 +124,13 @@ pub async fn provision<O: Organizations>(
 mod tests {
     //! The order of the steps, and what a resumed order skips.
 
-    use super::fixtures::{iam_user, plan, provision_plan, provision_root, succeeded};
+    use super::fixtures::{
+        calls_after_creation_into_an_ou, iam_user, plan, provision_plan, provision_root, succeeded,
+    };
     use super::*;
     use crate::aws::fake::ScriptedOrganizations;
     use crate::aws::{CreateState, Retry};
-    use crate::domain::ids::OuId;
+
     use crate::domain::progress::Granted;
 
     #[tokio::test(start_paused = true)]
@@ -205,17 +207,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_iam_user_is_made_before_the_ou_and_the_scps() {
-        let aws = ScriptedOrganizations::with_states([succeeded()]);
-        *aws.parent.lock().expect("parent") = "r-root".to_owned();
-        let plan = Plan {
-            organizational_unit_id: Some(OuId::parse("ou-root-opco0001").expect("OU id")),
-            ..plan(iam_user())
-        };
-        provision_plan(&aws, &plan, Progress::default())
-            .await
-            .expect("provisioned");
-        let calls = aws.calls();
-        let after_creation: Vec<&str> = calls[3..].iter().map(String::as_str).collect();
+        let after_creation = calls_after_creation_into_an_ou(iam_user()).await;
         assert_eq!(
             after_creation,
             [

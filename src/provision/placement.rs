@@ -36,24 +36,17 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use crate::aws::fake::ScriptedOrganizations;
-    use crate::domain::ids::OuId;
-    use crate::domain::model::{Access, Plan};
+
+    use crate::domain::model::Access;
     use crate::domain::progress::Progress;
-    use crate::provision::fixtures::{plan, provision_plan, provision_root, succeeded};
+    use crate::provision::fixtures::{
+        calls_after_creation_into_an_ou, ou_plan, provision_plan, provision_root,
+    };
 
     #[tokio::test(start_paused = true)]
     async fn the_account_is_moved_to_its_ou_once_before_the_scps() {
-        let aws = ScriptedOrganizations::with_states([succeeded()]);
-        *aws.parent.lock().expect("parent") = "r-root".to_owned();
-        let plan = Plan {
-            organizational_unit_id: Some(OuId::parse("ou-root-opco0001").expect("OU id")),
-            ..plan(Access::RootUser)
-        };
-        provision_plan(&aws, &plan, Progress::default())
-            .await
-            .expect("provisioned");
-        let calls = aws.calls();
-        let after_creation: Vec<&str> = calls[3..].iter().map(String::as_str).collect();
+        let after_creation = calls_after_creation_into_an_ou(Access::RootUser).await;
+        let plan = ou_plan(Access::RootUser);
         assert_eq!(
             after_creation,
             [

@@ -12,8 +12,8 @@ use lapin::options::{
     BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::json;
 
 use crate::support::{
@@ -36,16 +36,58 @@ async fn connect() -> Connection {
         .expect("RabbitMQ answers (scripts/services.sh starts it)")
 }
 
-fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (key, value) in pairs {
-        table.insert((*key).into(), value.clone());
-    }
-    table
+/// Connects and declares the topology of `settings`.
+async fn declared(settings: &Settings) -> Connection {
+    let connection = connect().await;
+    topology::declare(&connection, &settings.amqp, &settings.retry)
+        .await
+        .expect("topology");
+    connection
 }
 
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
+/// Puts the worker's `index`-th policy in force, with `definition` instead of its own, and
+/// waits until `queue` shows it.
+async fn install_policy(
+    settings: &Settings,
+    index: usize,
+    definition: &serde_json::Value,
+    queue: &str,
+) {
+    let policy = &topology::policies(&settings.amqp)[index];
+    put_policy(
+        settings,
+        &policy.name,
+        &policy.pattern,
+        topology::POLICY_PRIORITY,
+        definition,
+        queue,
+    )
+    .await;
+}
+
+/// A channel with publisher confirms.
+async fn confirming(connection: &Connection) -> Channel {
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    channel
+}
+
+/// Waits until `queue` holds `expected` ready messages; panics saying `never` at the deadline.
+async fn await_ready(connection: &Connection, queue: &str, expected: u32, never: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let ready = topology::ready_messages(connection, queue)
+            .await
+            .expect("count");
+        if ready == Some(expected) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
@@ -59,12 +101,12 @@ const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
 /// The arguments every queue of the worker has, and `extra`.
 fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut pairs = vec![
-        ("x-queue-type", text("quorum")),
-        ("x-dead-letter-strategy", text("at-least-once")),
-        ("x-overflow", text("reject-publish")),
+        ("x-queue-type", topology::text("quorum")),
+        ("x-dead-letter-strategy", topology::text("at-least-once")),
+        ("x-overflow", topology::text("reject-publish")),
     ];
     pairs.extend_from_slice(extra);
-    table(&pairs)
+    topology::arguments(&pairs)
 }
 
 async fn cleanup(connection: &Connection, settings: &Settings) {
@@ -110,7 +152,10 @@ async fn queues_an_earlier_version_declared_keep_working_and_other_shapes_are_re
     let channel = connection.create_channel().await.expect("channel");
     // As versions before the policies declared them.
     let legacy_orders = quorum(&[
-        ("x-dead-letter-exchange", text(&amqp.dead_letter_exchange)),
+        (
+            "x-dead-letter-exchange",
+            topology::text(&amqp.dead_letter_exchange),
+        ),
         ("x-delivery-limit", AMQPValue::LongLongInt(20)),
     ]);
     channel
@@ -135,7 +180,7 @@ async fn queues_an_earlier_version_declared_keep_working_and_other_shapes_are_re
     let odd = quorum(&[
         (
             "x-dead-letter-exchange",
-            text(&other.amqp.dead_letter_exchange),
+            topology::text(&other.amqp.dead_letter_exchange),
         ),
         ("x-delivery-limit", AMQPValue::LongLongInt(7)),
     ]);
@@ -157,25 +202,10 @@ async fn queues_an_earlier_version_declared_keep_working_and_other_shapes_are_re
 async fn the_delivery_limit_policy_dead_letters_through_the_orders_queue_route() {
     let settings = unique_settings("delivery_limit = 1");
     let amqp = &settings.amqp;
-    let connection = connect().await;
-    topology::declare(&connection, amqp, &settings.retry)
-        .await
-        .expect("topology");
-    let policy = &topology::policies(amqp)[0];
-    put_policy(
-        &settings,
-        &policy.name,
-        &policy.pattern,
-        topology::POLICY_PRIORITY,
-        &serde_json::Value::Object(policy.definition.clone()),
-        &amqp.orders_queue,
-    )
-    .await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
+    let connection = declared(&settings).await;
+    let own = serde_json::Value::Object(topology::policies(amqp)[0].definition.clone());
+    install_policy(&settings, 0, &own, &amqp.orders_queue).await;
+    let channel = confirming(&connection).await;
     channel
         .basic_publish(
             "".into(),
@@ -212,20 +242,13 @@ async fn the_delivery_limit_policy_dead_letters_through_the_orders_queue_route()
             .await
             .expect("nack");
     }
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let in_dlq = topology::ready_messages(&connection, &amqp.dead_letter_queue)
-            .await
-            .expect("count");
-        if in_dlq == Some(1) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the order never reached the DLQ"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    await_ready(
+        &connection,
+        &amqp.dead_letter_queue,
+        1,
+        "the order never reached the DLQ",
+    )
+    .await;
     cleanup(&connection, &settings).await;
 }
 
@@ -233,25 +256,10 @@ async fn the_delivery_limit_policy_dead_letters_through_the_orders_queue_route()
 async fn the_unrouted_queue_refuses_events_when_full_and_forgets_old_ones() {
     let settings = unique_settings("");
     let amqp = &settings.amqp;
-    let connection = connect().await;
-    topology::declare(&connection, amqp, &settings.retry)
-        .await
-        .expect("topology");
-    let policy = &topology::policies(amqp)[1];
-    put_policy(
-        &settings,
-        &policy.name,
-        &policy.pattern,
-        topology::POLICY_PRIORITY,
-        &json!({"max-length": 1, "message-ttl": 1500}),
-        &amqp.unrouted_queue,
-    )
-    .await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
+    let connection = declared(&settings).await;
+    let short = json!({"max-length": 1, "message-ttl": 1500});
+    install_policy(&settings, 1, &short, &amqp.unrouted_queue).await;
+    let channel = confirming(&connection).await;
     let publish = |n: u8| {
         let channel = channel.clone();
         let exchange = amqp.results_exchange.clone();
@@ -281,19 +289,12 @@ async fn the_unrouted_queue_refuses_events_when_full_and_forgets_old_ones() {
         answers[0] && refused.is_some_and(|at| answers[at..].iter().all(|ack| !ack)),
         "a full unrouted queue refuses events (the worker's confirmed publish fails): {answers:?}"
     );
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let kept = topology::ready_messages(&connection, &amqp.unrouted_queue)
-            .await
-            .expect("count");
-        if kept == Some(0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the unrouted event never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_ready(
+        &connection,
+        &amqp.unrouted_queue,
+        0,
+        "the unrouted event never expired",
+    )
+    .await;
     cleanup(&connection, &settings).await;
 }
