@@ -151,6 +151,9 @@ pub struct RetrySettings {
     /// How long an order that found no creation slot (nor room to wait for one) waits in a
     /// retry queue before it looks again.
     pub creation_slot_busy_delay_ms: u64,
+    /// How long after its first delivery an order that still retries or waits is dead-lettered
+    /// (`ORDER_TOO_OLD`).
+    pub max_order_age_seconds: u64,
 }
 
 /// `[aws]`.
@@ -435,6 +438,7 @@ impl Settings {
             retry.creation_slot_busy_delay_ms,
         )?;
         at_least_one("retry.max_attempts", u64::from(retry.max_attempts))?;
+        at_least_one("retry.max_order_age_seconds", retry.max_order_age_seconds)?;
         if retry.max_replays == 0 {
             return Err(invalid(
                 "retry.max_replays",
@@ -682,6 +686,10 @@ mod tests {
                 "retry.max_delay_ms",
             ),
             ("[retry]\nmax_replays = 0", "retry.max_replays"),
+            (
+                "[retry]\nmax_order_age_seconds = 0",
+                "retry.max_order_age_seconds",
+            ),
             (
                 "[aws]\nmember_role_name = \"bad role\"",
                 "aws.member_role_name",

@@ -1,13 +1,14 @@
 //! What an operator sees from outside (docs/contract.md §9): Prometheus metrics on `/metrics`,
-//! liveness on `/healthz` and readiness on `/readyz` (ready while consuming), served on
+//! liveness on `/healthz` and readiness on `/readyz` (ready while consuming; both fail once
+//! [`Health`] says the worker cannot go on, as when its channels ran out), served on
 //! `observability.listen` by a small HTTP/1 server that cuts off clients slow to send their
 //! request headers, refuses connections beyond a cap, and stops on the worker's shutdown
 //! signal (docs/decisions.md: hyper rather than axum).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Labels of a count by code (an event's failure code, a retry or dead-letter reason).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +72,7 @@ pub struct Metrics {
     in_flight: Gauge,
     aws_calls: Family<Call, Counter>,
     processing: Histogram,
+    health: Health,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -107,6 +109,7 @@ impl Metrics {
             aws_calls: Family::default(),
             // 50 ms to about 100 s.
             processing: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+            health: Health::default(),
         };
         registry.register(
             "orders_received",
@@ -179,6 +182,12 @@ impl Metrics {
             registry: Arc::new(root),
             ..metrics
         }
+    }
+
+    /// Whether the worker can go on: what every part of it that finds it cannot (its broker
+    /// channels ran out) reports to, and what `/healthz` and `/readyz` answer from.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Whether the orders connection is open and consuming.
@@ -403,6 +412,32 @@ impl Drop for InFlight {
     }
 }
 
+/// Whether the worker can go on. Once a part of it reports that it cannot (a broker connection
+/// ran out of channels: `ChannelsLimitReached`), `/healthz` and `/readyz` answer 503 with the
+/// reason for the rest of the process's life, so that the orchestrator takes it out of service
+/// and restarts it. Cheap to clone: clones share the state.
+#[derive(Clone, Default)]
+pub struct Health(Arc<Mutex<Option<String>>>);
+
+impl Health {
+    /// Reports that the worker cannot go on, for `reason`; the first reason is kept.
+    pub fn fail(&self, reason: &str) {
+        let mut problem = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if problem.is_none() {
+            error!(%reason, "the worker cannot go on: /healthz and /readyz now fail");
+            *problem = Some(reason.to_owned());
+        }
+    }
+
+    /// Why the worker cannot go on, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Whether the worker is consuming; `/readyz` answers from it.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
@@ -564,7 +599,15 @@ fn answer<B>(
     if request.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "GET only\n".into());
     }
-    match request.uri().path() {
+    let path = request.uri().path();
+    if let ("/healthz" | "/readyz", Some(problem)) = (path, metrics.health().problem()) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            format!("unhealthy: {problem}\n"),
+        );
+    }
+    match path {
         "/metrics" => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -630,6 +673,32 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("aws_account_worker_creation_slots_held{payer=\"default\"} 0"));
         assert!(text.contains("aws_account_worker_order_locks_held 0"));
+    }
+
+    #[test]
+    fn health_keeps_the_first_reason_it_failed_for() {
+        let metrics = Metrics::new();
+        let health = metrics.clone().health().clone();
+        assert_eq!(metrics.health().problem(), None);
+        health.fail("channels ran out");
+        health.fail("something else");
+        assert_eq!(
+            metrics.health().problem().as_deref(),
+            Some("channels ran out"),
+            "clones share it"
+        );
+        let readiness = Readiness::default();
+        readiness.set(true);
+        for path in ["/healthz", "/readyz"] {
+            let request = Request::get(path).body(()).expect("request");
+            let response = answer(&request, &metrics, &readiness);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        }
+        let request = Request::get("/metrics").body(()).expect("request");
+        assert_eq!(
+            answer(&request, &metrics, &readiness).status(),
+            StatusCode::OK
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -43,11 +43,14 @@ const FIRST_DEATH_REASON: &str = "x-first-death-reason";
 const EXPIRED: &str = "expired";
 
 /// Headers a replayed message does not carry on: the failure record of the attempts that led to
-/// the DLQ (the replay starts them afresh), RabbitMQ's dead-letter and delivery records, and
-/// the `x-last-death-*` headers of RabbitMQ 3.13 and later.
-const DROPPED_ON_REPLAY: [&str; 15] = [
+/// the DLQ (the replay starts them afresh), its first delivery (a replay gives the order a fresh
+/// age), RabbitMQ's dead-letter and delivery records, and the `x-last-death-*` headers of
+/// RabbitMQ 3.13 and later.
+const DROPPED_ON_REPLAY: [&str; 17] = [
     PASS,
     headers::ATTEMPTS,
+    headers::WAITS,
+    headers::FIRST_DELIVERED_AT,
     headers::FAILURE_REASON,
     headers::FAILURE_MESSAGE,
     headers::FIRST_FAILED_AT,
@@ -651,6 +654,8 @@ mod tests {
             .with_message_id("m-1".into())
             .with_headers(table(&[
                 ("x-attempts", AMQPValue::LongLongInt(8)),
+                ("x-waits", AMQPValue::LongLongInt(2)),
+                ("x-first-delivered-at", text("2026-11-25T10:00:00.000Z")),
                 ("x-failure-reason", text("AWS_UNREACHABLE")),
                 ("x-failure-message", text("no answer")),
                 ("x-first-failed-at", text("2026-11-26T10:00:00.000Z")),
@@ -694,6 +699,11 @@ mod tests {
         );
         let history = headers::history(Some(&headers));
         assert_eq!(history.attempts, 0, "attempts start again");
+        assert_eq!(
+            (history.first_delivered_at, history.waits),
+            (None, 0),
+            "a fresh age, no waits"
+        );
         assert_eq!(history.progress.account_id.as_deref(), Some("111122223333"));
         assert_eq!(
             headers::number(

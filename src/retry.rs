@@ -45,6 +45,8 @@ pub enum Reason {
     CreateInProgress,
     /// An AWS call got no answer (timeout, connection error).
     AwsUnreachable,
+    /// The order was still not done `retry.max_order_age_seconds` after its first delivery.
+    OrderTooOld,
     /// AWS answered with this error code.
     Aws(String),
 }
@@ -66,6 +68,7 @@ impl Reason {
             Self::AccountNameInUse => "ACCOUNT_NAME_IN_USE",
             Self::CreateInProgress => "CREATE_IN_PROGRESS",
             Self::AwsUnreachable => "AWS_UNREACHABLE",
+            Self::OrderTooOld => "ORDER_TOO_OLD",
             Self::Aws(code) => code,
         }
     }
@@ -115,14 +118,37 @@ pub struct History {
     pub first_failed_at: Option<String>,
     /// What to resume from.
     pub progress: Progress,
+    /// The reason the order last went to a retry queue (`x-failure-reason`), if it did.
+    pub last_reason: Option<String>,
+    /// Waits in a row for [`History::last_reason`] (`x-waits`): 0 after a failed attempt.
+    pub waits: u32,
+    /// When the worker first saw the order (`x-first-delivered-at`, RFC 3339), as read: `None`
+    /// for a first delivery, and for a value that is not a time or lies in the future (the
+    /// order then ages from now, and the header is written afresh).
+    pub first_delivered_at: Option<String>,
+    /// How long ago [`History::first_delivered_at`] was (zero when it is `None`).
+    pub age: Duration,
+}
+
+impl History {
+    /// How many waits in a row for `reason` a new wait for it makes: one more than the
+    /// history's if the last one was for the same reason, else the first.
+    pub fn waits_for(&self, reason: &Reason) -> u32 {
+        if self.waits > 0 && self.last_reason.as_deref() == Some(reason.as_str()) {
+            self.waits.saturating_add(1)
+        } else {
+            1
+        }
+    }
 }
 
 /// The waits of an order that cannot go on yet, without a failure: none of them counts as an
 /// attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waits {
-    /// Another delivery of the same account email is in progress (`retry.initial_delay_ms`:
-    /// the other delivery is usually done within a second).
+    /// Another delivery of the same order is in progress: the first such wait
+    /// (`retry.initial_delay_ms`: the other delivery is usually done within a second); the
+    /// waits in a row that follow back off ([`busy_backoff_ms`]).
     pub order_busy: Duration,
     /// An earlier delivery ended unsettled, so its `CreateAccount` may still be on its way
     /// (`retry.redelivered_create_delay_ms`).
@@ -131,6 +157,19 @@ pub struct Waits {
     /// frees when a creation ends, which takes minutes at AWS, so looking again sooner would
     /// only cycle the order through the broker.
     pub slot_busy: Duration,
+}
+
+/// The longest a busy order waits between two looks at its lock (or `retry.max_delay_ms`, if
+/// shorter): the other delivery may hold it through a creation of several minutes.
+pub const ORDER_BUSY_CAP_MS: u64 = 30_000;
+
+/// The wait of the `waits`-th busy look in a row (1-based): `retry.initial_delay_ms` doubling
+/// each time, up to [`ORDER_BUSY_CAP_MS`] or `retry.max_delay_ms` (never below the first).
+pub fn busy_backoff_ms(retry: &RetrySettings, waits: u32) -> u64 {
+    let cap = ORDER_BUSY_CAP_MS
+        .min(retry.max_delay_ms)
+        .max(retry.initial_delay_ms);
+    backoff_ms(retry, waits).min(cap)
 }
 
 impl Waits {
@@ -170,11 +209,19 @@ pub fn jittered_ms(delay_ms: u64, fraction: f64) -> u64 {
 }
 
 /// Every distinct delay an order can wait (one retry queue each), shortest first: the backoff
-/// delays (at least the initial one, which a busy order uses even when no retry is allowed)
-/// and the wait after an unsettled delivery.
+/// delays, the busy order's backoff (at least the initial delay, which a busy order uses even
+/// when no retry is allowed) and the wait after an unsettled delivery.
 pub fn delays(retry: &RetrySettings) -> Vec<u64> {
+    let busy = (1..)
+        .map(|n| busy_backoff_ms(retry, n))
+        .scan(0, |last, step| {
+            let grew = step > *last;
+            *last = step;
+            grew.then_some(step)
+        });
     let mut delays: Vec<u64> = (1..retry.max_attempts.max(2))
         .map(|n| backoff_ms(retry, n))
+        .chain(busy)
         .chain([retry.redelivered_create_delay_ms.max(1)])
         .collect();
     delays.sort_unstable();
@@ -225,6 +272,51 @@ mod tests {
             max_replays: 5,
             redelivered_create_delay_ms: 30_000,
             creation_slot_busy_delay_ms: 10_000,
+            max_order_age_seconds: 86_400,
+        }
+    }
+
+    #[test]
+    fn a_busy_order_backs_off_up_to_its_cap() {
+        let steps = |r: &RetrySettings| (1..=8).map(|n| busy_backoff_ms(r, n)).collect::<Vec<_>>();
+        assert_eq!(
+            steps(&retry(1000, 300_000, 8)),
+            [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(
+            steps(&retry(100, 400, 3)),
+            [100, 200, 400, 400, 400, 400, 400, 400],
+            "retry.max_delay_ms caps it when shorter"
+        );
+        assert_eq!(
+            steps(&retry(60_000, 300_000, 3))[..2],
+            [60_000, 60_000],
+            "never below the first delay"
+        );
+        assert_eq!(busy_backoff_ms(&retry(1000, 300_000, 8), u32::MAX), 30_000);
+        assert_eq!(
+            delays(&retry(1000, 300_000, 3)),
+            [1000, 2000, 4000, 8000, 16000, 30000],
+            "every busy step has its queue"
+        );
+    }
+
+    #[test]
+    fn waits_in_a_row_count_per_reason() {
+        let after = |reason: Option<&str>, waits| History {
+            last_reason: reason.map(str::to_owned),
+            waits,
+            ..History::default()
+        };
+        let busy = Reason::OrderBusy;
+        for (history, expected) in [
+            (History::default(), 1),
+            (after(Some("ORDER_BUSY"), 3), 4),
+            (after(Some("ORDER_BUSY"), 0), 1),
+            (after(Some("CREATION_SLOT_BUSY"), 5), 1),
+            (after(Some("ORDER_BUSY"), u32::MAX), u32::MAX),
+        ] {
+            assert_eq!(history.waits_for(&busy), expected, "{history:?}");
         }
     }
 
@@ -256,8 +348,8 @@ mod tests {
         assert_eq!(delays(&short_wait(retry(100, 250, 6))), [100, 200, 250]);
         assert_eq!(
             delays(&short_wait(retry(100, 250, 1))),
-            [100, 200],
-            "no retries, but a busy order still waits"
+            [100, 200, 250],
+            "no retries, but a busy order still waits, and backs off"
         );
     }
 
@@ -305,6 +397,7 @@ mod tests {
             (Reason::AccountNameInUse, "ACCOUNT_NAME_IN_USE"),
             (Reason::CreateInProgress, "CREATE_IN_PROGRESS"),
             (Reason::AwsUnreachable, "AWS_UNREACHABLE"),
+            (Reason::OrderTooOld, "ORDER_TOO_OLD"),
             (
                 Reason::Aws("TooManyRequestsException".into()),
                 "TooManyRequestsException",

@@ -2,10 +2,12 @@
 //! [`History`] and the retry settings. The broker side (`broker::settle`) only carries the
 //! [`Disposition`] out: it publishes with confirm, then acknowledges.
 
+use std::time::Duration;
+
 use crate::config::RetrySettings;
 use crate::pipeline::{Failure, Outcome};
 use crate::report::{self, Event};
-use crate::retry::{self, History};
+use crate::retry::{self, History, Reason};
 
 /// What to do with a delivery.
 #[derive(Debug)]
@@ -23,6 +25,9 @@ pub enum Disposition {
         queue_ms: u64,
         /// How long the message waits there.
         wait_ms: u64,
+        /// `x-waits` of the published message: waits in a row for the failure's reason (0
+        /// after a failed attempt).
+        waits: u32,
     },
     /// Publish the message, with the failure in its headers, to the dead-letter exchange and
     /// then the `aws.account.dead-lettered` event; then acknowledge.
@@ -46,7 +51,9 @@ pub enum Disposition {
 /// - a transient failure is retried after the backoff step of its attempt, or dead-lettered
 ///   once `retry.max_attempts` attempts failed;
 /// - a wait (`Outcome::Later`) goes to the shortest retry queue that holds it, spending no
-///   attempt;
+///   attempt; a busy order's waits in a row back off ([`retry::busy_backoff_ms`]);
+/// - an order that would retry or wait once more, older than `retry.max_order_age_seconds`
+///   since its first delivery, is dead-lettered as `ORDER_TOO_OLD`;
 /// - a bad message or a permanent failure is dead-lettered at once.
 pub fn disposition(
     outcome: Outcome,
@@ -54,12 +61,15 @@ pub fn disposition(
     retry: &RetrySettings,
     jitter: f64,
 ) -> Disposition {
+    let too_old = history.age > Duration::from_secs(retry.max_order_age_seconds);
     match outcome {
         Outcome::Report(event) => Disposition::Report(event),
         Outcome::Retry(failure) => {
             let attempts = history.attempts.saturating_add(1);
             if attempts >= retry.max_attempts {
                 dead_letter(failure, attempts)
+            } else if too_old {
+                dead_letter(aged(failure, history, retry), attempts)
             } else {
                 let delay = retry::backoff_ms(retry, attempts);
                 Disposition::Retry {
@@ -67,20 +77,47 @@ pub fn disposition(
                     attempts,
                     queue_ms: delay,
                     wait_ms: retry::jittered_ms(delay, jitter),
+                    waits: 0,
                 }
             }
         }
+        Outcome::Later(failure, _) if too_old => {
+            dead_letter(aged(failure, history, retry), history.attempts)
+        }
         Outcome::Later(failure, wait) => {
-            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            let waits = history.waits_for(&failure.reason);
+            let wait_ms = if failure.reason == Reason::OrderBusy {
+                retry::busy_backoff_ms(retry, waits)
+            } else {
+                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
+            };
             Disposition::Retry {
                 failure,
                 attempts: history.attempts,
                 queue_ms: retry::queue_for(retry, wait_ms),
                 wait_ms,
+                waits,
             }
         }
         Outcome::DeadLetter(failure) => dead_letter(failure, history.attempts.saturating_add(1)),
         Outcome::HandBack(why) => Disposition::HandBack(why),
+    }
+}
+
+/// `failure` of an order past its age: `ORDER_TOO_OLD`, saying what it last waited for.
+fn aged(failure: Failure, history: &History, retry: &RetrySettings) -> Failure {
+    let message = format!(
+        "not done {}s after its first delivery at {} (retry.max_order_age_seconds = {}); last: {}: {}",
+        history.age.as_secs(),
+        history.first_delivered_at.as_deref().unwrap_or("?"),
+        retry.max_order_age_seconds,
+        failure.reason,
+        failure.message,
+    );
+    Failure {
+        reason: Reason::OrderTooOld,
+        message,
+        ..failure
     }
 }
 
@@ -96,13 +133,10 @@ fn dead_letter(failure: Failure, attempts: u32) -> Disposition {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::domain::order::PartialIds;
     use crate::domain::outcome::{FailureCode, Rejection};
     use crate::domain::progress::Progress;
-    use crate::retry::Reason;
 
     /// Retries: 1 s doubling up to 8 s, 4 attempts, 30 s after an unsettled delivery.
     fn settings() -> RetrySettings {
@@ -113,6 +147,7 @@ mod tests {
             max_replays: 5,
             redelivered_create_delay_ms: 30_000,
             creation_slot_busy_delay_ms: 10_000,
+            max_order_age_seconds: 3600,
         }
     }
 
@@ -204,6 +239,105 @@ mod tests {
         }
     }
 
+    /// A history of `attempts` failed attempts, `waits` waits in a row for `last`, first seen
+    /// `age_s` seconds ago.
+    fn lived(attempts: u32, last: &str, waits: u32, age_s: u64) -> History {
+        History {
+            attempts,
+            last_reason: Some(last.to_owned()).filter(|l| !l.is_empty()),
+            waits,
+            first_delivered_at: (age_s > 0).then(|| "2026-01-01T00:00:00.000Z".to_owned()),
+            age: Duration::from_secs(age_s),
+            ..History::default()
+        }
+    }
+
+    #[test]
+    fn waits_back_off_and_the_age_caps_them_all() {
+        let transient = || Outcome::Retry(failure(Reason::Aws("Throttling".into())));
+        let busy = || Outcome::Later(failure(Reason::OrderBusy), Duration::from_secs(1));
+        let slot = || Outcome::Later(failure(Reason::CreationSlotBusy), Duration::from_secs(10));
+        let creating = || Outcome::Later(failure(Reason::CreateInProgress), Duration::from_secs(5));
+        let bad = || Outcome::DeadLetter(failure(Reason::NotJson));
+        let done = || {
+            Outcome::Report(report::failed(
+                &PartialIds::default(),
+                None,
+                &Rejection::new(FailureCode::InvalidEmail, "bad"),
+            ))
+        };
+        // (name, outcome, history, (kind, attempts, queue, wait), x-waits, reason)
+        type Case = (
+            &'static str,
+            fn() -> Outcome,
+            History,
+            (&'static str, u32, u64, u64),
+            u32,
+            &'static str,
+        );
+        let busy_reason = "ORDER_BUSY";
+        #[rustfmt::skip]
+        let cases: [Case; 16] = [
+            // A busy order backs off, wait after wait, up to max_delay_ms (8 s here).
+            ("busy, first", busy, lived(0, "", 0, 0), ("retry", 0, 1000, 1000), 1, busy_reason),
+            ("busy, second", busy, lived(0, busy_reason, 1, 5), ("retry", 0, 2000, 2000), 2, busy_reason),
+            ("busy, fourth", busy, lived(2, busy_reason, 3, 5), ("retry", 2, 8000, 8000), 4, busy_reason),
+            ("busy, tenth", busy, lived(0, busy_reason, 9, 5), ("retry", 0, 8000, 8000), 10, busy_reason),
+            // Another kind of wait, or a failure, in between starts the count again.
+            ("busy after a slot wait", busy, lived(0, "CREATION_SLOT_BUSY", 4, 5), ("retry", 0, 1000, 1000), 1, busy_reason),
+            ("busy after a failure", busy, lived(1, "Throttling", 0, 5), ("retry", 1, 1000, 1000), 1, busy_reason),
+            ("slot after busy", slot, lived(0, busy_reason, 6, 5), ("retry", 0, 30_000, 10_000), 1, "CREATION_SLOT_BUSY"),
+            ("slot, again", slot, lived(0, "CREATION_SLOT_BUSY", 2, 5), ("retry", 0, 30_000, 10_000), 3, "CREATION_SLOT_BUSY"),
+            ("creation in progress", creating, lived(3, "CREATE_IN_PROGRESS", 7, 5), ("retry", 3, 8000, 5000), 8, "CREATE_IN_PROGRESS"),
+            ("a failure resets the waits", transient, lived(0, busy_reason, 6, 5), ("retry", 1, 1000, 1000), 0, "Throttling"),
+            // Past the age (an hour here), a retry or a wait dead-letters, no attempt spent by a wait.
+            ("busy, too old", busy, lived(2, busy_reason, 9, 3601), ("dead-letter", 2, 0, 0), 0, "ORDER_TOO_OLD"),
+            ("slot, too old", slot, lived(0, "", 0, 90_000), ("dead-letter", 0, 0, 0), 0, "ORDER_TOO_OLD"),
+            ("transient, too old", transient, lived(1, "", 0, 3601), ("dead-letter", 2, 0, 0), 0, "ORDER_TOO_OLD"),
+            ("transient, at the age", transient, lived(1, "", 0, 3600), ("retry", 2, 2000, 2000), 0, "Throttling"),
+            // The last attempt keeps its own reason; reports and bad messages ignore the age.
+            ("transient, last and too old", transient, lived(3, "", 0, 9999), ("dead-letter", 4, 0, 0), 0, "Throttling"),
+            ("malformed, too old", bad, lived(0, "", 0, 9999), ("dead-letter", 1, 0, 0), 0, "NOT_JSON"),
+        ];
+        for (name, outcome, history, expected, waits, reason) in cases {
+            let got = disposition(outcome(), &history, &settings(), 1.0);
+            assert_eq!(summary(&got), expected, "{name}");
+            match got {
+                Disposition::Retry {
+                    failure, waits: w, ..
+                } => {
+                    assert_eq!((w, failure.reason.as_str()), (waits, reason), "{name}");
+                }
+                Disposition::DeadLetter { failure, event, .. } => {
+                    assert_eq!(failure.reason.as_str(), reason, "{name}");
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&event.body()).expect("JSON");
+                    assert_eq!(body["reason"], reason, "{name}: the event says why");
+                    assert_eq!(
+                        failure.progress.account_id.as_deref(),
+                        Some("123456789012"),
+                        "{name}"
+                    );
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let late = disposition(done(), &lived(0, "", 0, 99_999), &settings(), 1.0);
+        assert_eq!(
+            summary(&late),
+            ("report", 0, 0, 0),
+            "a report goes out however old"
+        );
+        match disposition(busy(), &lived(0, "", 0, 4000), &settings(), 1.0) {
+            Disposition::DeadLetter { failure, .. } => assert!(
+                failure.message.contains("4000s") && failure.message.contains("ORDER_BUSY: m"),
+                "{}",
+                failure.message
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_replayed_message_starts_its_attempts_again_but_keeps_its_progress() {
         // `replay` resets x-attempts; the history then counts from zero, and the failure's
@@ -215,6 +349,7 @@ mod tests {
                 create_request_id: Some("car-1".into()),
                 ..Progress::default()
             },
+            ..History::default()
         };
         let outcome = Outcome::Retry(failure(Reason::AwsUnreachable));
         match disposition(outcome, &replayed, &settings(), 1.0) {

@@ -21,7 +21,7 @@ use crate::broker::locks::BrokerLocks;
 use crate::broker::publisher::Publisher;
 use crate::broker::settle::Settler;
 use crate::broker::slots::{BrokerSlots, Limits};
-use crate::broker::{connect, topology};
+use crate::broker::{connect, lease, topology};
 use crate::config::Settings;
 use crate::observability::Metrics;
 use crate::pipeline::Pipeline;
@@ -48,8 +48,21 @@ pub(super) enum Ended {
 }
 
 impl Session {
-    /// Connects, declares the topology and starts consuming.
+    /// Connects, declares the topology and starts consuming; a connection out of channels
+    /// (`ChannelsLimitReached`) fails the worker's health.
     pub(super) async fn open(settings: &Settings, metrics: &Metrics) -> lapin::Result<Self> {
+        let opened = Self::start(settings, metrics).await;
+        if let Err(e) = &opened
+            && lease::channels_exhausted(e)
+        {
+            metrics
+                .health()
+                .fail("the orders connection ran out of channels");
+        }
+        opened
+    }
+
+    async fn start(settings: &Settings, metrics: &Metrics) -> lapin::Result<Self> {
         let amqp = &settings.amqp;
         let connection = Arc::new(connect(&amqp.url).await?);
         let channel = connection.create_channel().await?;

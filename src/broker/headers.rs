@@ -1,6 +1,8 @@
 //! Headers an order carries between attempts (docs/contract.md §6): the attempt count, the failure
-//! times and reason, and the provisioning progress that lets a retry resume.
+//! times and reason, the waits in a row, the order's first delivery, and the provisioning progress
+//! that lets a retry resume.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::domain::progress::Progress;
@@ -16,6 +18,12 @@ pub const FAILURE_MESSAGE: &str = "x-failure-message";
 pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
 /// RFC 3339 time of the last failure.
 pub const LAST_FAILED_AT: &str = "x-last-failed-at";
+/// Waits in a row for the reason in [`FAILURE_REASON`], spending no attempt (0 after a failed
+/// attempt).
+pub const WAITS: &str = "x-waits";
+/// RFC 3339 time the worker first saw the order, written when it first sends it to a retry queue
+/// (or the DLQ); `retry.max_order_age_seconds` counts from it, and replay removes it.
+pub const FIRST_DELIVERED_AT: &str = "x-first-delivered-at";
 /// The `CreateAccount` request id, once issued.
 pub const CREATE_REQUEST_ID: &str = "x-create-request-id";
 /// The new account's id, once created.
@@ -53,16 +61,35 @@ pub fn number(headers: &FieldTable, key: &str) -> Option<i64> {
     }
 }
 
-/// Reads the history from a delivery's headers; absent or odd values count as none.
+/// Reads the history from a delivery's headers, now; absent or odd values count as none.
 pub fn history(headers: Option<&FieldTable>) -> History {
+    history_at(headers, Utc::now())
+}
+
+/// Reads the history from a delivery's headers at `now`; absent or odd values count as none.
+///
+/// `x-first-delivered-at` is a claim like any header: one that is not a time, or lies in the
+/// future, counts as absent (the order ages from now, and its next republish writes now), so a
+/// forged value cannot keep an order alive past its age. A forged old value can only turn the
+/// order's next retry or wait into an `ORDER_TOO_OLD` dead letter, with its event, which replay
+/// undoes (it removes the header).
+pub fn history_at(headers: Option<&FieldTable>, now: DateTime<Utc>) -> History {
     let Some(headers) = headers else {
         return History::default();
     };
+    let first_delivered = text(headers, FIRST_DELIVERED_AT)
+        .and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| *t <= now);
     History {
-        attempts: number(headers, ATTEMPTS)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0),
+        attempts: count(headers, ATTEMPTS),
         first_failed_at: text(headers, FIRST_FAILED_AT),
+        last_reason: text(headers, FAILURE_REASON),
+        waits: count(headers, WAITS),
+        first_delivered_at: first_delivered.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        age: first_delivered
+            .and_then(|t| (now - t).to_std().ok())
+            .unwrap_or_default(),
         progress: Progress {
             create_request_id: text(headers, CREATE_REQUEST_ID),
             account_id: text(headers, ACCOUNT_ID),
@@ -70,6 +97,13 @@ pub fn history(headers: Option<&FieldTable>) -> History {
             maybe_in_flight: false,
         },
     }
+}
+
+/// A count header: an integer from 0 to `u32::MAX`, else 0.
+fn count(headers: &FieldTable, key: &str) -> u32 {
+    number(headers, key)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 /// Writes what provisioning achieved, for the next attempt or a replay to resume from; the
@@ -185,6 +219,58 @@ mod tests {
             assert_eq!(history(Some(&earlier)).progress, progress);
             assert!(headers.contains_key("x-other"));
         }
+    }
+
+    #[test]
+    fn the_age_counts_from_a_first_delivery_in_the_past_only() {
+        let now = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let at = |value: &str| {
+            let mut headers = FieldTable::default();
+            set_text(&mut headers, FIRST_DELIVERED_AT, value);
+            let history = history_at(Some(&headers), now);
+            (history.first_delivered_at, history.age.as_secs())
+        };
+        let known = |t: &str| Some(t.to_owned());
+        for (value, expected) in [
+            (
+                "2026-11-26T09:00:00Z",
+                (known("2026-11-26T09:00:00.000Z"), 3600),
+            ),
+            (
+                "2026-11-26T11:00:00+02:00",
+                (known("2026-11-26T09:00:00.000Z"), 3600),
+            ),
+            (
+                "2026-11-26T10:00:00.000Z",
+                (known("2026-11-26T10:00:00.000Z"), 0),
+            ),
+            (
+                "1970-01-01T00:00:00Z",
+                (known("1970-01-01T00:00:00.000Z"), 1_795_687_200),
+            ),
+            // Forged into the future, or not a time: as if absent, the order ages from now.
+            ("2026-11-26T10:00:01Z", (None, 0)),
+            ("9999-12-31T23:59:59Z", (None, 0)),
+            ("yesterday", (None, 0)),
+            ("", (None, 0)),
+        ] {
+            assert_eq!(at(value), expected, "{value}");
+        }
+        assert_eq!(history_at(None, now).age, std::time::Duration::ZERO);
+    }
+
+    #[test]
+    fn waits_and_the_last_reason_are_read() {
+        let mut headers = FieldTable::default();
+        set_number(&mut headers, WAITS, 4);
+        set_text(&mut headers, FAILURE_REASON, "ORDER_BUSY");
+        let history = history(Some(&headers));
+        assert_eq!(history.waits, 4);
+        assert_eq!(history.last_reason.as_deref(), Some("ORDER_BUSY"));
+        headers.insert(WAITS.into(), AMQPValue::LongInt(-4));
+        assert_eq!(history_at(Some(&headers), Utc::now()).waits, 0);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! connection's channels. Nothing in lapin's API frees the id, so refusals use up a connection's
 //! channel ids for good. [`Leases`] therefore takes new leases on a connection it replaces once
 //! half its channel ids went that way; a replaced connection stays open while a lease taken on
-//! it lives, and closes with its last one.
+//! it lives, and closes with its last one. Should channels run out all the same (no replacement
+//! could be opened, or none is allowed), the leases report it to the worker's [`Health`], which
+//! fails `/healthz` and `/readyz`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +26,7 @@ use secrecy::SecretString;
 use tracing::{debug, warn};
 
 use crate::broker;
+use crate::observability::Health;
 
 /// AMQP reply code RESOURCE_LOCKED: another connection owns the exclusive queue.
 const RESOURCE_LOCKED: u16 = 405;
@@ -44,6 +47,8 @@ struct Inner {
     current: Mutex<Current>,
     /// Set while one caller opens a replacement connection.
     replacing: AtomicBool,
+    /// Told when the channels ran out.
+    health: Health,
 }
 
 struct Current {
@@ -89,16 +94,22 @@ impl Leases {
     /// Leases on `connection` alone, however many channel ids refusals spend on it (tests and
     /// short-lived uses).
     pub fn on(connection: &Arc<Connection>) -> Self {
-        Self::build(connection, None)
+        Self::build(connection, None, &Health::default())
+    }
+
+    /// As [`Leases::on`], telling `health` when the connection's channels ran out.
+    pub fn on_reporting(connection: &Arc<Connection>, health: &Health) -> Self {
+        Self::build(connection, None, health)
     }
 
     /// Leases on `connection` first, then on connections opened from `url` each time refusals
-    /// have spent half the channel ids of the current one.
-    pub fn replacing(connection: &Arc<Connection>, url: &SecretString) -> Self {
-        Self::build(connection, Some(url.clone()))
+    /// have spent half the channel ids of the current one; `health` is told if channels run
+    /// out all the same.
+    pub fn replacing(connection: &Arc<Connection>, url: &SecretString, health: &Health) -> Self {
+        Self::build(connection, Some(url.clone()), health)
     }
 
-    fn build(connection: &Arc<Connection>, url: Option<SecretString>) -> Self {
+    fn build(connection: &Arc<Connection>, url: Option<SecretString>, health: &Health) -> Self {
         let link = Arc::new(Link {
             connection: Arc::clone(connection),
             opened: false,
@@ -108,6 +119,7 @@ impl Leases {
                 url,
                 current: Mutex::new(Current { link, spent: 0 }),
                 replacing: AtomicBool::new(false),
+                health: health.clone(),
             }),
         }
     }
@@ -175,7 +187,14 @@ impl Leases {
                         .await;
                     attempts += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if channels_exhausted(&e) {
+                        self.inner
+                            .health
+                            .fail("the order locks' and creation slots' broker connection ran out of channels");
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -253,6 +272,12 @@ fn channel_max(connection: &Connection) -> usize {
         0 => usize::from(u16::MAX),
         max => usize::from(max),
     }
+}
+
+/// Whether `error` says a connection has no channel left to open (`ChannelsLimitReached`): the
+/// worker cannot go on on it.
+pub fn channels_exhausted(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ChannelsLimitReached)
 }
 
 /// Whether `error` is the broker's refusal of an exclusive queue another connection holds.

@@ -46,7 +46,7 @@ impl BrokerLocks {
         metrics: &Metrics,
     ) -> Self {
         Self {
-            leases: Leases::replacing(connection, url),
+            leases: Leases::replacing(connection, url, metrics.health()),
             prefix: prefix.to_owned(),
             held: Arc::default(),
             metrics: metrics.clone(),

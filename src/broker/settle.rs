@@ -123,8 +123,10 @@ impl Settler {
                 attempts,
                 queue_ms,
                 wait_ms,
+                waits,
             } => {
-                self.schedule_retry(delivery, history, &failure, attempts, queue_ms, wait_ms)
+                let counts = (attempts, waits);
+                self.schedule_retry(delivery, history, &failure, counts, queue_ms, wait_ms)
                     .await?;
                 (Settled::Retrying, Count::Retried(failure.reason))
             }
@@ -175,16 +177,23 @@ impl Settler {
     }
 
     /// The original message's properties (content type, ids) and headers, plus the failure
-    /// record and the progress.
+    /// record (`attempts` failed attempts, `waits` waits in a row), the order's first delivery
+    /// (now, unless the history knows an earlier one) and the progress.
     fn failed_properties(
         delivery: &Delivery,
         history: &History,
         failure: &Failure,
-        attempts: u32,
+        (attempts, waits): (u32, u32),
     ) -> BasicProperties {
         let mut table = delivery.properties.headers().clone().unwrap_or_default();
         let at = now();
         headers::set_number(&mut table, headers::ATTEMPTS, i64::from(attempts));
+        headers::set_number(&mut table, headers::WAITS, i64::from(waits));
+        headers::set_text(
+            &mut table,
+            headers::FIRST_DELIVERED_AT,
+            history.first_delivered_at.as_deref().unwrap_or(&at),
+        );
         headers::set_text(&mut table, headers::FAILURE_REASON, failure.reason.as_str());
         headers::set_text(&mut table, headers::FAILURE_MESSAGE, &failure.message);
         headers::set_text(
@@ -213,18 +222,18 @@ impl Settler {
         delivery: &Delivery,
         history: &History,
         failure: &Failure,
-        attempts: u32,
+        (attempts, waits): (u32, u32),
         queue_delay: u64,
         wait: u64,
     ) -> Result<(), SettleError> {
         // The message expires after `wait`; the queue's own TTL (`queue_delay`) caps it.
-        let properties = Self::failed_properties(delivery, history, failure, attempts)
+        let properties = Self::failed_properties(delivery, history, failure, (attempts, waits))
             .with_expiration(wait.to_string().into());
         let queue = retry_queue(&self.amqp, queue_delay);
         self.publisher
             .publish("", &queue, &delivery.data, properties)
             .await?;
-        warn!(attempts, wait_ms = wait, reason = %failure.reason, "order scheduled for retry");
+        warn!(attempts, waits, wait_ms = wait, reason = %failure.reason, "order scheduled for retry");
         Ok(())
     }
 
@@ -236,7 +245,9 @@ impl Settler {
         attempts: u32,
         event: &Event,
     ) -> Result<(), SettleError> {
-        let properties = Self::failed_properties(delivery, history, failure, attempts);
+        // The waits in a row that led here, if any.
+        let counts = (attempts, history.waits);
+        let properties = Self::failed_properties(delivery, history, failure, counts);
         self.publisher
             .publish(
                 &self.amqp.dead_letter_exchange,

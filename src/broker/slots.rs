@@ -156,7 +156,11 @@ impl BrokerSlots {
                     .collect();
                 let task = PayerTask {
                     base: Arc::clone(&self.inner.connection),
-                    leases: Leases::replacing(&self.inner.connection, &self.inner.url),
+                    leases: Leases::replacing(
+                        &self.inner.connection,
+                        &self.inner.url,
+                        self.inner.metrics.health(),
+                    ),
                     names,
                     owned: (0..self.inner.limits.slots).map(|_| None).collect(),
                     waiters: VecDeque::new(),

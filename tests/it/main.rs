@@ -23,3 +23,4 @@ mod safety;
 mod scale;
 mod support;
 mod topology;
+mod waits;
