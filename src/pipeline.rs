@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use tracing::{Instrument, Span, info, info_span, warn};
 
-use crate::aws::{Organizations, Retry};
+use crate::aws::{AccountId, Organizations, Retry};
 use crate::config::Settings;
 use crate::domain::model::{Plan, Rules};
 use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
 use crate::domain::outcome::Rejection;
-use crate::domain::progress::Progress;
+use crate::domain::progress::{Granted, Progress, Provisioned};
 use crate::locks::{Lock, OrderLocks};
-use crate::provision::{Polling, ProvisionError, provision};
-use crate::report::{self, Event};
+use crate::provision::{Polling, ProvisionError, mark_credentials_issued, provision};
+use crate::report::{self, AfterConfirm, Event};
 use crate::retry::{Reason, Waits};
 use crate::slots::CreationSlots;
 
@@ -235,7 +235,7 @@ impl<O: Organizations> Pipeline<O> {
         match provision(aws, slots, request, plan, progress, self.polling).await {
             Ok(done) => {
                 info!(account_id = %done.account_id, "order provisioned");
-                Outcome::Report(report::provisioned(ids, plan, done))
+                Outcome::Report(provisioned_event(aws, ids, plan, done))
             }
             Err(ProvisionError::NotYet) => {
                 let wait = self.waits.maybe_in_flight;
@@ -279,6 +279,33 @@ impl<O: Organizations> Pipeline<O> {
             }
         }
     }
+}
+
+/// `aws.account.provisioned` for `done`; when it gives out a new IAM password, with the step
+/// that marks the user so once the event is confirmed (the password is given out once).
+fn provisioned_event<O: Organizations>(
+    aws: &Arc<O>,
+    ids: &PartialIds,
+    plan: &Plan,
+    done: Provisioned,
+) -> Event {
+    let issued = match &done.access {
+        Granted::IamUser { user_name, .. } => Some(user_name.clone()),
+        Granted::AlreadyIssued { .. } | Granted::RootUser => None,
+    };
+    let account = AccountId(done.account_id.clone());
+    let event = report::provisioned(ids, plan, done);
+    let Some(user_name) = issued else {
+        return event;
+    };
+    let event_id = event.event_id().unwrap_or_default().to_owned();
+    let aws = Arc::clone(aws);
+    let step = AfterConfirm::new("mark_credentials_issued", async move {
+        mark_credentials_issued(aws.as_ref(), &account, &user_name, &event_id)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    event.with_after_confirm(step)
 }
 
 /// What parsing and resolving an order body came to.
