@@ -1,7 +1,8 @@
 //! The initial IAM password is given out once (docs/contract.md §5): a fulfilled order delivered
 //! again, with or without its retry headers, or replayed from the DLQ, reports
 //! `credentials: "already_issued"` and leaves the login profile alone; a password set but never
-//! published (the worker stopped before the event's confirm) is replaced once, then kept. moto
+//! published (the worker stopped before the event's confirm) is replaced once, then kept; a tag
+//! that fails after the confirm is counted and the order still acknowledged. moto
 //! (with AWS managed policies, for the IAM user's policy) sits behind the fault proxy, which
 //! records every login-profile call.
 
@@ -26,7 +27,12 @@ max_attempts = 5
 
 /// A test environment whose worker reaches the moto with managed policies through a proxy.
 async fn behind_proxy() -> (TestEnv, FaultProxy) {
-    let proxy = FaultProxy::start(&moto_endpoint(), Faults::default()).await;
+    behind_proxy_with(Faults::default()).await
+}
+
+/// Like `behind_proxy`, injecting `faults`.
+async fn behind_proxy_with(faults: Faults) -> (TestEnv, FaultProxy) {
+    let proxy = FaultProxy::start(&moto_endpoint(), faults).await;
     let payer = Payer::on(&moto_endpoint()).await;
     let aws = moto_config(&proxy.endpoint, payer.credentials.clone());
     let env = TestEnv::with_aws(QUICK_RETRIES, payer, aws).await;
@@ -253,5 +259,47 @@ async fn a_password_set_but_never_published_is_replaced_once_then_kept() {
     env.publish(&body).await;
     already_issued(&provisioned(&mut env, &order).await, &account);
     assert_eq!(proxy.stats().login_profile_calls, calls);
+    env.finish(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_that_cannot_be_tagged_after_the_confirm_is_counted_and_the_order_acknowledged() {
+    let faults = Faults {
+        deny_iam_actions: vec!["TagUser"],
+        ..Faults::default()
+    };
+    let (mut env, proxy) = behind_proxy_with(faults).await;
+    let worker = env.spawn_worker().await;
+    let order = order(&[], &[]);
+    env.publish_json(&order).await;
+    issued(&provisioned(&mut env, &order).await);
+
+    // The order is acknowledged all the same: no second event, nothing dead-lettered, and the
+    // failure is counted.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let counted = loop {
+        let (_, metrics) = worker.get("/metrics").await;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("aws_account_worker_after_confirm_failed_total"))
+            .map(str::to_owned);
+        if let Some(line) = line {
+            break line;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        counted.contains(r#"step="mark_credentials_issued""#) && counted.ends_with(" 1"),
+        "{counted}"
+    );
+    assert_eq!(proxy.stats().denied_iam, ["TagUser"]);
+    assert!(
+        env.next_event_within(Duration::from_secs(2))
+            .await
+            .is_none(),
+        "the order was acknowledged: no second delivery"
+    );
+    assert!(env.drain_dlq().await.is_empty());
     env.finish(worker).await;
 }

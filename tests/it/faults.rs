@@ -64,6 +64,8 @@ pub struct Faults {
     /// Answer every IAM call (the worker makes them only inside member accounts) with
     /// `AccessDenied`, not forwarded.
     pub deny_iam: bool,
+    /// Answer these IAM actions (e.g. `TagUser`) with `AccessDenied`, not forwarded.
+    pub deny_iam_actions: Vec<&'static str>,
 }
 
 impl Default for Faults {
@@ -75,6 +77,7 @@ impl Default for Faults {
             delay: Duration::ZERO,
             creation: Creation::Immediate,
             deny_iam: false,
+            deny_iam_actions: Vec::new(),
         }
     }
 }
@@ -409,7 +412,8 @@ impl State {
         {
             lock(&self.book).stats.assumed_roles.push(role);
         }
-        if faults.deny_iam && is_iam(&parts) {
+        let denied = faults.deny_iam || faults.deny_iam_actions.contains(&op.as_str());
+        if denied && is_iam(&parts) {
             lock(&self.book).stats.denied_iam.push(op.clone());
             return error(
                 false,
