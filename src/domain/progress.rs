@@ -44,8 +44,7 @@ pub struct Provisioned {
 #[derive(Debug, Clone)]
 pub enum Granted {
     /// An IAM user with a new initial password (reset required), to be given out once: once
-    /// the event carrying it is confirmed, the user is marked so (see
-    /// [`crate::aws::MemberIam::mark_credentials_issued`]).
+    /// the event carrying it is confirmed, the user is tagged as having had it given out.
     IamUser {
         /// The user name.
         user_name: IamUserName,
