@@ -420,6 +420,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_password_comes_with_the_step_that_marks_it_given_out_after_the_confirm() {
+        let user = crate::domain::names::IamUserName::parse("admin").expect("name");
+        let done = |access| Provisioned {
+            account_id: "111122223333".into(),
+            create_request_id: "car-test".into(),
+            service_control_policies: Vec::new(),
+            access,
+        };
+        let plan = settings()
+            .rules()
+            .resolve(&order::parse(&body()).expect("order"))
+            .expect("plan");
+        let aws = Arc::new(ScriptedOrganizations::default());
+        let ids = PartialIds::default();
+        let password = Granted::IamUser {
+            user_name: user.clone(),
+            password: "x".to_owned().into(),
+        };
+        let mut event = provisioned_event(&aws, &ids, &plan, done(password));
+        let step = event
+            .take_after_confirm()
+            .expect("a step after the confirm");
+        assert!(aws.calls().is_empty(), "nothing runs before the confirm");
+        step.run().await.expect("marked");
+        assert_eq!(aws.calls(), ["AssumeRole 111122223333", "TagUser admin"]);
+        assert_eq!(
+            aws.issued_in.lock().expect("issued").as_deref(),
+            event.event_id(),
+            "the tag names the event"
+        );
+        for access in [
+            Granted::AlreadyIssued { user_name: user },
+            Granted::RootUser,
+        ] {
+            let mut event = provisioned_event(&aws, &ids, &plan, done(access));
+            assert!(event.take_after_confirm().is_none());
+        }
+    }
+
+    #[tokio::test]
     async fn an_order_goes_from_its_body_to_its_event_holding_its_lock() {
         let aws = ScriptedOrganizations::default();
         let locks = Local::default();
