@@ -185,6 +185,9 @@ pub struct AwsSettings {
     pub sdk_attempt_timeout_seconds: u64,
     /// How long an AWS call may take in all, its attempts included.
     pub sdk_operation_timeout_seconds: u64,
+    /// Attempts the SDK makes of one call (the first included) on a transient error:
+    /// throttling, `ConcurrentModificationException`, 5xx, timeouts.
+    pub sdk_max_attempts: u32,
     /// Organizations and STS calls one worker makes at once to one payer; more wait.
     pub max_calls_in_flight_per_payer: u32,
 }
@@ -493,6 +496,7 @@ impl Settings {
                 u64::from(aws.max_calls_in_flight_per_payer),
                 1_024,
             ),
+            ("sdk_max_attempts", u64::from(aws.sdk_max_attempts), 20),
         ] {
             if !(1..=most).contains(&value) {
                 return Err(invalid(
@@ -784,6 +788,8 @@ mod tests {
                 "[aws]\nsdk_connect_timeout_ms = 0",
                 "aws.sdk_connect_timeout_ms",
             ),
+            ("[aws]\nsdk_max_attempts = 0", "aws.sdk_max_attempts"),
+            ("[aws]\nsdk_max_attempts = 21", "aws.sdk_max_attempts"),
             (
                 "[aws]\nsdk_connect_timeout_ms = 600000",
                 "aws.sdk_connect_timeout_ms",

@@ -44,6 +44,12 @@ struct Call {
     outcome: String,
 }
 
+/// Labels of a step run after an event's confirm.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Step {
+    step: String,
+}
+
 /// Labels of the build.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Build {
@@ -71,6 +77,7 @@ pub struct Metrics {
     dead_lettered: Family<Code, Counter>,
     in_flight: Gauge,
     aws_calls: Family<Call, Counter>,
+    after_confirm_failed: Family<Step, Counter>,
     processing: Histogram,
     health: Health,
 }
@@ -107,6 +114,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             in_flight: Gauge::default(),
             aws_calls: Family::default(),
+            after_confirm_failed: Family::default(),
             // 50 ms to about 100 s.
             processing: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             health: Health::default(),
@@ -145,6 +153,11 @@ impl Metrics {
             "aws_calls",
             "AWS API calls, by operation and outcome (ok, client_error, server_error, no_response)",
             metrics.aws_calls.clone(),
+        );
+        registry.register(
+            "after_confirm_failed",
+            "Steps after an event's confirm that failed, by step (mark_credentials_issued: a later delivery of that order would set a new password)",
+            metrics.after_confirm_failed.clone(),
         );
         registry.register(
             "order_processing_seconds",
@@ -248,6 +261,14 @@ impl Metrics {
             outcome: outcome.to_owned(),
         };
         self.aws_calls.get_or_create(&labels).inc();
+    }
+
+    /// A step after an event's confirm failed.
+    pub fn after_confirm_failed(&self, step: &str) {
+        let labels = Step {
+            step: step.to_owned(),
+        };
+        self.after_confirm_failed.get_or_create(&labels).inc();
     }
 
     /// The metrics in Prometheus text format.

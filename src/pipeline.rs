@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use tracing::{Instrument, Span, info, info_span, warn};
 
-use crate::aws::{Organizations, Retry};
+use crate::aws::{AccountId, Organizations, Retry};
 use crate::config::Settings;
 use crate::domain::model::{Plan, Rules};
 use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
 use crate::domain::outcome::Rejection;
-use crate::domain::progress::Progress;
+use crate::domain::progress::{Granted, Progress, Provisioned};
 use crate::locks::{Lock, OrderLocks};
-use crate::provision::{Polling, ProvisionError, provision};
-use crate::report::{self, Event};
+use crate::provision::{Polling, ProvisionError, mark_credentials_issued, provision};
+use crate::report::{self, AfterConfirm, Event};
 use crate::retry::{Reason, Waits};
 use crate::slots::CreationSlots;
 
@@ -235,7 +235,7 @@ impl<O: Organizations> Pipeline<O> {
         match provision(aws, slots, request, plan, progress, self.polling).await {
             Ok(done) => {
                 info!(account_id = %done.account_id, "order provisioned");
-                Outcome::Report(report::provisioned(ids, plan, done))
+                Outcome::Report(provisioned_event(aws, ids, plan, done))
             }
             Err(ProvisionError::NotYet) => {
                 let wait = self.waits.maybe_in_flight;
@@ -279,6 +279,33 @@ impl<O: Organizations> Pipeline<O> {
             }
         }
     }
+}
+
+/// `aws.account.provisioned` for `done`; when it gives out a new IAM password, with the step
+/// that marks the user so once the event is confirmed (the password is given out once).
+fn provisioned_event<O: Organizations>(
+    aws: &Arc<O>,
+    ids: &PartialIds,
+    plan: &Plan,
+    done: Provisioned,
+) -> Event {
+    let issued = match &done.access {
+        Granted::IamUser { user_name, .. } => Some(user_name.clone()),
+        Granted::AlreadyIssued { .. } | Granted::RootUser => None,
+    };
+    let account = AccountId(done.account_id.clone());
+    let event = report::provisioned(ids, plan, done);
+    let Some(user_name) = issued else {
+        return event;
+    };
+    let event_id = event.event_id().unwrap_or_default().to_owned();
+    let aws = Arc::clone(aws);
+    let step = AfterConfirm::new("mark_credentials_issued", async move {
+        mark_credentials_issued(aws.as_ref(), &account, &user_name, &event_id)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    event.with_after_confirm(step)
 }
 
 /// What parsing and resolving an order body came to.
@@ -389,6 +416,46 @@ mod tests {
                 Some(&failure.reason)
             }
             Outcome::Report(_) | Outcome::HandBack(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_password_comes_with_the_step_that_marks_it_given_out_after_the_confirm() {
+        let user = crate::domain::names::IamUserName::parse("admin").expect("name");
+        let done = |access| Provisioned {
+            account_id: "111122223333".into(),
+            create_request_id: "car-test".into(),
+            service_control_policies: Vec::new(),
+            access,
+        };
+        let plan = settings()
+            .rules()
+            .resolve(&order::parse(&body()).expect("order"))
+            .expect("plan");
+        let aws = Arc::new(ScriptedOrganizations::default());
+        let ids = PartialIds::default();
+        let password = Granted::IamUser {
+            user_name: user.clone(),
+            password: "x".to_owned().into(),
+        };
+        let mut event = provisioned_event(&aws, &ids, &plan, done(password));
+        let step = event
+            .take_after_confirm()
+            .expect("a step after the confirm");
+        assert!(aws.calls().is_empty(), "nothing runs before the confirm");
+        step.run().await.expect("marked");
+        assert_eq!(aws.calls(), ["AssumeRole 111122223333", "TagUser admin"]);
+        assert_eq!(
+            aws.issued_in.lock().expect("issued").as_deref(),
+            event.event_id(),
+            "the tag names the event"
+        );
+        for access in [
+            Granted::AlreadyIssued { user_name: user },
+            Granted::RootUser,
+        ] {
+            let mut event = provisioned_event(&aws, &ids, &plan, done(access));
+            assert!(event.take_after_confirm().is_none());
         }
     }
 

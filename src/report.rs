@@ -1,6 +1,10 @@
 //! Result events (docs/contract.md §5): `aws.account.provisioned`, `aws.account.failed` and
 //! `aws.account.dead-lettered`, as JSON bodies ready to publish.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+
 use chrono::{SecondsFormat, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
@@ -48,12 +52,64 @@ pub enum Event {
 
 /// What `aws.account.provisioned` reports.
 pub struct ProvisionedEvent {
+    /// The event's `event_id`, fixed when the event is made, so that what runs after its
+    /// confirm can name it.
+    pub event_id: String,
     /// The order's identifying fields.
     pub ids: PartialIds,
     /// What was provisioned.
     pub plan: Plan,
     /// The account and the customer's access.
     pub done: Provisioned,
+    /// What to do once the broker confirmed the event, before the order is acknowledged.
+    pub after_confirm: Option<AfterConfirm>,
+}
+
+/// A step to run once an event's publish is confirmed and before the order's ack (for a new
+/// IAM password: mark the user as having had it given out). Built by the pipeline, run by the
+/// broker side; it does nothing until run. Its failure is logged and counted, and the ack
+/// still happens.
+pub struct AfterConfirm {
+    /// What the step does, for logs and the metric's label (e.g. `mark_credentials_issued`).
+    pub step: &'static str,
+    /// In a mutex only so that an event holding it can be shared between threads; never
+    /// locked, only taken out.
+    run: Mutex<Step>,
+}
+
+/// The future an [`AfterConfirm`] runs.
+type Step = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+impl AfterConfirm {
+    /// The step `step`, carried out by `run` (a future: nothing happens until it is run).
+    pub fn new(
+        step: &'static str,
+        run: impl Future<Output = Result<(), String>> + Send + 'static,
+    ) -> Self {
+        Self {
+            step,
+            run: Mutex::new(Box::pin(run)),
+        }
+    }
+
+    /// Runs the step.
+    ///
+    /// # Errors
+    /// What went wrong, as text.
+    pub async fn run(self) -> Result<(), String> {
+        self.run
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .await
+    }
+}
+
+impl std::fmt::Debug for AfterConfirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfterConfirm")
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Event {
@@ -74,6 +130,32 @@ impl Event {
         }
     }
 
+    /// The `event_id` of a provisioned event (fixed when it was made); other events get theirs
+    /// when their body is made.
+    pub fn event_id(&self) -> Option<&str> {
+        match self {
+            Self::Provisioned(event) => Some(&event.event_id),
+            _ => None,
+        }
+    }
+
+    /// Sets what to do once this provisioned event is confirmed (other events take none).
+    #[must_use]
+    pub fn with_after_confirm(mut self, step: AfterConfirm) -> Self {
+        if let Self::Provisioned(event) = &mut self {
+            event.after_confirm = Some(step);
+        }
+        self
+    }
+
+    /// Takes what to do once this event is confirmed, if anything.
+    pub fn take_after_confirm(&mut self) -> Option<AfterConfirm> {
+        match self {
+            Self::Provisioned(event) => event.after_confirm.take(),
+            _ => None,
+        }
+    }
+
     /// The `failure.code` of a failed event.
     pub fn failure_code(&self) -> Option<&str> {
         match self {
@@ -85,7 +167,7 @@ impl Event {
     /// The JSON body, with a new event id and the time of this call.
     pub fn body(&self) -> Vec<u8> {
         match self {
-            Self::Provisioned(event) => provisioned_body(&event.ids, &event.plan, &event.done),
+            Self::Provisioned(event) => provisioned_body(event),
             Self::Failed {
                 ids,
                 payer,
@@ -105,11 +187,20 @@ impl Event {
     }
 }
 
-/// The fields every event starts with.
+/// The fields every event starts with, with a new event id.
 fn envelope(name: &'static str, ids: &PartialIds) -> Map<String, Value> {
+    envelope_with_id(name, &new_event_id(), ids)
+}
+
+fn new_event_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The fields every event starts with.
+fn envelope_with_id(name: &'static str, event_id: &str, ids: &PartialIds) -> Map<String, Value> {
     let mut fields = Map::new();
     fields.insert("event".into(), json!(name));
-    fields.insert("event_id".into(), json!(uuid::Uuid::new_v4().to_string()));
+    fields.insert("event_id".into(), json!(event_id));
     fields.insert(
         "occurred_at".into(),
         json!(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)),
@@ -132,9 +223,11 @@ fn finish(mut fields: Map<String, Value>, rest: Value) -> Vec<u8> {
 /// `aws.account.provisioned` for `plan`, done as `done`.
 pub fn provisioned(ids: &PartialIds, plan: &Plan, done: Provisioned) -> Event {
     Event::Provisioned(Box::new(ProvisionedEvent {
+        event_id: new_event_id(),
         ids: ids.clone(),
         plan: plan.clone(),
         done,
+        after_confirm: None,
     }))
 }
 
@@ -158,30 +251,67 @@ pub fn dead_lettered(ids: &PartialIds, reason: &Reason, message: &str, attempts:
     }
 }
 
+/// `access.credentials` of an IAM user whose new password the event carries.
+pub const CREDENTIALS_ISSUED: &str = "issued";
+/// `access.credentials` of an IAM user whose password an earlier event gave out.
+pub const CREDENTIALS_ALREADY_ISSUED: &str = "already_issued";
+
+/// `access` and the template's params of an IAM user: with `password` when the event gives it
+/// out, else `initial_password: null` and no `iam_initial_password`.
+fn iam_user_access(
+    user_name: &crate::domain::names::IamUserName,
+    password: Option<&str>,
+    console_url: &str,
+    done: &Provisioned,
+    plan: &Plan,
+) -> (Value, Value) {
+    let credentials = match password {
+        Some(_) => CREDENTIALS_ISSUED,
+        None => CREDENTIALS_ALREADY_ISSUED,
+    };
+    let access = json!({
+        "kind": "iam_user",
+        "iam_user_name": user_name,
+        "console_url": console_url,
+        "initial_password": password,
+        "password_reset_required": true,
+        "credentials": credentials,
+    });
+    let mut params = json!({
+        "aws_account_id": done.account_id,
+        "aws_account_email": plan.email,
+        "iam_user_name": user_name,
+        "iam_console_url": console_url,
+    });
+    if let (Some(password), Some(params)) = (password, params.as_object_mut()) {
+        params.insert("iam_initial_password".into(), json!(password));
+    }
+    (access, params)
+}
+
 /// The body of `aws.account.provisioned`, with the subscription template's parameters.
-fn provisioned_body(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Vec<u8> {
+fn provisioned_body(event: &ProvisionedEvent) -> Vec<u8> {
+    let ProvisionedEvent {
+        event_id,
+        ids,
+        plan,
+        done,
+        ..
+    } = event;
     let console_url = format!("https://{}.signin.aws.amazon.com/console", done.account_id);
     let (template_name, access, params) = match &done.access {
         Granted::IamUser {
             user_name,
             password,
-        } => (
-            "iam_user",
-            json!({
-                "kind": "iam_user",
-                "iam_user_name": user_name,
-                "console_url": console_url,
-                "initial_password": password.expose_secret(),
-                "password_reset_required": true,
-            }),
-            json!({
-                "aws_account_id": done.account_id,
-                "aws_account_email": plan.email,
-                "iam_user_name": user_name,
-                "iam_console_url": console_url,
-                "iam_initial_password": password.expose_secret(),
-            }),
-        ),
+        } => {
+            let password = Some(password.expose_secret());
+            let (access, params) = iam_user_access(user_name, password, &console_url, done, plan);
+            ("iam_user", access, params)
+        }
+        Granted::AlreadyIssued { user_name } => {
+            let (access, params) = iam_user_access(user_name, None, &console_url, done, plan);
+            ("iam_user", access, params)
+        }
         Granted::RootUser => (
             "root_user",
             json!({"kind": "root_user", "root_email": plan.email, "console_url": console_url}),
@@ -201,7 +331,7 @@ fn provisioned_body(ids: &PartialIds, plan: &Plan, done: &Provisioned) -> Vec<u8
         "service_control_policies": done.service_control_policies,
         "template": {"name": template_name, "id": plan.template_id, "params": params},
     });
-    finish(envelope(PROVISIONED, ids), body)
+    finish(envelope_with_id(PROVISIONED, event_id, ids), body)
 }
 
 /// The body of `aws.account.failed`.
@@ -270,6 +400,93 @@ mod tests {
         assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
         assert_eq!(b["request_id"], Value::Null);
         assert_eq!(a["attempts"], 1);
+    }
+
+    /// An ECAM plan with no SCP.
+    fn plan() -> Plan {
+        use crate::domain::email::AccountEmail;
+        use crate::domain::model::Access;
+        use crate::domain::names::AccountName;
+        Plan {
+            model: AccountModel::Ecam,
+            email: AccountEmail::parse("c@customer.example").expect("email"),
+            provider_email_domain: "provider.example".into(),
+            account_name: AccountName::derive(Some("C"), "AS-1", None, "C"),
+            access: Access::RootUser,
+            service_control_policies: Vec::new(),
+            payer: "default".into(),
+            organizational_unit_id: None,
+            template_id: None,
+            connection: crate::domain::order::ConnectionType::Production,
+            origins: std::collections::BTreeMap::new(),
+        }
+    }
+
+    fn provisioned_with(access: Granted) -> Event {
+        let done = Provisioned {
+            account_id: "111122223333".into(),
+            create_request_id: "car-1".into(),
+            service_control_policies: Vec::new(),
+            access,
+        };
+        provisioned(&ids(), &plan(), done)
+    }
+
+    #[test]
+    fn a_password_is_given_out_once_then_reported_as_already_issued() {
+        let user_name = crate::domain::names::IamUserName::parse("admin").expect("name");
+        let first = provisioned_with(Granted::IamUser {
+            user_name: user_name.clone(),
+            password: "s3cret-Passw0rd!".to_owned().into(),
+        });
+        let body = parse(&first);
+        assert_eq!(body["access"]["credentials"], "issued");
+        assert_eq!(body["access"]["initial_password"], "s3cret-Passw0rd!");
+        assert_eq!(
+            body["template"]["params"]["iam_initial_password"],
+            "s3cret-Passw0rd!"
+        );
+        // The event id is the event's, whatever the number of renderings.
+        assert_eq!(body["event_id"].as_str(), first.event_id());
+        assert_eq!(parse(&first)["event_id"], body["event_id"]);
+
+        let again = parse(&provisioned_with(Granted::AlreadyIssued { user_name }));
+        assert_eq!(again["access"]["kind"], "iam_user");
+        assert_eq!(again["access"]["iam_user_name"], "admin");
+        assert_eq!(again["access"]["credentials"], "already_issued");
+        assert_eq!(again["access"]["initial_password"], Value::Null);
+        assert_eq!(again["template"]["name"], "iam_user");
+        assert_eq!(again["template"]["params"]["iam_user_name"], "admin");
+        assert!(
+            again["template"]["params"]
+                .get("iam_initial_password")
+                .is_none(),
+            "{again}"
+        );
+        assert_ne!(again["event_id"], body["event_id"]);
+    }
+
+    #[tokio::test]
+    async fn the_step_after_the_confirm_is_taken_once_and_only_from_a_provisioned_event() {
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&ran);
+        let step = AfterConfirm::new("test", async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        let mut event = provisioned_with(Granted::RootUser).with_after_confirm(step);
+        assert!(
+            !ran.load(std::sync::atomic::Ordering::SeqCst),
+            "nothing runs before run()"
+        );
+        let taken = event.take_after_confirm().expect("a step");
+        assert!(event.take_after_confirm().is_none());
+        taken.run().await.expect("ran");
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+
+        let step = AfterConfirm::new("test", async { Ok(()) });
+        let mut failed = dead_lettered(&ids(), &Reason::NotJson, "x", 1).with_after_confirm(step);
+        assert!(failed.take_after_confirm().is_none());
     }
 
     #[test]

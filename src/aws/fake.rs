@@ -34,6 +34,12 @@ pub struct ScriptedOrganizations {
     pub parent: Arc<Mutex<String>>,
     /// What `CreateUser` answers instead of success.
     pub refuse_user: Option<AwsError>,
+    /// What `AttachPolicy` of this one SCP answers instead of success.
+    pub fail_attach_of: Option<(String, AwsError)>,
+    /// Whether the IAM user has a login profile (set by `CreateLoginProfile`).
+    pub login_profile: Arc<Mutex<bool>>,
+    /// The event id the IAM user's credentials tag names, once `TagUser` marked it.
+    pub issued_in: Arc<Mutex<Option<String>>>,
 }
 
 impl ScriptedOrganizations {
@@ -98,6 +104,11 @@ impl Organizations for ScriptedOrganizations {
 
     async fn attach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
         self.record(format!("AttachPolicy {policy} {account}"));
+        if let Some((only, error)) = &self.fail_attach_of
+            && only == policy.as_str()
+        {
+            return Err(error.clone());
+        }
         self.fail_attach.clone().map_or(Ok(()), Err)
     }
 
@@ -126,7 +137,24 @@ impl MemberIam for ScriptedOrganizations {
     }
 
     async fn set_login_profile(&self, name: &IamUserName, _: &SecretString) -> AwsResult<()> {
-        self.record(format!("CreateLoginProfile {name}"));
+        let mut profile = self.login_profile.lock().expect("login profile");
+        if *profile {
+            self.record(format!("UpdateLoginProfile {name}"));
+        } else {
+            self.record(format!("CreateLoginProfile {name}"));
+            *profile = true;
+        }
+        Ok(())
+    }
+
+    async fn credentials_issued(&self, name: &IamUserName) -> AwsResult<bool> {
+        self.record(format!("ListUserTags {name}"));
+        Ok(self.issued_in.lock().expect("issued").is_some())
+    }
+
+    async fn mark_credentials_issued(&self, name: &IamUserName, event_id: &str) -> AwsResult<()> {
+        self.record(format!("TagUser {name}"));
+        *self.issued_in.lock().expect("issued") = Some(event_id.to_owned());
         Ok(())
     }
 

@@ -129,6 +129,9 @@ pub struct CallLimits {
     pub operation_timeout: Duration,
     /// Organizations and STS calls one payer's client makes at once (per process); more wait.
     pub in_flight_per_payer: usize,
+    /// Attempts the SDK makes of one call on a transient error (the first included), with
+    /// exponential backoff between them.
+    pub max_attempts: u32,
 }
 
 impl CallLimits {
@@ -140,25 +143,35 @@ impl CallLimits {
             operation_timeout: Duration::from_secs(aws.sdk_operation_timeout_seconds),
             in_flight_per_payer: usize::try_from(aws.max_calls_in_flight_per_payer)
                 .unwrap_or(usize::MAX),
+            max_attempts: aws.sdk_max_attempts,
         }
     }
 }
 
 impl Default for CallLimits {
     /// The defaults of `config/default.toml`: 5 s to connect, 20 s per attempt, 60 s in all,
-    /// 16 calls at once per payer.
+    /// 16 calls at once per payer, 5 attempts.
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(20),
             operation_timeout: Duration::from_secs(60),
             in_flight_per_payer: 16,
+            max_attempts: 5,
         }
     }
 }
 
 /// The tag that ties an account to its Connect asset; the idempotency gate reads it.
 pub const ASSET_TAG: &str = "connect:asset-id";
+
+/// The tag on a customer's IAM user once the event carrying its initial password was confirmed
+/// by the broker ([`CREDENTIALS_ISSUED`]): a later delivery leaves its login profile alone.
+pub const CREDENTIALS_TAG: &str = "connect:credentials";
+/// The value of [`CREDENTIALS_TAG`].
+pub const CREDENTIALS_ISSUED: &str = "issued";
+/// The tag naming the `event_id` of the event that gave the password out.
+pub const CREDENTIALS_EVENT_TAG: &str = "connect:credentials-event-id";
 
 /// A member account found in the payer's organization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +275,21 @@ pub trait MemberIam: Send + Sync {
         name: &IamUserName,
         policy_arn: &PolicyArn,
     ) -> impl Future<Output = AwsResult<()>> + Send;
+
+    /// Whether the user's password was given out: its [`CREDENTIALS_TAG`] says
+    /// [`CREDENTIALS_ISSUED`] (`ListUserTags`).
+    fn credentials_issued(
+        &self,
+        name: &IamUserName,
+    ) -> impl Future<Output = AwsResult<bool>> + Send;
+
+    /// Marks the user's password as given out, in the event `event_id`: `TagUser` with
+    /// [`CREDENTIALS_TAG`] and [`CREDENTIALS_EVENT_TAG`].
+    fn mark_credentials_issued(
+        &self,
+        name: &IamUserName,
+        event_id: &str,
+    ) -> impl Future<Output = AwsResult<()>> + Send;
 }
 
 #[cfg(test)]
@@ -280,7 +308,8 @@ mod tests {
         );
         let settings = Settings::from_toml(&format!(
             "{VALID}\n[aws]\nsdk_connect_timeout_ms = 1500\nsdk_attempt_timeout_seconds = 30\n\
-             sdk_operation_timeout_seconds = 90\nmax_calls_in_flight_per_payer = 4"
+             sdk_operation_timeout_seconds = 90\nmax_calls_in_flight_per_payer = 4\n\
+             sdk_max_attempts = 3"
         ))
         .expect("valid");
         assert_eq!(
@@ -290,6 +319,7 @@ mod tests {
                 attempt_timeout: std::time::Duration::from_secs(30),
                 operation_timeout: std::time::Duration::from_secs(90),
                 in_flight_per_payer: 4,
+                max_attempts: 3,
             }
         );
     }

@@ -18,16 +18,22 @@ use aws_sdk_organizations::types::{CreateAccountState, IamUserAccessToBilling, T
 use aws_sdk_sts::config::SharedCredentialsProvider;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    FinalizerInterceptorContextRef, InterceptorContext,
+};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, RetryClassifierPriority,
+};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{
-    ASSET_TAG, AccessToBilling, AccountId, AwsError, AwsResult, CallLimits, CreateState,
-    CreateStatus, ExistingAccount, MemberAccess, MemberIam, NewAccount, Organizations, Retry,
+    ASSET_TAG, AccessToBilling, AccountId, AwsError, AwsResult, CREDENTIALS_EVENT_TAG,
+    CREDENTIALS_ISSUED, CREDENTIALS_TAG, CallLimits, CreateState, CreateStatus, ExistingAccount,
+    MemberAccess, MemberIam, NewAccount, Organizations, Retry,
 };
 use crate::config::PayerSettings;
 use crate::domain::arn::{PolicyArn, RoleArn};
@@ -74,17 +80,93 @@ pub fn timeouts(limits: &CallLimits) -> aws_config::timeout::TimeoutConfig {
         .build()
 }
 
+/// The SDK's retries from `limits`: the standard mode (exponential backoff with jitter, a
+/// retry quota per client), at most `limits.max_attempts` attempts of a call. The clients add
+/// [`RetryCodes`], so that `ConcurrentModificationException` is retried too.
+pub fn retries(limits: &CallLimits) -> RetryConfig {
+    RetryConfig::standard().with_max_attempts(limits.max_attempts.max(1))
+}
+
 /// The SDK configuration of the worker's AWS calls: credentials, region and endpoint from the
 /// standard chain, `us-east-1` when no region is configured (Organizations is a global service
-/// homed there), and the [`timeouts`] of `limits`.
+/// homed there), and the [`timeouts`] and [`retries`] of `limits`.
 pub async fn load_config(limits: &CallLimits) -> SdkConfig {
     let region =
         aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(region)
         .timeout_config(timeouts(limits))
+        .retry_config(retries(limits))
         .load()
         .await
+}
+
+/// Error codes that the SDK retries, with backoff, besides those it knows itself (throttling
+/// codes, 5xx, timeouts): another request modifying the same target, and throttling codes in
+/// case a service's model does not call them so. Each is retried as throttling: the same call
+/// succeeds once the other request is done or the rate is down.
+const SDK_RETRIED_CODES: &[&str] = &[
+    "ConcurrentModificationException",
+    "TooManyRequestsException",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+];
+
+/// A retry classifier on every client: an error answer whose code is in [`SDK_RETRIED_CODES`]
+/// is retried by the SDK (within its attempts and retry quota) instead of failing the call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RetryCodes;
+
+impl ClassifyRetry for RetryCodes {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        if !matches!(ctx.output_or_error(), Some(Err(_))) {
+            return RetryAction::NoActionIndicated;
+        }
+        match ctx.response().and_then(error_code) {
+            Some(code) if SDK_RETRIED_CODES.contains(&code.as_str()) => {
+                RetryAction::throttling_error()
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "RetryCodes"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+/// The error code of an error answer, read from the response itself, whatever the operation:
+/// the `x-amzn-ErrorType` header or the `__type` field (JSON protocols, as Organizations
+/// speaks), or the `<Code>` element (the query protocol of IAM and STS). A namespace
+/// (`…#Code`) or a suffix (`Code:…`) is dropped.
+fn error_code(response: &HttpResponse) -> Option<String> {
+    if response.status().is_success() {
+        return None;
+    }
+    let bare = |code: &str| {
+        let code = code.split(':').next().unwrap_or(code);
+        code.rsplit('#').next().unwrap_or(code).trim().to_owned()
+    };
+    if let Some(header) = response.headers().get("x-amzn-errortype") {
+        return Some(bare(header));
+    }
+    let body = response.body().bytes()?;
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
+        return json
+            .get("__type")
+            .or_else(|| json.get("code"))
+            .and_then(serde_json::Value::as_str)
+            .map(bare);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = start + text[start..].find("</Code>")?;
+    Some(bare(&text[start..end]))
 }
 
 /// The SDK configuration of one payer: `base` itself without a `role_arn`; with one, `base`
@@ -106,9 +188,9 @@ pub async fn payer_config(base: &SdkConfig, role_arn: Option<&RoleArn>) -> SdkCo
 }
 
 /// One [`SdkOrganizations`] per `[payers.NAME]` entry, by name, each over its
-/// [`payer_config`], making at most `limits.in_flight_per_payer` calls at once; `member` and
-/// `metrics` as in [`SdkOrganizations::new`]. (The timeouts of `limits` are `base`'s, as
-/// [`load_config`] sets them.)
+/// [`payer_config`], with the call limits and retries of `limits`; `member` and `metrics` as in
+/// [`SdkOrganizations::new`]. (The timeouts of `limits` are `base`'s, as [`load_config`] sets
+/// them.)
 pub async fn payers(
     base: &SdkConfig,
     payers: &BTreeMap<String, PayerSettings>,
@@ -121,7 +203,7 @@ pub async fn payers(
         let config = payer_config(base, payer.role_arn.as_ref()).await;
         clients.insert(
             name.clone(),
-            SdkOrganizations::new(&config, member, limits.in_flight_per_payer, metrics),
+            SdkOrganizations::new(&config, member, limits, metrics),
         );
     }
     clients
@@ -227,6 +309,8 @@ pub struct SdkOrganizations {
     organizations: aws_sdk_organizations::Client,
     sts: aws_sdk_sts::Client,
     member: MemberAccess,
+    /// The retries of every client, the member accounts' IAM included.
+    retries: RetryConfig,
     /// Bounds the calls in progress at once, and so the HTTP connections the client opens and
     /// keeps: without it, a worker with 1,000 orders in flight opened one per order.
     calls: Arc<Semaphore>,
@@ -235,19 +319,25 @@ pub struct SdkOrganizations {
 impl SdkOrganizations {
     /// Clients over `config` (credentials, region, endpoint) that count their calls in
     /// `metrics`; `member` says which access role new accounts get (and the worker assumes),
-    /// and whether their IAM users may see billing. At most `calls_in_flight` Organizations
-    /// and STS calls run at once (at least 1); more wait their turn.
+    /// and whether their IAM users may see billing. At most `limits.in_flight_per_payer`
+    /// Organizations and STS calls run at once (at least 1); more wait their turn. Every client
+    /// retries as [`retries`] says, with [`RetryCodes`].
     pub fn new(
         config: &SdkConfig,
         member: &MemberAccess,
-        calls_in_flight: usize,
+        limits: &CallLimits,
         metrics: &Metrics,
     ) -> Self {
+        let retries = retries(limits);
         let organizations = aws_sdk_organizations::config::Builder::from(config)
             .interceptor(CountCalls(metrics.clone()))
+            .retry_config(retries.clone())
+            .retry_classifier(RetryCodes)
             .build();
         let sts = aws_sdk_sts::config::Builder::from(config)
             .interceptor(CountCalls(metrics.clone()))
+            .retry_config(retries.clone())
+            .retry_classifier(RetryCodes)
             .build();
         Self {
             config: config.clone(),
@@ -255,7 +345,8 @@ impl SdkOrganizations {
             organizations: aws_sdk_organizations::Client::from_conf(organizations),
             sts: aws_sdk_sts::Client::from_conf(sts),
             member: member.clone(),
-            calls: Arc::new(Semaphore::new(calls_in_flight.max(1))),
+            retries,
+            calls: Arc::new(Semaphore::new(limits.in_flight_per_payer.max(1))),
         }
     }
 
@@ -544,6 +635,8 @@ impl Organizations for SdkOrganizations {
         let config = aws_sdk_iam::config::Builder::from(&self.config)
             .credentials_provider(credentials)
             .interceptor(CountCalls(self.metrics.clone()))
+            .retry_config(self.retries.clone())
+            .retry_classifier(RetryCodes)
             .build();
         Ok(SdkMemberIam {
             iam: aws_sdk_iam::Client::from_conf(config),
@@ -622,6 +715,46 @@ impl MemberIam for SdkMemberIam {
             .map(|_| ())
             .map_err(|e| classify("AttachUserPolicy", Target::Member, e))
     }
+
+    async fn credentials_issued(&self, name: &IamUserName) -> AwsResult<bool> {
+        // A user has at most 50 tags: one page holds them all.
+        let listed = self
+            .iam
+            .list_user_tags()
+            .user_name(name.as_str())
+            .max_items(100)
+            .send()
+            .await
+            .map_err(|e| classify("ListUserTags", Target::Member, e))?;
+        Ok(listed
+            .tags()
+            .iter()
+            .any(|t| t.key() == CREDENTIALS_TAG && t.value() == CREDENTIALS_ISSUED))
+    }
+
+    async fn mark_credentials_issued(&self, name: &IamUserName, event_id: &str) -> AwsResult<()> {
+        let tag = |key: &str, value: &str| {
+            aws_sdk_iam::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| AwsError {
+                    retry: Retry::Permanent,
+                    operation: "TagUser",
+                    code: None,
+                    message: e.to_string(),
+                })
+        };
+        self.iam
+            .tag_user()
+            .user_name(name.as_str())
+            .tags(tag(CREDENTIALS_TAG, CREDENTIALS_ISSUED)?)
+            .tags(tag(CREDENTIALS_EVENT_TAG, event_id)?)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("TagUser", Target::Member, e))
+    }
 }
 
 #[cfg(test)]
@@ -678,6 +811,7 @@ mod tests {
             attempt_timeout: std::time::Duration::from_secs(7),
             operation_timeout: std::time::Duration::from_secs(30),
             in_flight_per_payer: 2,
+            max_attempts: 7,
         };
         let timeouts = timeouts(&limits);
         assert_eq!(timeouts.connect_timeout(), Some(limits.connect_timeout));
@@ -686,6 +820,84 @@ mod tests {
             Some(limits.attempt_timeout)
         );
         assert_eq!(timeouts.operation_timeout(), Some(limits.operation_timeout));
+        assert_eq!(retries(&limits).max_attempts(), 7);
+        assert_eq!(
+            retries(&limits).mode(),
+            aws_smithy_types::retry::RetryMode::Standard
+        );
+    }
+
+    /// What [`RetryCodes`] makes of an error answer of `status` with `headers` and `body`.
+    fn classified(status: u16, headers: &[(&str, &str)], body: &str) -> RetryAction {
+        use aws_smithy_runtime_api::client::interceptors::context::{Error, Input};
+        use aws_smithy_runtime_api::client::orchestrator::OrchestratorError;
+        let mut response = HttpResponse::new(
+            status.try_into().expect("status"),
+            SdkBody::from(body.to_owned()),
+        );
+        for (name, value) in headers {
+            response
+                .headers_mut()
+                .insert(name.to_string(), value.to_string());
+        }
+        let mut ctx = InterceptorContext::new(Input::doesnt_matter());
+        ctx.set_response(response);
+        ctx.set_output_or_error(Err(OrchestratorError::operation(Error::doesnt_matter())));
+        RetryCodes.classify_retry(&ctx)
+    }
+
+    #[test]
+    fn concurrent_modification_and_throttling_are_retried_in_the_sdk_other_errors_are_not() {
+        let retried = RetryAction::throttling_error();
+        let none = RetryAction::NoActionIndicated;
+        let cme = "ConcurrentModificationException";
+        // (status, headers, body, expected): Organizations (JSON) and IAM/STS (query, XML).
+        type Case<'a> = (u16, Vec<(&'a str, &'a str)>, String, &'a RetryAction);
+        let cases: [Case<'_>; 9] = [
+            (400, vec![("x-amzn-errortype", cme)], "{}".into(), &retried),
+            (400, vec![], format!(r#"{{"__type":"{cme}","Message":"busy"}}"#), &retried),
+            (400, vec![], format!(r#"{{"__type":"com.amazonaws.organizations#{cme}"}}"#), &retried),
+            (400, vec![("x-amzn-errortype", "TooManyRequestsException:http://internal")], "{}".into(), &retried),
+            (
+                400,
+                vec![],
+                "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>".into(),
+                &retried,
+            ),
+            (
+                409,
+                vec![],
+                format!("<ErrorResponse><Error><Code>{cme}</Code></Error></ErrorResponse>"),
+                &retried,
+            ),
+            (400, vec![], r#"{"__type":"AccessDeniedException"}"#.into(), &none),
+            (
+                400,
+                vec![],
+                "<ErrorResponse><Error><Code>EntityAlreadyExists</Code></Error></ErrorResponse>".into(),
+                &none,
+            ),
+            (400, vec![], "not a known shape".into(), &none),
+        ];
+        for (status, headers, body, expected) in cases {
+            assert_eq!(
+                &classified(status, &headers, &body),
+                expected,
+                "{headers:?} {body}"
+            );
+        }
+        // A success is never retried.
+        let mut ctx = InterceptorContext::new(
+            aws_smithy_runtime_api::client::interceptors::context::Input::doesnt_matter(),
+        );
+        ctx.set_response(HttpResponse::new(
+            200.try_into().expect("status"),
+            SdkBody::from("{}"),
+        ));
+        ctx.set_output_or_error(Ok(
+            aws_smithy_runtime_api::client::interceptors::context::Output::doesnt_matter(),
+        ));
+        assert_eq!(RetryCodes.classify_retry(&ctx), none);
     }
 
     /// Credentials that never come, as from a payer role that cannot be assumed.
@@ -717,7 +929,12 @@ mod tests {
                 .expect("role name"),
             iam_user_access_to_billing: AccessToBilling::Allow,
         };
-        let payer = SdkOrganizations::new(&config, &member, 16, &Metrics::default());
+        let payer = SdkOrganizations::new(
+            &config,
+            &member,
+            &CallLimits::default(),
+            &Metrics::default(),
+        );
         let error = payer
             .find_account("someone@example.com")
             .await

@@ -2,9 +2,12 @@
 //! times and reason, the waits in a row, the order's first delivery, and the provisioning progress
 //! that lets a retry resume.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::domain::ids::PolicyId;
 use crate::domain::progress::Progress;
 use crate::retry::History;
 
@@ -33,8 +36,14 @@ pub const STEP: &str = "x-step";
 /// Times `replay` moved the message back for processing (docs/contract.md §7); kept across attempts
 /// and dead letters, so a message that fails again is not replayed forever.
 pub const REPLAY_COUNT: &str = "x-replay-count";
+/// The SCPs attached so far, comma-separated (`p-1,p-2`): a retry attaches only the others.
+pub const POLICIES_ATTACHED: &str = "x-policies-attached";
 /// The [`STEP`] value once the account is in its OU (if any) and its SCPs are attached.
-const POLICIES_ATTACHED: &str = "policies-attached";
+const PLACED: &str = "policies-attached";
+/// At most this many bytes of [`POLICIES_ATTACHED`] are written (ids past it are left out: they
+/// are attached again, which AWS accepts), and at most this many ids are read back.
+const POLICIES_ATTACHED_MAX_BYTES: usize = 1024;
+const POLICIES_ATTACHED_MAX_IDS: usize = 64;
 
 /// A string header; absent, empty or of another type is `None`.
 pub fn text(headers: &FieldTable, key: &str) -> Option<String> {
@@ -93,7 +102,8 @@ pub fn history_at(headers: Option<&FieldTable>, now: DateTime<Utc>) -> History {
         progress: Progress {
             create_request_id: text(headers, CREATE_REQUEST_ID),
             account_id: text(headers, ACCOUNT_ID),
-            policies_attached: text(headers, STEP).as_deref() == Some(POLICIES_ATTACHED),
+            policies_attached: policies(headers),
+            placed: text(headers, STEP).as_deref() == Some(PLACED),
             maybe_in_flight: false,
         },
     }
@@ -106,13 +116,41 @@ fn count(headers: &FieldTable, key: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// The SCP ids of [`POLICIES_ATTACHED`]: only those that parse as SCP ids, and a bounded number
+/// of them (provisioning then keeps only those of the order's plan).
+fn policies(headers: &FieldTable) -> BTreeSet<PolicyId> {
+    text(headers, POLICIES_ATTACHED)
+        .unwrap_or_default()
+        .split(',')
+        .take(POLICIES_ATTACHED_MAX_IDS)
+        .filter_map(|id| PolicyId::parse(id.trim()).ok())
+        .collect()
+}
+
+/// `policies` joined by commas, as many as fit in [`POLICIES_ATTACHED_MAX_BYTES`].
+fn joined(policies: &BTreeSet<PolicyId>) -> String {
+    let mut joined = String::new();
+    for id in policies.iter().take(POLICIES_ATTACHED_MAX_IDS) {
+        let id = id.as_str();
+        let extra = if joined.is_empty() { 0 } else { 1 };
+        if joined.len() + extra + id.len() > POLICIES_ATTACHED_MAX_BYTES {
+            break;
+        }
+        if extra == 1 {
+            joined.push(',');
+        }
+        joined.push_str(id);
+    }
+    joined
+}
+
 /// Writes what provisioning achieved, for the next attempt or a replay to resume from; the
 /// progress headers of an earlier attempt are replaced, not kept (a failed creation request
 /// that was given up must not be followed again).
 pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
     let mut kept = FieldTable::default();
     for (key, value) in headers.inner() {
-        if ![CREATE_REQUEST_ID, ACCOUNT_ID, STEP].contains(&key.as_str()) {
+        if ![CREATE_REQUEST_ID, ACCOUNT_ID, STEP, POLICIES_ATTACHED].contains(&key.as_str()) {
             kept.insert(key.clone(), value.clone());
         }
     }
@@ -123,12 +161,19 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
     if let Some(id) = &progress.account_id {
         set_text(headers, ACCOUNT_ID, id);
     }
+    if progress.account_id.is_some() && !progress.policies_attached.is_empty() {
+        set_text(
+            headers,
+            POLICIES_ATTACHED,
+            &joined(&progress.policies_attached),
+        );
+    }
     let step = match progress {
         Progress {
             account_id: Some(_),
-            policies_attached: true,
+            placed: true,
             ..
-        } => POLICIES_ATTACHED,
+        } => PLACED,
         Progress {
             account_id: Some(_),
             ..
@@ -189,14 +234,20 @@ mod tests {
             Progress {
                 create_request_id: Some("car-1".into()),
                 account_id: Some("111122223333".into()),
-                policies_attached: false,
-                maybe_in_flight: false,
+                ..Progress::default()
             },
             Progress {
                 create_request_id: Some("car-1".into()),
                 account_id: Some("111122223333".into()),
-                policies_attached: true,
-                maybe_in_flight: false,
+                policies_attached: scps(&["p-aaaaaaaa", "p-bbbbbbbb"]),
+                ..Progress::default()
+            },
+            Progress {
+                create_request_id: Some("car-1".into()),
+                account_id: Some("111122223333".into()),
+                policies_attached: scps(&["p-aaaaaaaa", "p-bbbbbbbb"]),
+                placed: true,
+                ..Progress::default()
             },
         ];
         for progress in cases {
@@ -211,14 +262,71 @@ mod tests {
                 &Progress {
                     create_request_id: Some("car-old".into()),
                     account_id: Some("999999999999".into()),
-                    policies_attached: true,
-                    maybe_in_flight: false,
+                    policies_attached: scps(&["p-cccccccc"]),
+                    placed: true,
+                    ..Progress::default()
                 },
             );
             set_progress(&mut earlier, &progress);
             assert_eq!(history(Some(&earlier)).progress, progress);
             assert!(headers.contains_key("x-other"));
         }
+    }
+
+    fn scps(ids: &[&str]) -> BTreeSet<PolicyId> {
+        ids.iter()
+            .map(|id| PolicyId::parse(id).expect("SCP id"))
+            .collect()
+    }
+
+    #[test]
+    fn attached_policies_are_read_back_only_as_scp_ids_and_bounded() {
+        let mut headers = FieldTable::default();
+        set_text(
+            &mut headers,
+            POLICIES_ATTACHED,
+            "p-aaaaaaaa, p-bbbbbbbb,,not-an-id,p-short,p-aaaaaaaa",
+        );
+        assert_eq!(
+            history(Some(&headers)).progress.policies_attached,
+            scps(&["p-aaaaaaaa", "p-bbbbbbbb"])
+        );
+        // Thousands of ids: a bounded number is read.
+        let many: Vec<String> = (0..5000).map(|n| format!("p-{n:0>10}")).collect();
+        set_text(&mut headers, POLICIES_ATTACHED, &many.join(","));
+        let read = history(Some(&headers)).progress.policies_attached;
+        assert_eq!(read.len(), POLICIES_ATTACHED_MAX_IDS);
+        // And a bounded header is written.
+        let progress = Progress {
+            account_id: Some("111122223333".into()),
+            policies_attached: many
+                .iter()
+                .map(|id| PolicyId::parse(id).expect("id"))
+                .collect(),
+            ..Progress::default()
+        };
+        let mut headers = FieldTable::default();
+        set_progress(&mut headers, &progress);
+        let written = text(&headers, POLICIES_ATTACHED).expect("written");
+        assert!(
+            written.len() <= POLICIES_ATTACHED_MAX_BYTES,
+            "{}",
+            written.len()
+        );
+        assert!(
+            written.starts_with("p-0000000000,p-0000000001,"),
+            "{written}"
+        );
+    }
+
+    #[test]
+    fn an_old_message_whose_step_is_policies_attached_is_placed() {
+        let mut headers = FieldTable::default();
+        set_text(&mut headers, ACCOUNT_ID, "111122223333");
+        set_text(&mut headers, STEP, "policies-attached");
+        let progress = history(Some(&headers)).progress;
+        assert!(progress.placed);
+        assert!(progress.policies_attached.is_empty());
     }
 
     #[test]

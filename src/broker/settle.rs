@@ -15,7 +15,7 @@ use super::topology::retry_queue;
 use crate::config::{AmqpSettings, RetrySettings};
 use crate::observability::Metrics;
 use crate::pipeline::{Failure, Outcome};
-use crate::report::Event;
+use crate::report::{AfterConfirm, Event};
 use crate::retry::{History, Reason};
 use crate::settle::{Disposition, disposition};
 
@@ -110,8 +110,11 @@ impl Settler {
         disposition: Disposition,
     ) -> Result<Settled, SettleError> {
         let (settled, count) = match disposition {
-            Disposition::Report(event) => {
+            Disposition::Report(mut event) => {
                 self.publish_event(&event).await?;
+                if let Some(step) = event.take_after_confirm() {
+                    self.after_confirm(step).await;
+                }
                 let count = match event.failure_code() {
                     Some(code) => Count::Failed(code.to_owned()),
                     None => Count::Provisioned,
@@ -160,6 +163,16 @@ impl Settler {
             Count::DeadLettered(reason) => self.metrics.dead_lettered(reason.as_str()),
         }
         Ok(settled)
+    }
+
+    /// Runs what an event's confirm allows (marking an IAM user's password as given out); a
+    /// failure is logged and counted, and the delivery is acknowledged all the same.
+    async fn after_confirm(&self, step: AfterConfirm) {
+        let name = step.step;
+        if let Err(reason) = step.run().await {
+            error!(step = name, %reason, "the step after the event's confirm failed; the order is acknowledged all the same");
+            self.metrics.after_confirm_failed(name);
+        }
     }
 
     async fn publish_event(&self, event: &Event) -> Result<(), PublishError> {

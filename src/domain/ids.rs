@@ -95,7 +95,7 @@ connect_id!(
 );
 
 /// A Service Control Policy id (`p-` then 8 to 128 letters, digits or underscores, as AWS defines it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(transparent)]
 pub struct PolicyId(String);
 

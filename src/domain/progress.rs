@@ -1,6 +1,8 @@
 //! What provisioning an order achieves: the progress an attempt leaves for the next one, and
 //! the finished result (the account and the customer's access).
 
+use std::collections::BTreeSet;
+
 use secrecy::SecretString;
 
 use super::ids::PolicyId;
@@ -13,8 +15,12 @@ pub struct Progress {
     pub create_request_id: Option<String>,
     /// The new account, once created.
     pub account_id: Option<String>,
-    /// Whether the account is in its OU (if it has one) and its SCPs are attached.
-    pub policies_attached: bool,
+    /// The SCPs attached so far, each once its `AttachPolicy` succeeded: a retry attaches only
+    /// the others. Read from a message, only ids of the order's plan count.
+    pub policies_attached: BTreeSet<PolicyId>,
+    /// Whether the whole placement step is done: the account is in its OU (if it has one) and
+    /// all its SCPs are attached (`x-step: policies-attached`).
+    pub placed: bool,
     /// An earlier delivery of this order ended unsettled (its worker died, was stopped past
     /// its grace period, or lost the broker), so a `CreateAccount` it sent may still be on its
     /// way: no new one before the wait for it is over. Known from the delivery, not a header.
@@ -37,12 +43,19 @@ pub struct Provisioned {
 /// The access handed to the customer.
 #[derive(Debug, Clone)]
 pub enum Granted {
-    /// An IAM user with an initial password (reset required).
+    /// An IAM user with a new initial password (reset required), to be given out once: once
+    /// the event carrying it is confirmed, the user is tagged as having had it given out.
     IamUser {
         /// The user name.
         user_name: IamUserName,
         /// The initial password; printed as `[REDACTED]`.
         password: SecretString,
+    },
+    /// An IAM user whose password an earlier delivery gave out (the user is marked so): its
+    /// login profile is left as it is, and no password is reported.
+    AlreadyIssued {
+        /// The user name.
+        user_name: IamUserName,
     },
     /// The root user, after a password reset in the AWS console.
     RootUser,

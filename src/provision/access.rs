@@ -1,6 +1,12 @@
 //! The customer's access to the new account: nothing more for the root user; for an IAM user,
 //! the user made in the member account through its access role. A refusal there is settled by
 //! the account's age (the member-refusal rule).
+//!
+//! The initial password is given out once (docs/contract.md §5): the user is tagged once the
+//! event carrying it was confirmed ([`mark_credentials_issued`], run after the confirm), and a
+//! later delivery that finds the tag leaves the login profile alone. A user with a login profile
+//! but no tag (the worker stopped between setting the password and the confirm) gets a new
+//! password, which is then published once.
 
 use std::time::Duration;
 
@@ -30,32 +36,57 @@ pub(super) async fn grant<O: Organizations>(
             user_name,
             policy_arns,
         } => match iam_user(aws, account, user_name, policy_arns).await {
-            Ok(password) => Ok(Granted::IamUser {
-                user_name: user_name.clone(),
-                password,
-            }),
+            Ok(granted) => Ok(granted),
             Err(error) => Err(settle_refusal(aws, account, error, polling).await),
         },
     }
 }
 
 /// Makes the customer's IAM user in the new account, through its access role: the user, a
-/// login profile with a new initial password (reset required), and the user's policies.
+/// login profile with a new initial password (reset required), and the user's policies; or,
+/// when the user is marked as having had its password given out, nothing more.
 async fn iam_user<O: Organizations>(
     aws: &O,
     account: &AccountId,
     user_name: &IamUserName,
     policy_arns: &[PolicyArn],
-) -> Result<SecretString, AwsError> {
+) -> Result<Granted, AwsError> {
     let member = aws.member(account).await?;
-    let password = password::generate();
     member.create_user(user_name).await?;
+    if member.credentials_issued(user_name).await? {
+        info!(iam_user_name = %user_name, "IAM user's password already given out: login profile left as it is");
+        return Ok(Granted::AlreadyIssued {
+            user_name: user_name.clone(),
+        });
+    }
+    let password: SecretString = password::generate();
     member.set_login_profile(user_name, &password).await?;
     for arn in policy_arns {
         member.attach_user_policy(user_name, arn).await?;
     }
     info!(iam_user_name = %user_name, "IAM user ready");
-    Ok(password)
+    Ok(Granted::IamUser {
+        user_name: user_name.clone(),
+        password,
+    })
+}
+
+/// Marks the IAM user `user_name` of `account` as having had its password given out, in the
+/// event `event_id`; run once that event's publish is confirmed, before the order's ack.
+///
+/// # Errors
+/// The `AssumeRole` or `TagUser` failure; the caller logs and counts it (a later delivery
+/// would then set and publish a new password).
+pub async fn mark_credentials_issued<O: Organizations>(
+    aws: &O,
+    account: &AccountId,
+    user_name: &IamUserName,
+    event_id: &str,
+) -> Result<(), AwsError> {
+    let member = aws.member(account).await?;
+    member.mark_credentials_issued(user_name, event_id).await?;
+    info!(iam_user_name = %user_name, event_id, "IAM user marked: its password was given out");
+    Ok(())
 }
 
 /// Settles a [`Retry::WhileNew`] refusal inside `account` by the account's age (AWS's
@@ -114,6 +145,8 @@ pub fn member_refusal(
 #[cfg(test)]
 mod tests {
     //! The member-refusal rule, and how provisioning applies it.
+
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::aws::ExistingAccount;
@@ -174,6 +207,103 @@ mod tests {
             window,
         );
         assert_eq!(error.retry, Retry::Permanent, "0: never waited out");
+    }
+
+    /// Provisions the IAM-user plan for an account that exists, with `aws`.
+    async fn grant_to_existing(aws: &ScriptedOrganizations) -> Granted {
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: Some("111122223333".into()),
+            ..Progress::default()
+        };
+        provision_plan(aws, &plan(iam_user()), progress)
+            .await
+            .expect("provisioned")
+            .access
+    }
+
+    /// The IAM calls `aws` saw, without the SCP.
+    fn iam_calls(aws: &ScriptedOrganizations) -> Vec<String> {
+        aws.calls()
+            .into_iter()
+            .filter(|c| !c.starts_with("AttachPolicy"))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_user_gets_a_password_and_is_marked_once_the_event_is_out() {
+        let aws = ScriptedOrganizations::default();
+        let granted = grant_to_existing(&aws).await;
+        assert!(matches!(granted, Granted::IamUser { .. }), "{granted:?}");
+        assert_eq!(
+            iam_calls(&aws),
+            [
+                "AssumeRole 111122223333",
+                "CreateUser admin",
+                "ListUserTags admin",
+                "CreateLoginProfile admin",
+                "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
+            ]
+        );
+        // What runs after the event's confirm.
+        let user = IamUserName::parse("admin").expect("name");
+        let account = AccountId("111122223333".into());
+        mark_credentials_issued(&aws, &account, &user, "event-1")
+            .await
+            .expect("marked");
+        assert_eq!(
+            aws.issued_in.lock().expect("issued").as_deref(),
+            Some("event-1")
+        );
+        assert!(
+            aws.calls()
+                .ends_with(&["AssumeRole 111122223333".into(), "TagUser admin".into()])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_whose_password_was_given_out_keeps_its_login_profile() {
+        let aws = ScriptedOrganizations {
+            login_profile: Arc::new(Mutex::new(true)),
+            issued_in: Arc::new(Mutex::new(Some("event-1".into()))),
+            ..ScriptedOrganizations::default()
+        };
+        let granted = grant_to_existing(&aws).await;
+        let Granted::AlreadyIssued { user_name } = granted else {
+            panic!("expected already issued, got {granted:?}");
+        };
+        assert_eq!(user_name.as_str(), "admin");
+        assert_eq!(
+            iam_calls(&aws),
+            [
+                "AssumeRole 111122223333",
+                "CreateUser admin",
+                "ListUserTags admin"
+            ],
+            "no login profile call, no policy call"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_password_set_but_never_published_is_replaced() {
+        // The worker stopped between CreateLoginProfile and the event's confirm: a login
+        // profile, no mark.
+        let aws = ScriptedOrganizations {
+            login_profile: Arc::new(Mutex::new(true)),
+            ..ScriptedOrganizations::default()
+        };
+        let granted = grant_to_existing(&aws).await;
+        assert!(matches!(granted, Granted::IamUser { .. }), "{granted:?}");
+        assert_eq!(
+            iam_calls(&aws),
+            [
+                "AssumeRole 111122223333",
+                "CreateUser admin",
+                "ListUserTags admin",
+                "UpdateLoginProfile admin",
+                "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

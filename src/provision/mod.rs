@@ -24,7 +24,7 @@ use crate::domain::outcome::Rejection;
 use crate::domain::progress::{Progress, Provisioned};
 use crate::slots::{CreationSlots, NoSlot};
 
-pub use access::member_refusal;
+pub use access::{mark_credentials_issued, member_refusal};
 pub use creation::keep_until_done;
 
 /// How long provisioning waits on AWS: for a creation in progress, and for a new account.
@@ -104,12 +104,14 @@ pub async fn provision<O: Organizations>(
         .await
         .map_err(|e| failed(e, &progress))?;
 
-    // The account's place and its SCPs are one step: `policies_attached` says both are done.
-    if !progress.policies_attached {
-        placement::place(aws.as_ref(), &account, plan)
-            .await
-            .map_err(|e| failed(e, &progress))?;
-        progress.policies_attached = true;
+    // The account's place and its SCPs are one step: `placed` says both are done; each SCP
+    // attached is remembered on the way, so a retry attaches only the others.
+    if !progress.placed {
+        let mut attached = std::mem::take(&mut progress.policies_attached);
+        let placed = placement::place(aws.as_ref(), &account, plan, &mut attached).await;
+        progress.policies_attached = attached;
+        placed.map_err(|e| failed(e, &progress))?;
+        progress.placed = true;
     }
 
     Ok(Provisioned {
@@ -156,6 +158,7 @@ mod tests {
                 "DescribeCreateAccountStatus car-test",
                 "AssumeRole 111122223333",
                 "CreateUser admin",
+                "ListUserTags admin",
                 "CreateLoginProfile admin",
                 "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
                 "AttachPolicy p-abcd1234 111122223333",
@@ -213,6 +216,7 @@ mod tests {
             [
                 "AssumeRole 111122223333",
                 "CreateUser admin",
+                "ListUserTags admin",
                 "CreateLoginProfile admin",
                 "AttachUserPolicy admin arn:aws:iam::aws:policy/ReadOnlyAccess",
                 "ListParents 111122223333",

@@ -1,21 +1,29 @@
 //! The account's place in its payer's organization: moved to its OU, then its SCPs attached;
-//! one step, done after the customer's access (see [`super::provision`]).
+//! one step, done after the customer's access (see [`super::provision`]). Each SCP attached is
+//! remembered in the progress, so a retry attaches only the missing ones.
+
+use std::collections::BTreeSet;
 
 use tracing::{debug, info};
 
 use crate::aws::{AccountId, AwsResult, Organizations};
+use crate::domain::ids::PolicyId;
 use crate::domain::model::Plan;
 
-/// Moves `account` to the plan's OU (if it names one and the account is elsewhere), then
-/// attaches the plan's SCPs; both accept what is already done.
+/// Moves `account` to the plan's OU (if it names one and the account is elsewhere: the move
+/// looks first, so it is safe to run again), then attaches the plan's SCPs that `attached`
+/// does not hold yet, adding each to it once AWS accepted it. `attached` is first cut down to
+/// the plan's SCPs: an id from a message that the plan does not name counts for nothing.
 ///
 /// # Errors
-/// The first AWS call that fails.
+/// The first AWS call that fails; `attached` then holds what was attached before it.
 pub(super) async fn place<O: Organizations>(
     aws: &O,
     account: &AccountId,
     plan: &Plan,
+    attached: &mut BTreeSet<PolicyId>,
 ) -> AwsResult<()> {
+    attached.retain(|id| plan.service_control_policies.contains(id));
     if let Some(parent) = &plan.organizational_unit_id {
         let moved = aws.place_account(account, parent).await?;
         if moved {
@@ -23,7 +31,11 @@ pub(super) async fn place<O: Organizations>(
         }
     }
     for policy in &plan.service_control_policies {
+        if attached.contains(policy) {
+            continue;
+        }
         aws.attach_policy(policy, account).await?;
+        attached.insert(policy.clone());
         debug!(policy = %policy, "service control policy attached");
     }
     Ok(())
@@ -36,9 +48,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use crate::aws::fake::ScriptedOrganizations;
-
-    use crate::domain::model::Access;
+    use crate::aws::{AwsError, Retry};
+    use crate::domain::ids::PolicyId;
+    use crate::domain::model::{Access, Plan};
     use crate::domain::progress::Progress;
+    use crate::provision::ProvisionError;
     use crate::provision::fixtures::{
         calls_after_creation_into_an_ou, ou_plan, provision_plan, provision_root,
     };
@@ -80,7 +94,7 @@ mod tests {
         // Once the SCPs are attached, the placement is done too.
         let aws = ScriptedOrganizations::default();
         let progress = Progress {
-            policies_attached: true,
+            placed: true,
             ..progress
         };
         provision_plan(&aws, &plan, progress)
@@ -95,10 +109,70 @@ mod tests {
         let progress = Progress {
             create_request_id: Some("car-test".into()),
             account_id: Some("111122223333".into()),
-            policies_attached: true,
+            placed: true,
             ..Progress::default()
         };
         provision_root(&aws, progress).await.expect("provisioned");
         assert_eq!(aws.calls(), Vec::<String>::new());
+    }
+
+    fn scps(ids: &[&str]) -> Vec<PolicyId> {
+        ids.iter()
+            .map(|id| PolicyId::parse(id).expect("SCP id"))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_attaches_only_the_missing_scps() {
+        let plan = Plan {
+            service_control_policies: scps(&["p-aaaaaaaa", "p-bbbbbbbb", "p-cccccccc"]),
+            ..ou_plan(Access::RootUser)
+        };
+        // The first attempt: the second attach fails; the first is remembered.
+        let refused = AwsError {
+            retry: Retry::Transient,
+            operation: "AttachPolicy",
+            code: Some("ConcurrentModificationException".into()),
+            message: "busy".into(),
+        };
+        let aws = ScriptedOrganizations {
+            fail_attach_of: Some(("p-bbbbbbbb".into(), refused)),
+            ..ScriptedOrganizations::default()
+        };
+        let progress = Progress {
+            create_request_id: Some("car-test".into()),
+            account_id: Some("111122223333".into()),
+            ..Progress::default()
+        };
+        let err = provision_plan(&aws, &plan, progress).await;
+        let Err(ProvisionError::Aws { progress, .. }) = err else {
+            panic!("expected an AWS error, got {err:?}");
+        };
+        assert_eq!(
+            progress.policies_attached.iter().collect::<Vec<_>>(),
+            scps(&["p-aaaaaaaa"]).iter().collect::<Vec<_>>()
+        );
+        assert!(!progress.placed);
+
+        // The retry, with an id from the message that the plan does not name: ignored.
+        let mut resumed = progress;
+        resumed
+            .policies_attached
+            .insert(PolicyId::parse("p-zzzzzzzz").expect("id"));
+        let aws = ScriptedOrganizations {
+            parent: Arc::new(Mutex::new("ou-root-opco0001".into())),
+            ..ScriptedOrganizations::default()
+        };
+        provision_plan(&aws, &plan, resumed)
+            .await
+            .expect("provisioned");
+        assert_eq!(
+            aws.calls(),
+            [
+                "ListParents 111122223333",
+                "AttachPolicy p-bbbbbbbb 111122223333",
+                "AttachPolicy p-cccccccc 111122223333",
+            ]
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! A fault-injecting HTTP proxy in front of moto, for what moto cannot do: throttling a share of
-//! calls, answering `ConcurrentModificationException`, keeping `CreateAccount` IN_PROGRESS for
-//! some polls or some time before it ends SUCCEEDED or FAILED, delaying answers, and refusing
-//! every IAM call (as an SCP that denies IAM actions in a member account would: moto evaluates
-//! no SCP). It counts the creations in progress at once and records the roles assumed. The worker reaches it through `AWS_ENDPOINT_URL` (or the
-//! SDK config's endpoint), exactly as it would reach AWS.
+//! calls, answering `ConcurrentModificationException` (on every Organizations call or on chosen
+//! operations), keeping `CreateAccount` IN_PROGRESS for some polls or some time before it ends
+//! SUCCEEDED or FAILED, delaying answers, and refusing every IAM call (as an SCP that denies IAM
+//! actions in a member account would: moto evaluates no SCP). It counts the creations in
+//! progress at once and records the roles assumed and the login-profile calls. The worker
+//! reaches it through `AWS_ENDPOINT_URL` (or the SDK config's endpoint), exactly as it would
+//! reach AWS.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -53,6 +55,8 @@ pub struct Faults {
     pub throttle_share: f64,
     /// Share of Organizations calls answered `ConcurrentModificationException`, not forwarded.
     pub concurrent_modification_share: f64,
+    /// The Organizations operations that share applies to (e.g. `AttachPolicy`); empty: all.
+    pub concurrent_modification_operations: Vec<&'static str>,
     /// Added before every forwarded answer (the call is executed first, as a slow AWS would).
     pub delay: Duration,
     /// How `CreateAccount` behaves.
@@ -60,6 +64,8 @@ pub struct Faults {
     /// Answer every IAM call (the worker makes them only inside member accounts) with
     /// `AccessDenied`, not forwarded.
     pub deny_iam: bool,
+    /// Answer these IAM actions (e.g. `TagUser`) with `AccessDenied`, not forwarded.
+    pub deny_iam_actions: Vec<&'static str>,
 }
 
 impl Default for Faults {
@@ -67,9 +73,11 @@ impl Default for Faults {
         Self {
             throttle_share: 0.0,
             concurrent_modification_share: 0.0,
+            concurrent_modification_operations: Vec::new(),
             delay: Duration::ZERO,
             creation: Creation::Immediate,
             deny_iam: false,
+            deny_iam_actions: Vec::new(),
         }
     }
 }
@@ -94,6 +102,8 @@ pub struct Stats {
     pub create_options: Vec<(String, String)>,
     /// IAM calls answered `AccessDenied`, by action.
     pub denied_iam: Vec<String>,
+    /// Every `CreateLoginProfile` and `UpdateLoginProfile` received, by action, in order.
+    pub login_profile_calls: Vec<String>,
 }
 
 /// A scripted creation in progress.
@@ -349,13 +359,22 @@ impl State {
         };
         let (op, json) = operation(&parts, &body);
         let faults = lock(&self.faults).clone();
+        let conflicting = json
+            && (faults.concurrent_modification_operations.is_empty()
+                || faults
+                    .concurrent_modification_operations
+                    .contains(&op.as_str()));
         let (throttle, conflict) = {
             let mut rng = rand::rng();
             (
                 rng.random_bool(faults.throttle_share.clamp(0.0, 1.0)),
-                json && rng.random_bool(faults.concurrent_modification_share.clamp(0.0, 1.0)),
+                conflicting
+                    && rng.random_bool(faults.concurrent_modification_share.clamp(0.0, 1.0)),
             )
         };
+        if matches!(op.as_str(), "CreateLoginProfile" | "UpdateLoginProfile") {
+            lock(&self.book).stats.login_profile_calls.push(op.clone());
+        }
         {
             let mut book = lock(&self.book);
             book.stats.calls += 1;
@@ -393,7 +412,8 @@ impl State {
         {
             lock(&self.book).stats.assumed_roles.push(role);
         }
-        if faults.deny_iam && is_iam(&parts) {
+        let denied = faults.deny_iam || faults.deny_iam_actions.contains(&op.as_str());
+        if denied && is_iam(&parts) {
             lock(&self.book).stats.denied_iam.push(op.clone());
             return error(
                 false,

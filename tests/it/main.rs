@@ -6,6 +6,8 @@
 mod binary;
 mod check;
 mod connections;
+mod contention;
+mod credentials;
 mod deploy;
 mod disruptive;
 mod docs;

@@ -22,7 +22,7 @@ use crate::support::{
 };
 
 /// What one run of `replay` printed, and how it ended.
-struct Ran {
+pub(crate) struct Ran {
     code: Option<i32>,
     stdout: String,
     stderr: String,
@@ -45,7 +45,7 @@ impl Ran {
     }
 
     /// Asserts exit 0 and the summary line.
-    fn expect(&self, summary: &str) {
+    pub(crate) fn expect(&self, summary: &str) {
         assert_eq!(self.code, Some(0), "replay exits 0:\n{self}");
         assert_eq!(self.summary(), summary, "summary:\n{self}");
     }
@@ -84,18 +84,18 @@ async fn replay_with(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
     }
 }
 
-async fn replay(env: &TestEnv, args: &[&str]) -> Ran {
+pub(crate) async fn replay(env: &TestEnv, args: &[&str]) -> Ran {
     replay_with(&env.toml, args, &[]).await
 }
 
 /// A connection of the test's own, to put messages in queues and look at them.
-struct Queues {
+pub(crate) struct Queues {
     _connection: Connection,
-    channel: Channel,
+    pub(crate) channel: Channel,
 }
 
 impl Queues {
-    async fn open() -> Self {
+    pub(crate) async fn open() -> Self {
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .expect("RabbitMQ answers");
@@ -112,7 +112,13 @@ impl Queues {
 
     /// Puts `body` with `headers` into the DLQ as the worker would, through the dead-letter
     /// exchange; waits for the confirm only when `confirm`.
-    async fn dead_letter(&self, env: &TestEnv, body: &[u8], headers: FieldTable, confirm: bool) {
+    pub(crate) async fn dead_letter(
+        &self,
+        env: &TestEnv,
+        body: &[u8],
+        headers: FieldTable,
+        confirm: bool,
+    ) {
         let amqp = &env.settings.amqp;
         let publish = self
             .channel
@@ -182,7 +188,7 @@ impl Queues {
 }
 
 /// The §6 headers of a worker's dead letter.
-fn failure_headers(reason: &str, attempts: i64, replays: Option<i64>) -> FieldTable {
+pub(crate) fn failure_headers(reason: &str, attempts: i64, replays: Option<i64>) -> FieldTable {
     let mut headers = FieldTable::default();
     let text = |v: &str| AMQPValue::LongString(LongString::from(v));
     headers.insert("x-failure-reason".into(), text(reason));
