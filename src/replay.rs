@@ -209,14 +209,14 @@ pub fn replay_properties(original: &BasicProperties, replays: u32) -> BasicPrope
         }
     }
     headers::set_number(&mut table, REPLAY_COUNT, i64::from(replays) + 1);
-    original.clone().with_headers(table)
+    original.clone().with_headers(headers::budgeted(table))
 }
 
 /// `original` with the run's mark `pass` in its headers.
 fn marked(original: &BasicProperties, pass: &str) -> BasicProperties {
     let mut table = original.headers().clone().unwrap_or_default();
     headers::set_text(&mut table, PASS, pass);
-    original.clone().with_headers(table)
+    original.clone().with_headers(headers::budgeted(table))
 }
 
 /// The counts of one run: `replayed N, kept M, skipped K`.

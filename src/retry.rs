@@ -45,6 +45,8 @@ pub enum Reason {
     CreateInProgress,
     /// An AWS call got no answer (timeout, connection error).
     AwsUnreachable,
+    /// Settling the delivery (publishing its event, retry or dead letter) failed too often.
+    SettleFailed,
     /// AWS answered with this error code.
     Aws(String),
 }
@@ -66,6 +68,7 @@ impl Reason {
             Self::AccountNameInUse => "ACCOUNT_NAME_IN_USE",
             Self::CreateInProgress => "CREATE_IN_PROGRESS",
             Self::AwsUnreachable => "AWS_UNREACHABLE",
+            Self::SettleFailed => "SETTLE_FAILED",
             Self::Aws(code) => code,
         }
     }
@@ -305,6 +308,7 @@ mod tests {
             (Reason::AccountNameInUse, "ACCOUNT_NAME_IN_USE"),
             (Reason::CreateInProgress, "CREATE_IN_PROGRESS"),
             (Reason::AwsUnreachable, "AWS_UNREACHABLE"),
+            (Reason::SettleFailed, "SETTLE_FAILED"),
             (
                 Reason::Aws("TooManyRequestsException".into()),
                 "TooManyRequestsException",

@@ -1,6 +1,11 @@
 //! Settling a delivery, carried out: the [`Disposition`] that `settle` decided becomes
 //! publishes and an acknowledgement. Every path publishes with confirm first and acknowledges
-//! after, so a failure in between can duplicate a message but never lose one.
+//! after, so a failure in between can duplicate a message but never lose one. A settle that
+//! fails is counted and never loops hot: the delivery goes to a retry queue with a backoff, or
+//! at the limit to the DLQ with its event ([`after_settle_failure`]); only when even that fails
+//! is it held a while ([`crate::settle::hold`]) and handed back.
+
+use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use lapin::BasicProperties;
@@ -13,11 +18,14 @@ use super::headers;
 use super::publisher::{PublishError, Publisher};
 use super::topology::retry_queue;
 use crate::config::{AmqpSettings, RetrySettings};
+use crate::domain::bounded::capped;
 use crate::observability::Metrics;
 use crate::pipeline::{Failure, Outcome};
 use crate::report::Event;
 use crate::retry::{History, Reason};
-use crate::settle::{Disposition, disposition};
+use crate::settle::{
+    AfterSettleFailure, Disposition, Unsettled, after_settle_failure, disposition, hold,
+};
 
 /// What became of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +36,11 @@ pub enum Settled {
     Retrying,
     /// It is in the dead-letter queue.
     DeadLettered,
-    /// It went back to the broker unacknowledged, for another attempt.
+    /// It went back to the broker unacknowledged, for another attempt (or returns by itself,
+    /// its acknowledgement having failed).
     HandedBack,
+    /// It could not be settled: the caller holds it this long, then hands it back.
+    Unsettled(Duration),
 }
 
 /// What a settled delivery adds to the metrics.
@@ -40,15 +51,63 @@ enum Count {
     DeadLettered(Reason),
 }
 
-/// Why a delivery could not be settled; the caller hands it back to the broker.
+/// The step of settling that failed: the `stage` label of `settle_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Publishing the result event (`provisioned` or `failed`).
+    Event,
+    /// Publishing to a retry queue.
+    Retry,
+    /// Publishing to the dead-letter exchange.
+    DeadLetter,
+    /// Publishing the `dead-lettered` event, the message being in the DLQ already.
+    DeadLetteredEvent,
+    /// Acknowledging the delivery.
+    Ack,
+}
+
+impl Stage {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Retry => "retry",
+            Self::DeadLetter => "dead_letter",
+            Self::DeadLetteredEvent => "dead_lettered_event",
+            Self::Ack => "ack",
+        }
+    }
+}
+
+/// Why a delivery could not be settled.
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
     /// A publish was not confirmed.
-    #[error(transparent)]
-    Publish(#[from] PublishError),
+    #[error("{}: {source}", stage.as_str())]
+    Publish {
+        /// Which one.
+        stage: Stage,
+        /// Why.
+        source: PublishError,
+    },
     /// The acknowledgement failed (the delivery returns to the queue by itself).
     #[error("acknowledging failed: {0}")]
     Ack(lapin::Error),
+}
+
+impl SettleError {
+    /// The step that failed.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Self::Publish { stage, .. } => *stage,
+            Self::Ack(_) => Stage::Ack,
+        }
+    }
+}
+
+/// A failed publish at `stage`.
+fn at(stage: Stage) -> impl FnOnce(PublishError) -> SettleError {
+    move |source| SettleError::Publish { stage, source }
 }
 
 /// Publishes and acknowledges according to outcomes.
@@ -81,20 +140,100 @@ impl Settler {
     }
 
     /// Settles `delivery`, whose history is `history`, according to `outcome`: decides its
-    /// [`Disposition`] (a retry's jitter drawn here) and carries it out.
-    ///
-    /// # Errors
-    /// [`SettleError`] when a publish was not confirmed or the ack failed; the delivery is then
-    /// not acknowledged.
+    /// [`Disposition`] (a retry's jitter drawn here) and carries it out. When that fails, the
+    /// failure is counted and [`after_settle_failure`] decides what follows, carried out here
+    /// too; [`Settled::Unsettled`] when even that failed.
     pub async fn settle(
         &self,
         delivery: &Delivery,
         history: &History,
         outcome: Outcome,
-    ) -> Result<Settled, SettleError> {
+    ) -> Settled {
         let jitter = rand::rng().random_range(0.0..=1.0);
         let decided = disposition(outcome, history, &self.retry, jitter);
-        self.carry_out(delivery, history, decided).await
+        let unsettled = Unsettled::of(&decided, history);
+        match self.carry_out(delivery, history, decided).await {
+            Ok(settled) => settled,
+            Err(error) => {
+                self.settle_failed(delivery, history, unsettled, &error)
+                    .await
+            }
+        }
+    }
+
+    /// After `error`: counts it, then moves the delivery to a retry queue or the DLQ; a
+    /// delivery whose ack failed is left to the broker, which returns it.
+    async fn settle_failed(
+        &self,
+        delivery: &Delivery,
+        history: &History,
+        unsettled: Unsettled,
+        error: &SettleError,
+    ) -> Settled {
+        self.metrics.settle_failure(error.stage().as_str());
+        if let SettleError::Ack(e) = error {
+            error!(error = %e, "acknowledging failed: the broker returns the delivery once its channel closes");
+            return Settled::HandedBack;
+        }
+        warn!(%error, stage = error.stage().as_str(), "settling the delivery failed");
+        let counts = headers::settle_counts(delivery.properties.headers().as_ref());
+        let jitter = rand::rng().random_range(0.0..=1.0);
+        let next = after_settle_failure(
+            unsettled,
+            &error.to_string(),
+            counts,
+            &self.retry,
+            self.amqp.delivery_limit,
+            jitter,
+        );
+        match self.carry_out_after_failure(delivery, history, next).await {
+            Ok(settled) => settled,
+            Err(again) => {
+                self.metrics.settle_failure(again.stage().as_str());
+                if let SettleError::Ack(e) = again {
+                    error!(error = %e, "acknowledging failed: the broker returns the delivery once its channel closes");
+                    return Settled::HandedBack;
+                }
+                let hold = hold(counts);
+                error!(first = %error, error = %again, hold_ms = hold.as_millis(), "settling failed and so did moving the delivery: holding it, then handing it back");
+                Settled::Unsettled(hold)
+            }
+        }
+    }
+
+    /// Carries out what follows a failed settle: publishes, then acknowledges, then counts.
+    async fn carry_out_after_failure(
+        &self,
+        delivery: &Delivery,
+        history: &History,
+        next: AfterSettleFailure,
+    ) -> Result<Settled, SettleError> {
+        let (settled, count) = match next {
+            AfterSettleFailure::Retry {
+                failure,
+                attempts,
+                settle_failures,
+                queue_ms,
+                wait_ms,
+            } => {
+                let record = Record::new(history, &failure, attempts, Some(settle_failures));
+                self.schedule_retry(delivery, &record, queue_ms, wait_ms)
+                    .await?;
+                (Settled::Retrying, Count::Retried(failure.reason))
+            }
+            AfterSettleFailure::DeadLetter {
+                failure,
+                attempts,
+                settle_failures,
+                event,
+            } => {
+                let record = Record::new(history, &failure, attempts, Some(settle_failures));
+                self.dead_letter(delivery, &record, &event).await?;
+                (Settled::DeadLettered, Count::DeadLettered(failure.reason))
+            }
+        };
+        self.ack_and_count(delivery, count).await?;
+        Ok(settled)
     }
 
     /// Carries `disposition` out for `delivery`: publishes with confirm, then acknowledges
@@ -111,7 +250,7 @@ impl Settler {
     ) -> Result<Settled, SettleError> {
         let (settled, count) = match disposition {
             Disposition::Report(event) => {
-                self.publish_event(&event).await?;
+                self.publish_event(&event).await.map_err(at(Stage::Event))?;
                 let count = match event.failure_code() {
                     Some(code) => Count::Failed(code.to_owned()),
                     None => Count::Provisioned,
@@ -124,7 +263,8 @@ impl Settler {
                 queue_ms,
                 wait_ms,
             } => {
-                self.schedule_retry(delivery, history, &failure, attempts, queue_ms, wait_ms)
+                let record = Record::new(history, &failure, attempts, None);
+                self.schedule_retry(delivery, &record, queue_ms, wait_ms)
                     .await?;
                 (Settled::Retrying, Count::Retried(failure.reason))
             }
@@ -133,8 +273,8 @@ impl Settler {
                 attempts,
                 event,
             } => {
-                self.dead_letter(delivery, history, &failure, attempts, &event)
-                    .await?;
+                let record = Record::new(history, &failure, attempts, None);
+                self.dead_letter(delivery, &record, &event).await?;
                 (Settled::DeadLettered, Count::DeadLettered(failure.reason))
             }
             Disposition::HandBack(why) => {
@@ -147,6 +287,12 @@ impl Settler {
                 return Ok(Settled::HandedBack);
             }
         };
+        self.ack_and_count(delivery, count).await?;
+        Ok(settled)
+    }
+
+    /// Acknowledges `delivery`, then counts it.
+    async fn ack_and_count(&self, delivery: &Delivery, count: Count) -> Result<(), SettleError> {
         delivery
             .ack(BasicAckOptions::default())
             .await
@@ -157,7 +303,7 @@ impl Settler {
             Count::Retried(reason) => self.metrics.retried(reason.as_str()),
             Count::DeadLettered(reason) => self.metrics.dead_lettered(reason.as_str()),
         }
-        Ok(settled)
+        Ok(())
     }
 
     async fn publish_event(&self, event: &Event) -> Result<(), PublishError> {
@@ -175,25 +321,26 @@ impl Settler {
     }
 
     /// The original message's properties (content type, ids) and headers, plus the failure
-    /// record and the progress.
-    fn failed_properties(
-        delivery: &Delivery,
-        history: &History,
-        failure: &Failure,
-        attempts: u32,
-    ) -> BasicProperties {
+    /// record and the progress, within the header budget (headers over it are dropped, with a
+    /// warning).
+    fn failed_properties(delivery: &Delivery, record: &Record<'_>) -> BasicProperties {
         let mut table = delivery.properties.headers().clone().unwrap_or_default();
         let at = now();
-        headers::set_number(&mut table, headers::ATTEMPTS, i64::from(attempts));
+        let failure = record.failure;
+        headers::set_number(&mut table, headers::ATTEMPTS, i64::from(record.attempts));
         headers::set_text(&mut table, headers::FAILURE_REASON, failure.reason.as_str());
         headers::set_text(&mut table, headers::FAILURE_MESSAGE, &failure.message);
         headers::set_text(
             &mut table,
             headers::FIRST_FAILED_AT,
-            history.first_failed_at.as_deref().unwrap_or(&at),
+            record.history.first_failed_at.as_deref().unwrap_or(&at),
         );
         headers::set_text(&mut table, headers::LAST_FAILED_AT, &at);
+        if let Some(count) = record.settle_failures {
+            headers::set_number(&mut table, headers::SETTLE_FAILURES, i64::from(count));
+        }
         headers::set_progress(&mut table, &failure.progress);
+        let table = headers::budgeted(table);
         let original = &delivery.properties;
         let mut properties = BasicProperties::default().with_headers(table);
         if let Some(content_type) = original.content_type() {
@@ -211,32 +358,34 @@ impl Settler {
     async fn schedule_retry(
         &self,
         delivery: &Delivery,
-        history: &History,
-        failure: &Failure,
-        attempts: u32,
+        record: &Record<'_>,
         queue_delay: u64,
         wait: u64,
     ) -> Result<(), SettleError> {
         // The message expires after `wait`; the queue's own TTL (`queue_delay`) caps it.
-        let properties = Self::failed_properties(delivery, history, failure, attempts)
-            .with_expiration(wait.to_string().into());
+        let properties =
+            Self::failed_properties(delivery, record).with_expiration(wait.to_string().into());
         let queue = retry_queue(&self.amqp, queue_delay);
         self.publisher
             .publish("", &queue, &delivery.data, properties)
-            .await?;
-        warn!(attempts, wait_ms = wait, reason = %failure.reason, "order scheduled for retry");
+            .await
+            .map_err(at(Stage::Retry))?;
+        let failure = record.failure;
+        warn!(attempts = record.attempts, settle_failures = record.settle_failures, wait_ms = wait, reason = %failure.reason, "order scheduled for retry");
         Ok(())
     }
 
+    /// Publishes the message to the DLQ, then its event. Once the message is in the DLQ (its
+    /// reason in its headers) the event is best effort: a refused event is logged and counted
+    /// (`settle_failures_total{stage="dead_lettered_event"}`), not retried, since retrying would
+    /// put the message in the DLQ twice.
     async fn dead_letter(
         &self,
         delivery: &Delivery,
-        history: &History,
-        failure: &Failure,
-        attempts: u32,
+        record: &Record<'_>,
         event: &Event,
     ) -> Result<(), SettleError> {
-        let properties = Self::failed_properties(delivery, history, failure, attempts);
+        let properties = Self::failed_properties(delivery, record);
         self.publisher
             .publish(
                 &self.amqp.dead_letter_exchange,
@@ -244,9 +393,41 @@ impl Settler {
                 &delivery.data,
                 properties,
             )
-            .await?;
-        warn!(attempts, reason = %failure.reason, message = %failure.message, "order dead-lettered");
-        self.publish_event(event).await?;
+            .await
+            .map_err(at(Stage::DeadLetter))?;
+        let failure = record.failure;
+        warn!(attempts = record.attempts, reason = %failure.reason, message = %capped(&failure.message), "order dead-lettered");
+        if let Err(e) = self.publish_event(event).await {
+            self.metrics
+                .settle_failure(Stage::DeadLetteredEvent.as_str());
+            error!(error = %e, reason = %failure.reason, "the dead-lettered event was not published; the message is in the DLQ with its reason");
+        }
         Ok(())
+    }
+}
+
+/// The failure record a published-again message carries.
+struct Record<'a> {
+    history: &'a History,
+    failure: &'a Failure,
+    /// `x-attempts`.
+    attempts: u32,
+    /// `x-settle-failures`, when a settle failure sends the message.
+    settle_failures: Option<u32>,
+}
+
+impl<'a> Record<'a> {
+    fn new(
+        history: &'a History,
+        failure: &'a Failure,
+        attempts: u32,
+        settle_failures: Option<u32>,
+    ) -> Self {
+        Self {
+            history,
+            failure,
+            attempts,
+            settle_failures,
+        }
     }
 }
