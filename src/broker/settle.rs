@@ -90,16 +90,27 @@ pub enum SettleError {
         /// Why.
         source: PublishError,
     },
+    /// A publish got no confirm within [`CONFIRM_TIMEOUT`] (a quorum queue without a majority
+    /// confirms nothing); it may still be confirmed later, so the retry may duplicate it.
+    #[error("{}: no confirm within {} s", stage.as_str(), CONFIRM_TIMEOUT.as_secs())]
+    Unconfirmed {
+        /// Which one.
+        stage: Stage,
+    },
     /// The acknowledgement failed (the delivery returns to the queue by itself).
     #[error("acknowledging failed: {0}")]
     Ack(lapin::Error),
 }
 
+/// How long a publish of settling waits for the broker's confirm before it counts as a settle
+/// failure: a delivery must not wait for ever on a broker that confirms nothing.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl SettleError {
     /// The step that failed.
     pub fn stage(&self) -> Stage {
         match self {
-            Self::Publish { stage, .. } => *stage,
+            Self::Publish { stage, .. } | Self::Unconfirmed { stage } => *stage,
             Self::Ack(_) => Stage::Ack,
         }
     }
@@ -250,7 +261,7 @@ impl Settler {
     ) -> Result<Settled, SettleError> {
         let (settled, count) = match disposition {
             Disposition::Report(event) => {
-                self.publish_event(&event).await.map_err(at(Stage::Event))?;
+                self.publish_event(Stage::Event, &event).await?;
                 let count = match event.failure_code() {
                     Some(code) => Count::Failed(code.to_owned()),
                     None => Count::Provisioned,
@@ -306,17 +317,31 @@ impl Settler {
         Ok(())
     }
 
-    async fn publish_event(&self, event: &Event) -> Result<(), PublishError> {
+    /// Publishes with confirm as `stage` of settling, waiting at most [`CONFIRM_TIMEOUT`] for the
+    /// confirm.
+    async fn publish(
+        &self,
+        stage: Stage,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), SettleError> {
+        let publish = self
+            .publisher
+            .publish(exchange, routing_key, body, properties);
+        match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+            Ok(published) => published.map_err(at(stage)),
+            Err(_) => Err(SettleError::Unconfirmed { stage }),
+        }
+    }
+
+    async fn publish_event(&self, stage: Stage, event: &Event) -> Result<(), SettleError> {
         let properties = BasicProperties::default().with_content_type("application/json".into());
-        self.publisher
-            .publish(
-                &self.amqp.results_exchange,
-                event.name(),
-                &event.body(),
-                properties,
-            )
+        let (exchange, name) = (&self.amqp.results_exchange, event.name());
+        self.publish(stage, exchange, name, &event.body(), properties)
             .await?;
-        info!(event = event.name(), "result event published");
+        info!(event = name, "result event published");
         Ok(())
     }
 
@@ -366,10 +391,8 @@ impl Settler {
         let properties =
             Self::failed_properties(delivery, record).with_expiration(wait.to_string().into());
         let queue = retry_queue(&self.amqp, queue_delay);
-        self.publisher
-            .publish("", &queue, &delivery.data, properties)
-            .await
-            .map_err(at(Stage::Retry))?;
+        self.publish(Stage::Retry, "", &queue, &delivery.data, properties)
+            .await?;
         let failure = record.failure;
         warn!(attempts = record.attempts, settle_failures = record.settle_failures, wait_ms = wait, reason = %failure.reason, "order scheduled for retry");
         Ok(())
@@ -386,20 +409,20 @@ impl Settler {
         event: &Event,
     ) -> Result<(), SettleError> {
         let properties = Self::failed_properties(delivery, record);
-        self.publisher
-            .publish(
-                &self.amqp.dead_letter_exchange,
-                &self.amqp.orders_routing_key,
-                &delivery.data,
-                properties,
-            )
-            .await
-            .map_err(at(Stage::DeadLetter))?;
+        let amqp = &self.amqp;
+        let (exchange, routing_key) = (&amqp.dead_letter_exchange, &amqp.orders_routing_key);
+        self.publish(
+            Stage::DeadLetter,
+            exchange,
+            routing_key,
+            &delivery.data,
+            properties,
+        )
+        .await?;
         let failure = record.failure;
         warn!(attempts = record.attempts, reason = %failure.reason, message = %capped(&failure.message), "order dead-lettered");
-        if let Err(e) = self.publish_event(event).await {
-            self.metrics
-                .settle_failure(Stage::DeadLetteredEvent.as_str());
+        if let Err(e) = self.publish_event(Stage::DeadLetteredEvent, event).await {
+            self.metrics.settle_failure(e.stage().as_str());
             error!(error = %e, reason = %failure.reason, "the dead-lettered event was not published; the message is in the DLQ with its reason");
         }
         Ok(())
