@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use rand::RngExt;
 use tracing::{error, info, warn};
 
@@ -36,10 +36,10 @@ pub enum Settled {
     Retrying,
     /// It is in the dead-letter queue.
     DeadLettered,
-    /// It went back to the broker unacknowledged, for another attempt (or returns by itself,
-    /// its acknowledgement having failed).
+    /// Its acknowledgement failed: it returns to the broker by itself, for another attempt.
     HandedBack,
-    /// It could not be settled: the caller holds it this long, then hands it back.
+    /// It could not be settled, or the trip could not be carried out (`Disposition::HandBack`):
+    /// the caller holds it this long, then hands it back.
     Unsettled(Duration),
 }
 
@@ -289,13 +289,10 @@ impl Settler {
                 (Settled::DeadLettered, Count::DeadLettered(failure.reason))
             }
             Disposition::HandBack(why) => {
+                // Not at once: a cause that lasts (the locks unreachable, a panic) would loop.
+                let counts = headers::settle_counts(delivery.properties.headers().as_ref());
                 error!(reason = %why, "delivery not processed: handing it back to the broker");
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                delivery.nack(requeue).await.map_err(SettleError::Ack)?;
-                return Ok(Settled::HandedBack);
+                return Ok(Settled::Unsettled(hold(counts)));
             }
         };
         self.ack_and_count(delivery, count).await?;

@@ -195,8 +195,8 @@ async fn a_200_kb_field_or_a_huge_header_is_dead_lettered_small_and_the_connecti
 }
 
 /// A classic queue that refuses every message (`x-max-length` 0, `reject-publish`), bound to
-/// every event: while it is bound, every results publish is nacked.
-async fn refuse_events(env: &TestEnv, channel: &Channel, queue: &str) {
+/// the events of `routing_key`: while it is bound, every publish of one is nacked.
+async fn refuse_events(env: &TestEnv, channel: &Channel, queue: &str, routing_key: &str) {
     let mut arguments = FieldTable::default();
     arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
     arguments.insert(
@@ -207,15 +207,15 @@ async fn refuse_events(env: &TestEnv, channel: &Channel, queue: &str) {
         .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
         .await
         .expect("refusing queue");
-    bind_events(env, channel, queue).await;
+    bind_events(env, channel, queue, routing_key).await;
 }
 
-async fn bind_events(env: &TestEnv, channel: &Channel, queue: &str) {
+async fn bind_events(env: &TestEnv, channel: &Channel, queue: &str, routing_key: &str) {
     channel
         .queue_bind(
             queue.into(),
             env.settings.amqp.results_exchange.as_str().into(),
-            "#".into(),
+            routing_key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -269,7 +269,7 @@ async fn a_results_exchange_refusing_for_30_s_loses_no_order_and_loops_nothing_h
         )
         .await
         .expect("unbind the events queue");
-    refuse_events(&env, &channel, &refusing).await;
+    refuse_events(&env, &channel, &refusing, "#").await;
     let worker = env.spawn_worker().await;
     let refused_at = tokio::time::Instant::now();
 
@@ -283,7 +283,7 @@ async fn a_results_exchange_refusing_for_30_s_loses_no_order_and_loops_nothing_h
     let during = worker.get("/metrics").await.1;
 
     // Accepting again.
-    bind_events(&env, &channel, &events_queue(&env)).await;
+    bind_events(&env, &channel, &events_queue(&env), "#").await;
     channel
         .queue_delete(refusing.as_str().into(), QueueDeleteOptions::default())
         .await
@@ -324,6 +324,68 @@ async fn a_results_exchange_refusing_for_30_s_loses_no_order_and_loops_nothing_h
         metric(&after, "aws_account_worker_broker_connections_lost_total"),
         0.0
     );
+    let _ = connection.close(200, "done".into()).await;
+    env.finish(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settle_failures_end_in_the_dlq_with_their_event_before_the_delivery_limit() {
+    let mut env = TestEnv::fast("[retry]\ninitial_delay_ms = 200\nmax_delay_ms = 400").await;
+    // Settle failures end at delivery_limit - 2 = 2: one retry, then the DLQ.
+    env.settings.amqp.delivery_limit = 4;
+    let (connection, channel) = confirming().await;
+    // Provisioned events are refused for good; the dead-lettered event goes through.
+    let refusing = format!("{}.refusing", events_queue(&env));
+    refuse_events(&env, &channel, &refusing, "aws.account.provisioned").await;
+    let worker = env.spawn_worker().await;
+    let order = root_order();
+    env.publish_json(&order).await;
+
+    let dead_lettered = loop {
+        let event = env.next_event().await;
+        if event["event"] == "aws.account.dead-lettered" {
+            break event;
+        }
+        // The provisioned events the test's own queue took while the refusing one said no.
+        assert_eq!(event["event"], "aws.account.provisioned", "{event}");
+    };
+    assert_eq!(dead_lettered["reason"], "SETTLE_FAILED");
+    assert_eq!(dead_lettered["request_id"], order["id"]);
+    assert_eq!(
+        dead_lettered["attempts"], 0,
+        "a settle failure is not an order attempt"
+    );
+    let dlq = env.drain_dlq().await;
+    assert_eq!(dlq.len(), 1, "in the DLQ once");
+    let headers = &dlq[0].0;
+    assert_eq!(
+        header_text(headers, "x-failure-reason").as_deref(),
+        Some("SETTLE_FAILED")
+    );
+    assert_eq!(
+        header_text(headers, "x-settle-failures").as_deref(),
+        Some("2")
+    );
+    assert!(header_text(headers, "x-failure-message").is_some_and(|m| m.contains("nacked")));
+    let text = metrics_once(&worker, |text| {
+        metric(
+            text,
+            "aws_account_worker_orders_dead_lettered_total{code=\"SETTLE_FAILED\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &text,
+            "aws_account_worker_settle_failures_total{stage=\"event\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    channel
+        .queue_delete(refusing.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the refusing queue");
     let _ = connection.close(200, "done".into()).await;
     env.finish(worker).await;
 }
