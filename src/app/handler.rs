@@ -71,13 +71,13 @@ impl<O: Organizations, L: OrderLocks, S: CreationSlots> Handler<'_, O, L, S> {
                     .unwrap_or_else(|_| {
                         error!("settling panicked");
                         let counts = headers::settle_counts(delivery.properties.headers().as_ref());
-                        Settled::Unsettled(crate::settle::hold(counts))
+                        Settled::HandBackAfter(crate::settle::hold(counts))
                     });
                 if let Some(lock) = lock {
                     lock.release().await;
                 }
                 match settled {
-                    Settled::Unsettled(hold) => hand_back_after(&delivery, hold).await,
+                    Settled::HandBackAfter(hold) => hand_back_after(&delivery, hold).await,
                     settled => info!(?settled, "delivery settled"),
                 }
             }

@@ -40,7 +40,7 @@ pub enum Settled {
     HandedBack,
     /// It could not be settled, or the trip could not be carried out (`Disposition::HandBack`):
     /// the caller holds it this long, then hands it back.
-    Unsettled(Duration),
+    HandBackAfter(Duration),
 }
 
 /// What a settled delivery adds to the metrics.
@@ -153,7 +153,7 @@ impl Settler {
     /// Settles `delivery`, whose history is `history`, according to `outcome`: decides its
     /// [`Disposition`] (a retry's jitter drawn here) and carries it out. When that fails, the
     /// failure is counted and [`after_settle_failure`] decides what follows, carried out here
-    /// too; [`Settled::Unsettled`] when even that failed.
+    /// too; [`Settled::HandBackAfter`] when even that failed.
     pub async fn settle(
         &self,
         delivery: &Delivery,
@@ -207,7 +207,7 @@ impl Settler {
                 }
                 let hold = hold(counts);
                 error!(first = %error, error = %again, hold_ms = hold.as_millis(), "settling failed and so did moving the delivery: holding it, then handing it back");
-                Settled::Unsettled(hold)
+                Settled::HandBackAfter(hold)
             }
         }
     }
@@ -292,7 +292,7 @@ impl Settler {
                 // Not at once: a cause that lasts (the locks unreachable, a panic) would loop.
                 let counts = headers::settle_counts(delivery.properties.headers().as_ref());
                 error!(reason = %why, "delivery not processed: handing it back to the broker");
-                return Ok(Settled::Unsettled(hold(counts)));
+                return Ok(Settled::HandBackAfter(hold(counts)));
             }
         };
         self.ack_and_count(delivery, count).await?;
