@@ -223,7 +223,33 @@ pub struct ManagementEndpoint {
     pub vhost: String,
 }
 
+/// The longest queue name AMQP allows: a short string, 255 bytes.
+pub const QUEUE_NAME_MAX_BYTES: usize = 255;
+
+/// The longest key an order lock is taken on: an account email (AWS allows 64 bytes) or an
+/// asset id (a Connect id, at most 64 bytes as `domain::ids` parses it). Lock queues are
+/// `<orders_queue>.busy.<key>`.
+pub const LOCK_KEY_MAX_BYTES: usize = 64;
+
 impl AmqpSettings {
+    /// The name of the queue where orders wait `delay_ms` before their next attempt:
+    /// `<retry_queue_prefix>.<delay>ms`.
+    pub fn retry_queue(&self, delay_ms: u64) -> String {
+        format!("{}.{delay_ms}ms", self.retry_queue_prefix)
+    }
+
+    /// The prefix of the order locks' queues, `<orders_queue>.busy` (a lock's queue is
+    /// `<prefix>.<key>`).
+    pub fn lock_prefix(&self) -> String {
+        format!("{}.busy", self.orders_queue)
+    }
+
+    /// The prefix of the creation slots' queues, `<orders_queue>.slot` (a slot's queue is
+    /// `<prefix>.<payer>.<i>`).
+    pub fn slot_prefix(&self) -> String {
+        format!("{}.slot", self.orders_queue)
+    }
+
     /// The management API of `amqp.management_url`, or, when it is empty,
     /// `http://<amqp.url host>:15672`; signed in as the user of the management URL if it names
     /// one, else the user of `amqp.url`.
@@ -367,6 +393,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_amqp()?;
         self.validate_retry()?;
+        self.validate_queue_names()?;
         self.validate_aws()?;
         self.validate_call_limits()?;
         SocketAddr::from_str(&self.observability.listen)
@@ -374,7 +401,8 @@ impl Settings {
         self.validate_business_model()
     }
 
-    /// `[amqp]`: a URL, names of 1 to 200 characters, the limits in their ranges.
+    /// `[amqp]`: a URL, names of 1 to 255 bytes (AMQP's bound; the names composed from them are
+    /// checked apart), the limits in their ranges.
     fn validate_amqp(&self) -> Result<(), ConfigError> {
         let amqp = &self.amqp;
         lapin::uri::AMQPUri::from_str(amqp.url.expose_secret()).map_err(|_| {
@@ -394,10 +422,10 @@ impl Settings {
             ("unrouted_exchange", &amqp.unrouted_exchange),
             ("unrouted_queue", &amqp.unrouted_queue),
         ] {
-            if name.trim().is_empty() || name.len() > 200 {
+            if name.trim().is_empty() || name.len() > QUEUE_NAME_MAX_BYTES {
                 return Err(invalid(
                     format!("amqp.{key}"),
-                    "must be a name of 1 to 200 characters",
+                    format!("must be a name of 1 to {QUEUE_NAME_MAX_BYTES} bytes"),
                 ));
             }
         }
@@ -447,6 +475,51 @@ impl Settings {
                 "retry.max_replays",
                 "must be at least 1 (0 would keep every dead letter from replay)",
             ));
+        }
+        Ok(())
+    }
+
+    /// The queue names the worker composes (retry queues, order locks, creation slots) within
+    /// AMQP's 255 bytes, for the longest delay, lock key and slot index they can take; a name
+    /// over it names the key that makes it.
+    fn validate_queue_names(&self) -> Result<(), ConfigError> {
+        let amqp = &self.amqp;
+        let retry = &self.retry;
+        let longest_delay = retry
+            .max_delay_ms
+            .max(retry.redelivered_create_delay_ms)
+            .max(retry.initial_delay_ms);
+        let lock_key = "k".repeat(LOCK_KEY_MAX_BYTES);
+        let last_slot = self.aws.max_concurrent_creations.saturating_sub(1);
+        let mut composed = vec![
+            (
+                "amqp.retry_queue_prefix",
+                "a retry queue",
+                amqp.retry_queue(longest_delay),
+            ),
+            (
+                "amqp.orders_queue",
+                "an order lock's queue",
+                format!("{}.{lock_key}", amqp.lock_prefix()),
+            ),
+        ];
+        for payer in self.payers.keys() {
+            composed.push((
+                "amqp.orders_queue",
+                "a creation slot's queue",
+                format!("{}.{payer}.{last_slot}", amqp.slot_prefix()),
+            ));
+        }
+        for (key, what, name) in composed {
+            if name.len() > QUEUE_NAME_MAX_BYTES {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "too long: {what} would be named `{name}`, {} bytes, over AMQP's {QUEUE_NAME_MAX_BYTES}",
+                        name.len()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -665,6 +738,32 @@ mod tests {
         assert_eq!(settings.retry.max_attempts, 8);
         assert_eq!(settings.aws.max_concurrent_creations, 5);
         assert_eq!(settings.business_model.payer.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn composed_queue_names_fit_in_255_bytes_or_name_their_key() {
+        let long = |n: usize| "q".repeat(n);
+        // Each base name is within AMQP's 255 bytes; what is composed from it is not.
+        #[rustfmt::skip]
+        let cases = [
+            // `.busy.` and a 64-byte lock key after 190 bytes: 260.
+            (format!("[amqp]\norders_queue = \"{}\"", long(190)), "amqp.orders_queue", "an order lock's queue"),
+            // `.300000ms` after 250 bytes.
+            (format!("[amqp]\nretry_queue_prefix = \"{}\"", long(250)), "amqp.retry_queue_prefix", "a retry queue"),
+            // A long payer name in a slot's queue.
+            (format!("[payers.{}]", long(240)), "amqp.orders_queue", "a creation slot's queue"),
+        ];
+        for (toml, key, what) in cases {
+            let err = error_of(&toml);
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+            assert!(err.contains(what) && err.contains("255"), "{err}");
+        }
+        // The longest names that fit: 255 bytes exactly.
+        let fits = format!(
+            "[amqp]\norders_queue = \"{}\"",
+            long(255 - ".busy.".len() - 64)
+        );
+        Settings::from_toml(&format!("{VALID}\n{fits}")).expect("a lock queue of 255 bytes");
     }
 
     #[test]

@@ -56,6 +56,12 @@ struct Build {
     version: String,
 }
 
+/// Labels of a settle failure: the step that failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Stage {
+    stage: String,
+}
+
 /// Labels of a per-payer gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Payer {
@@ -75,6 +81,8 @@ pub struct Metrics {
     failed: Family<Code, Counter>,
     retried: Family<Code, Counter>,
     dead_lettered: Family<Code, Counter>,
+    settle_failures: Family<Stage, Counter>,
+    connections_lost: Counter,
     in_flight: Gauge,
     aws_calls: Family<Call, Counter>,
     after_confirm_failed: Family<Step, Counter>,
@@ -112,6 +120,8 @@ impl Metrics {
             failed: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
+            settle_failures: Family::default(),
+            connections_lost: Counter::default(),
             in_flight: Gauge::default(),
             aws_calls: Family::default(),
             after_confirm_failed: Family::default(),
@@ -143,6 +153,16 @@ impl Metrics {
             "orders_dead_lettered",
             "Orders dead-lettered, by reason",
             metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "settle_failures",
+            "Failures to settle a delivery, by the step that failed (event, retry, dead_letter, dead_lettered_event, ack)",
+            metrics.settle_failures.clone(),
+        );
+        registry.register(
+            "broker_connections_lost",
+            "Times the orders connection was lost while consuming (the worker then reconnects)",
+            metrics.connections_lost.clone(),
         );
         registry.register(
             "orders_in_flight",
@@ -252,6 +272,19 @@ impl Metrics {
     /// An order was dead-lettered for `reason`.
     pub fn dead_lettered(&self, reason: &str) {
         self.dead_lettered.get_or_create(&label(reason)).inc();
+    }
+
+    /// Settling a delivery failed at `stage`.
+    pub fn settle_failure(&self, stage: &str) {
+        let labels = Stage {
+            stage: stage.to_owned(),
+        };
+        self.settle_failures.get_or_create(&labels).inc();
+    }
+
+    /// The orders connection was lost while consuming.
+    pub fn connection_lost(&self) {
+        self.connections_lost.inc();
     }
 
     /// An AWS call ended.

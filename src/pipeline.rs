@@ -10,6 +10,7 @@ use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::aws::{AccountId, Organizations, Retry};
 use crate::config::Settings;
+use crate::domain::bounded::capped;
 use crate::domain::model::{Plan, Rules};
 use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
 use crate::domain::outcome::Rejection;
@@ -159,10 +160,13 @@ impl<O: Organizations> Pipeline<O> {
         let (request, resolved) = match resolve_body(&self.rules, body) {
             Resolution::Malformed(malformed) => {
                 let reason = Reason::from(&malformed.error);
-                warn!(%reason, error = %malformed.error, "malformed order");
+                // The error quotes input only capped; the cap here bounds the line whatever
+                // the error becomes.
+                let message = capped(&malformed.error.to_string()).into_owned();
+                warn!(%reason, error = %message, "malformed order");
                 let failure = Failure {
                     reason,
-                    message: malformed.error.to_string(),
+                    message,
                     ids: malformed.ids,
                     progress: Progress::default(),
                 };

@@ -43,14 +43,15 @@ const FIRST_DEATH_REASON: &str = "x-first-death-reason";
 const EXPIRED: &str = "expired";
 
 /// Headers a replayed message does not carry on: the failure record of the attempts that led to
-/// the DLQ (the replay starts them afresh), its first delivery (a replay gives the order a fresh
-/// age), RabbitMQ's dead-letter and delivery records, and the `x-last-death-*` headers of
-/// RabbitMQ 3.13 and later.
-const DROPPED_ON_REPLAY: [&str; 17] = [
+/// the DLQ (the replay starts them afresh, settle failures included), its first delivery (a
+/// replay gives the order a fresh age), RabbitMQ's dead-letter and delivery records, and the
+/// `x-last-death-*` headers of RabbitMQ 3.13 and later.
+const DROPPED_ON_REPLAY: [&str; 18] = [
     PASS,
     headers::ATTEMPTS,
     headers::WAITS,
     headers::FIRST_DELIVERED_AT,
+    headers::SETTLE_FAILURES,
     headers::FAILURE_REASON,
     headers::FAILURE_MESSAGE,
     headers::FIRST_FAILED_AT,
@@ -212,14 +213,14 @@ pub fn replay_properties(original: &BasicProperties, replays: u32) -> BasicPrope
         }
     }
     headers::set_number(&mut table, REPLAY_COUNT, i64::from(replays) + 1);
-    original.clone().with_headers(table)
+    original.clone().with_headers(headers::budgeted(table))
 }
 
 /// `original` with the run's mark `pass` in its headers.
 fn marked(original: &BasicProperties, pass: &str) -> BasicProperties {
     let mut table = original.headers().clone().unwrap_or_default();
     headers::set_text(&mut table, PASS, pass);
-    original.clone().with_headers(table)
+    original.clone().with_headers(headers::budgeted(table))
 }
 
 /// The counts of one run: `replayed N, kept M, skipped K`.
@@ -648,6 +649,25 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_or_kept_message_keeps_its_headers_within_the_budget() {
+        // RabbitMQ dead-letters a message by itself (delivery limit) with its sender's headers,
+        // however large: published again whole, it could overflow a frame.
+        let original = BasicProperties::default().with_headers(table(&[
+            ("x-huge", text(&"h".repeat(120 * 1024))),
+            ("x-custom", text("kept")),
+            ("x-create-request-id", text("car-1")),
+        ]));
+        for properties in [replay_properties(&original, 0), marked(&original, "pass-1")] {
+            let headers = properties.headers().clone().expect("headers");
+            assert!(headers::encoded_len(&headers) <= headers::HEADERS_BUDGET_BYTES);
+            assert!(!headers.contains_key("x-huge"));
+            assert!(
+                headers.contains_key("x-custom") && headers.contains_key("x-create-request-id")
+            );
+        }
+    }
+
+    #[test]
     fn a_replayed_message_starts_afresh_and_keeps_its_progress() {
         let original = BasicProperties::default()
             .with_content_type("application/json".into())
@@ -672,6 +692,7 @@ mod tests {
                 ("x-first-death-exchange", text("")),
                 ("x-delivery-count", AMQPValue::LongLongInt(3)),
                 ("x-replay-count", AMQPValue::ShortShortUInt(2)),
+                ("x-settle-failures", AMQPValue::LongLongInt(18)),
                 ("x-custom", text("kept")),
             ]));
         let replayed = replay_properties(&original, 2);

@@ -47,6 +47,8 @@ pub enum Reason {
     AwsUnreachable,
     /// The order was still not done `retry.max_order_age_seconds` after its first delivery.
     OrderTooOld,
+    /// Settling the delivery (publishing its event, retry or dead letter) failed too often.
+    SettleFailed,
     /// AWS answered with this error code.
     Aws(String),
 }
@@ -69,6 +71,7 @@ impl Reason {
             Self::CreateInProgress => "CREATE_IN_PROGRESS",
             Self::AwsUnreachable => "AWS_UNREACHABLE",
             Self::OrderTooOld => "ORDER_TOO_OLD",
+            Self::SettleFailed => "SETTLE_FAILED",
             Self::Aws(code) => code,
         }
     }
@@ -398,6 +401,7 @@ mod tests {
             (Reason::CreateInProgress, "CREATE_IN_PROGRESS"),
             (Reason::AwsUnreachable, "AWS_UNREACHABLE"),
             (Reason::OrderTooOld, "ORDER_TOO_OLD"),
+            (Reason::SettleFailed, "SETTLE_FAILED"),
             (
                 Reason::Aws("TooManyRequestsException".into()),
                 "TooManyRequestsException",

@@ -1,10 +1,14 @@
 //! Settling, decided: what becomes of a delivery is a pure function of its [`Outcome`], its
 //! [`History`] and the retry settings. The broker side (`broker::settle`) only carries the
-//! [`Disposition`] out: it publishes with confirm, then acknowledges.
+//! [`Disposition`] out: it publishes with confirm, then acknowledges. When that fails (a
+//! results publish refused, the broker busy), [`after_settle_failure`] decides what follows:
+//! a retry queue with a backoff, or the dead-letter queue before the broker's delivery limit.
 
 use std::time::Duration;
 
 use crate::config::RetrySettings;
+use crate::domain::order::PartialIds;
+use crate::domain::progress::Progress;
 use crate::pipeline::{Failure, Outcome};
 use crate::report::{self, Event};
 use crate::retry::{self, History, Reason};
@@ -129,6 +133,161 @@ fn dead_letter(failure: Failure, attempts: u32) -> Disposition {
         attempts,
         event,
     }
+}
+
+/// What a delivery's headers say about earlier failures to settle it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SettleCounts {
+    /// `x-settle-failures`: failed settles that sent it through a retry queue.
+    pub settle_failures: u32,
+    /// `x-delivery-count`: how often the broker delivered this copy again (a settle handed
+    /// back, a crash, a lost connection); each brings the broker's delivery limit nearer.
+    pub delivery_count: u32,
+}
+
+/// What a delivery whose settling failed carries on, taken from its [`Disposition`] before
+/// that was carried out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unsettled {
+    /// The order's identifying fields, for the dead-lettered event.
+    pub ids: PartialIds,
+    /// What provisioning achieved, to resume from.
+    pub progress: Progress,
+    /// `x-attempts` to carry: a settle failure is not an order attempt.
+    pub attempts: u32,
+}
+
+impl Unsettled {
+    /// What `disposition`, decided for a delivery of `history`, leaves to carry on.
+    pub fn of(disposition: &Disposition, history: &History) -> Self {
+        let (ids, progress, attempts) = match disposition {
+            Disposition::Report(event) => {
+                (event_ids(event), history.progress.clone(), history.attempts)
+            }
+            Disposition::Retry {
+                failure, attempts, ..
+            }
+            | Disposition::DeadLetter {
+                failure, attempts, ..
+            } => (failure.ids.clone(), failure.progress.clone(), *attempts),
+            Disposition::HandBack(_) => (
+                PartialIds::default(),
+                history.progress.clone(),
+                history.attempts,
+            ),
+        };
+        Self {
+            ids,
+            progress,
+            attempts,
+        }
+    }
+}
+
+/// The identifying fields an event carries.
+fn event_ids(event: &Event) -> PartialIds {
+    match event {
+        Event::Provisioned(provisioned) => provisioned.ids.clone(),
+        Event::Failed { ids, .. } | Event::DeadLettered { ids, .. } => ids.clone(),
+    }
+}
+
+/// What follows a failed settle.
+#[derive(Debug)]
+pub enum AfterSettleFailure {
+    /// Publish the message to the retry queue of `queue_ms` delay, expiring after `wait_ms`,
+    /// with `x-settle-failures = settle_failures`; then acknowledge.
+    Retry {
+        /// [`Reason::SettleFailed`], the progress and the ids.
+        failure: Failure,
+        /// `x-attempts`, unchanged by the settle failure.
+        attempts: u32,
+        /// `x-settle-failures` of the published message, this failure included.
+        settle_failures: u32,
+        /// The delay of the retry queue.
+        queue_ms: u64,
+        /// How long the message waits there.
+        wait_ms: u64,
+    },
+    /// Dead-letter the message with [`Reason::SettleFailed`] and publish its event (best
+    /// effort: the results exchange may still refuse); then acknowledge.
+    DeadLetter {
+        /// [`Reason::SettleFailed`], the progress and the ids.
+        failure: Failure,
+        /// `x-attempts`, unchanged by the settle failure.
+        attempts: u32,
+        /// `x-settle-failures` of the dead-lettered message, this failure included.
+        settle_failures: u32,
+        /// `aws.account.dead-lettered`.
+        event: Event,
+    },
+}
+
+/// The settle failures after which a delivery is dead-lettered: two below
+/// `amqp.delivery_limit` (at least 1), so the worker dead-letters it, with its reason and
+/// event, while the broker's limit (which drops it with neither) still leaves room for a crash
+/// or a lost connection.
+pub fn settle_failure_limit(delivery_limit: u32) -> u32 {
+    delivery_limit.saturating_sub(2).max(1)
+}
+
+/// What follows when settling a delivery with `counts` failed because of `why`: every failure
+/// counts, those that went through a retry queue and those the broker returned
+/// (`x-delivery-count`), this one included. Below [`settle_failure_limit`] the delivery waits
+/// in a retry queue, the backoff doubling from `retry.initial_delay_ms` to
+/// `retry.max_delay_ms` (and at most the longest retry queue); at the limit it is
+/// dead-lettered with [`Reason::SettleFailed`]. `jitter` as for [`disposition`].
+pub fn after_settle_failure(
+    unsettled: Unsettled,
+    why: &str,
+    counts: SettleCounts,
+    retry: &RetrySettings,
+    delivery_limit: u32,
+    jitter: f64,
+) -> AfterSettleFailure {
+    let settle_failures = counts
+        .settle_failures
+        .saturating_add(counts.delivery_count)
+        .saturating_add(1);
+    let failure = Failure {
+        reason: Reason::SettleFailed,
+        message: format!("settling failed {settle_failures} times; the last: {why}"),
+        ids: unsettled.ids,
+        progress: unsettled.progress,
+    };
+    let attempts = unsettled.attempts;
+    if settle_failures >= settle_failure_limit(delivery_limit) {
+        let event =
+            report::dead_lettered(&failure.ids, &failure.reason, &failure.message, attempts);
+        return AfterSettleFailure::DeadLetter {
+            failure,
+            attempts,
+            settle_failures,
+            event,
+        };
+    }
+    let delay = retry::backoff_ms(retry, settle_failures);
+    AfterSettleFailure::Retry {
+        failure,
+        attempts,
+        settle_failures,
+        queue_ms: retry::queue_for(retry, delay),
+        wait_ms: retry::jittered_ms(delay, jitter),
+    }
+}
+
+/// The longest a delivery is held before it is handed back: 30 s.
+pub const HOLD_CEILING: Duration = Duration::from_secs(30);
+
+/// How long to hold a delivery that could be neither settled nor moved to a retry queue or
+/// the DLQ, before handing it back to the broker: `2^n` seconds for its `n`-th return
+/// (`x-delivery-count`), at most [`HOLD_CEILING`], so that a broker refusing everything is not
+/// asked again at once.
+pub fn hold(counts: SettleCounts) -> Duration {
+    let seconds = 1u64
+        .checked_shl(counts.delivery_count.min(63))
+        .unwrap_or(u64::MAX);
+    Duration::from_secs(seconds).min(HOLD_CEILING)
 }
 
 #[cfg(test)]
@@ -394,5 +553,128 @@ mod tests {
             }
             other => panic!("expected a dead letter, got {other:?}"),
         }
+    }
+
+    /// What follows a settle failure, comparable: (kind, x-settle-failures, queue, wait).
+    type Summary = (&'static str, u32, u64, u64);
+
+    #[test]
+    fn settle_failures_back_off_then_dead_letter_below_the_delivery_limit() {
+        let counts = |settle_failures, delivery_count| SettleCounts {
+            settle_failures,
+            delivery_count,
+        };
+        let unsettled = || Unsettled {
+            ids: PartialIds {
+                request_id: Some("PR-1".into()),
+                ..PartialIds::default()
+            },
+            progress: Progress {
+                account_id: Some("123456789012".into()),
+                ..Progress::default()
+            },
+            attempts: 2,
+        };
+        // (kind, x-settle-failures, queue, wait): 1 s doubling to 8 s; at 20 - 2 = 18, the DLQ.
+        #[rustfmt::skip]
+        let cases: [(&str, SettleCounts, u32, Summary); 7] = [
+            ("first", counts(0, 0), 20, ("retry", 1, 1000, 1000)),
+            ("third", counts(2, 0), 20, ("retry", 3, 4000, 4000)),
+            // 8 s has a queue of its own (a busy order's back-off steps have one each).
+            ("capped", counts(9, 0), 20, ("retry", 10, 8000, 8000)),
+            ("handed back before", counts(1, 2), 20, ("retry", 4, 8000, 8000)),
+            ("at the limit", counts(17, 0), 20, ("dead-letter", 18, 0, 0)),
+            ("returned by the broker", counts(0, 17), 20, ("dead-letter", 18, 0, 0)),
+            ("a limit of 1", counts(0, 0), 1, ("dead-letter", 1, 0, 0)),
+        ];
+        for (name, counts, limit, expected) in cases {
+            let got = after_settle_failure(unsettled(), "nacked", counts, &settings(), limit, 1.0);
+            let summary = match &got {
+                AfterSettleFailure::Retry {
+                    settle_failures,
+                    queue_ms,
+                    wait_ms,
+                    ..
+                } => ("retry", *settle_failures, *queue_ms, *wait_ms),
+                AfterSettleFailure::DeadLetter {
+                    settle_failures, ..
+                } => ("dead-letter", *settle_failures, 0, 0),
+            };
+            assert_eq!(summary, expected, "{name}");
+            let (AfterSettleFailure::Retry {
+                failure, attempts, ..
+            }
+            | AfterSettleFailure::DeadLetter {
+                failure, attempts, ..
+            }) = got;
+            assert_eq!(failure.reason, Reason::SettleFailed, "{name}");
+            assert_eq!(attempts, 2, "{name}: not an order attempt");
+            assert_eq!(failure.progress, unsettled().progress, "{name}");
+            assert!(failure.message.contains("nacked"), "{name}");
+        }
+        assert_eq!(settle_failure_limit(20), 18);
+        assert_eq!(settle_failure_limit(2), 1);
+    }
+
+    #[test]
+    fn a_settle_failure_dead_letters_with_its_event() {
+        let counts = SettleCounts {
+            settle_failures: 17,
+            delivery_count: 0,
+        };
+        match after_settle_failure(Unsettled::default(), "x", counts, &settings(), 20, 0.0) {
+            AfterSettleFailure::DeadLetter { event, .. } => {
+                let body: serde_json::Value = serde_json::from_slice(&event.body()).expect("JSON");
+                assert_eq!(body["reason"], "SETTLE_FAILED");
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_a_failed_settle_carries_on_comes_from_its_disposition() {
+        let earlier = History {
+            attempts: 3,
+            progress: Progress {
+                create_request_id: Some("car-1".into()),
+                ..Progress::default()
+            },
+            ..History::default()
+        };
+        let retry = disposition(
+            Outcome::Retry(failure(Reason::AwsUnreachable)),
+            &earlier,
+            &settings(),
+            1.0,
+        );
+        let carried = Unsettled::of(&retry, &earlier);
+        assert_eq!(carried.attempts, 4, "the failed attempt counts");
+        assert_eq!(carried.progress.account_id.as_deref(), Some("123456789012"));
+        let ids = PartialIds {
+            request_id: Some("PR-1".into()),
+            ..PartialIds::default()
+        };
+        let rejection = Rejection::new(FailureCode::InvalidEmail, "bad");
+        let report = Disposition::Report(report::failed(&ids, None, &rejection));
+        let carried = Unsettled::of(&report, &earlier);
+        assert_eq!(carried.attempts, 3);
+        assert_eq!(carried.ids, ids);
+        assert_eq!(carried.progress, earlier.progress);
+    }
+
+    #[test]
+    fn a_delivery_is_held_longer_each_return_up_to_30_s() {
+        let held = |delivery_count| {
+            hold(SettleCounts {
+                settle_failures: 0,
+                delivery_count,
+            })
+            .as_secs()
+        };
+        let got: Vec<u64> = [0, 1, 2, 4, 5, 6, 64, u32::MAX]
+            .into_iter()
+            .map(held)
+            .collect();
+        assert_eq!(got, [1, 2, 4, 16, 30, 30, 30, 30]);
     }
 }

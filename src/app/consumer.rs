@@ -84,12 +84,7 @@ impl Session {
             &settings.retry,
             metrics,
         );
-        let locks = BrokerLocks::new(
-            &connection,
-            &amqp.url,
-            &format!("{}.busy", amqp.orders_queue),
-            metrics,
-        );
+        let locks = BrokerLocks::new(&connection, &amqp.url, &amqp.lock_prefix(), metrics);
         // The slots on a connection of their own: taking a slot is refused by design (a refused
         // exclusive declare closes its channel), and lapin keeps a refused channel id poisoned
         // for the connection's life, so a channel opened later on that id would fail with the
@@ -98,7 +93,7 @@ impl Session {
         let slots = BrokerSlots::observed(
             &slots_connection,
             &amqp.url,
-            &format!("{}.slot", amqp.orders_queue),
+            &amqp.slot_prefix(),
             Limits::from_settings(settings),
             metrics,
         );

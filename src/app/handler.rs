@@ -1,8 +1,9 @@
 //! The handler: one delivery through the trip ([`Pipeline::process_one`]), then settled, then
-//! its order lock given back. Anything unsettled (a failed publish, a panic) is handed back to
-//! the broker for another attempt.
+//! its order lock given back. What could not be settled at all (the settler found no way, or
+//! panicked) is held a while and handed back to the broker for another attempt.
 
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures_lite::FutureExt;
 use lapin::message::Delivery;
@@ -11,7 +12,7 @@ use tracing::{Instrument, Span, error, info, info_span};
 
 use crate::aws::Organizations;
 use crate::broker::headers;
-use crate::broker::settle::Settler;
+use crate::broker::settle::{Settled, Settler};
 use crate::domain::progress::Progress;
 use crate::locks::OrderLocks;
 use crate::pipeline::{Outcome, Pipeline, Processed};
@@ -63,29 +64,21 @@ impl<O: Organizations, L: OrderLocks, S: CreationSlots> Handler<'_, O, L, S> {
                     span: Span::none(),
                 });
             async {
-                let settling = async {
-                    let settled = self.settler.settle(&delivery, &history, outcome).await;
-                    settled.map_err(|e| e.to_string())
-                };
+                let settling = self.settler.settle(&delivery, &history, outcome);
                 let settled = AssertUnwindSafe(settling)
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|_| Err("settling panicked".to_owned()));
-                match settled {
-                    Ok(settled) => info!(?settled, "delivery settled"),
-                    Err(reason) => {
-                        error!(%reason, "delivery not settled: handing it back to the broker");
-                        let requeue = BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        };
-                        if let Err(e) = delivery.nack(requeue).await {
-                            error!(error = %e, "handing back failed; the broker returns it when the channel closes");
-                        }
-                    }
-                }
+                    .unwrap_or_else(|_| {
+                        error!("settling panicked");
+                        let counts = headers::settle_counts(delivery.properties.headers().as_ref());
+                        Settled::HandBackAfter(crate::settle::hold(counts))
+                    });
                 if let Some(lock) = lock {
                     lock.release().await;
+                }
+                match settled {
+                    Settled::HandBackAfter(hold) => hand_back_after(&delivery, hold).await,
+                    settled => info!(?settled, "delivery settled"),
                 }
             }
             .instrument(span)
@@ -93,5 +86,22 @@ impl<O: Organizations, L: OrderLocks, S: CreationSlots> Handler<'_, O, L, S> {
         }
         .instrument(span)
         .await;
+    }
+}
+
+/// Holds `delivery` for `hold`, then hands it back to the broker: a delivery that could not be
+/// settled is not offered again at once (docs/contract.md §6). Its lock is given back first.
+async fn hand_back_after(delivery: &Delivery, hold: Duration) {
+    error!(
+        hold_ms = hold.as_millis(),
+        "delivery not settled: handing it back to the broker after a pause"
+    );
+    tokio::time::sleep(hold).await;
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(e) = delivery.nack(requeue).await {
+        error!(error = %e, "handing back failed; the broker returns it when the channel closes");
     }
 }

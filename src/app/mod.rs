@@ -109,6 +109,7 @@ impl<O: Organizations> Worker<O> {
                     return;
                 }
                 Ended::Lost(reason) => {
+                    observed.metrics.connection_lost();
                     warn!(%reason, in_flight = in_flight.len(), "broker connection lost: orders in flight are abandoned and will be delivered again");
                     lost.cancel();
                     in_flight.wait().await;

@@ -1,15 +1,20 @@
 //! Headers an order carries between attempts (docs/contract.md §6): the attempt count, the failure
 //! times and reason, the waits in a row, the order's first delivery, and the provisioning progress
-//! that lets a retry resume.
+//! that lets a retry resume; and their bounds: every text header the worker writes is capped at
+//! 1 KiB ([`set_text`]), and the headers of a message it publishes again stay within
+//! [`HEADERS_BUDGET_BYTES`] ([`within_budget`]).
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use tracing::warn;
 
+use crate::domain::bounded::capped;
 use crate::domain::ids::PolicyId;
 use crate::domain::progress::Progress;
 use crate::retry::History;
+use crate::settle::SettleCounts;
 
 /// Failed attempts so far.
 pub const ATTEMPTS: &str = "x-attempts";
@@ -38,6 +43,36 @@ pub const STEP: &str = "x-step";
 pub const REPLAY_COUNT: &str = "x-replay-count";
 /// The SCPs attached so far, comma-separated (`p-1,p-2`): a retry attaches only the others.
 pub const POLICIES_ATTACHED: &str = "x-policies-attached";
+/// Times settling this order failed (a results publish refused, a confirm lost): not order
+/// attempts, counted apart (docs/contract.md §6).
+pub const SETTLE_FAILURES: &str = "x-settle-failures";
+/// Set by a quorum queue on a message it delivers again (after a nack with requeue or a lost
+/// channel): how often it was returned. The broker's own; never published again, since a
+/// republished message starts its own count.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
+/// The worker's own headers: kept whole by [`within_budget`] (each text value is at most
+/// 1 KiB, see [`set_text`]); a header the worker adds belongs here.
+pub const OWNED: [&str; 13] = [
+    ATTEMPTS,
+    WAITS,
+    FIRST_DELIVERED_AT,
+    POLICIES_ATTACHED,
+    FAILURE_REASON,
+    FAILURE_MESSAGE,
+    FIRST_FAILED_AT,
+    LAST_FAILED_AT,
+    CREATE_REQUEST_ID,
+    ACCOUNT_ID,
+    STEP,
+    REPLAY_COUNT,
+    SETTLE_FAILURES,
+];
+/// The most bytes the headers of a message the worker publishes again may take, encoded: 16
+/// KiB. lapin sends a message's properties in one frame and RabbitMQ closes the whole
+/// connection (`FRAME_ERROR`) when that frame exceeds `frame_max` (128 KiB by default); 16 KiB
+/// is an eighth of that, several times what the worker's own headers can reach (about ten
+/// values of at most 1 KiB), and leaves the broker room for its own (`x-death`).
+pub const HEADERS_BUDGET_BYTES: usize = 16 * 1024;
 /// The [`STEP`] value once the account is in its OU (if any) and its SCPs are attached.
 const PLACED: &str = "policies-attached";
 /// At most this many bytes of [`POLICIES_ATTACHED`] are written (ids past it are left out: they
@@ -187,12 +222,124 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
     set_text(headers, STEP, step);
 }
 
-/// Sets a string header.
+/// Sets a string header, capped at 1 KiB ([`capped`]): header values often come from input.
 pub fn set_text(headers: &mut FieldTable, key: &str, value: &str) {
     headers.insert(
         ShortString::from(key),
-        AMQPValue::LongString(LongString::from(value)),
+        AMQPValue::LongString(LongString::from(capped(value).as_ref())),
     );
+}
+
+/// Reads the settle-failure count and the broker's delivery count; absent or odd is 0.
+pub fn settle_counts(headers: Option<&FieldTable>) -> SettleCounts {
+    let count = |key| {
+        headers
+            .and_then(|h| number(h, key))
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    SettleCounts {
+        settle_failures: count(SETTLE_FAILURES),
+        delivery_count: count(DELIVERY_COUNT),
+    }
+}
+
+/// What [`within_budget`] left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Headers dropped.
+    pub count: usize,
+    /// Their encoded size.
+    pub bytes: usize,
+}
+
+/// `headers` cut to [`HEADERS_BUDGET_BYTES`] for publishing again: [`DELIVERY_COUNT`] goes
+/// (the broker's, of the message as delivered); the worker's own headers ([`OWNED`]) stay
+/// unless one is larger than a capped value can be (forged input); then the others, smallest
+/// first, as long as the whole fits. A sender's oversized header is what goes, not the small
+/// ones behind it. Returns what was dropped, for the caller to warn about.
+pub fn within_budget(headers: FieldTable) -> (FieldTable, Dropped) {
+    let mut owned = Vec::new();
+    let mut foreign = Vec::new();
+    let mut dropped = Dropped::default();
+    for (key, value) in headers.inner() {
+        let size = entry_len(key, value);
+        if key.as_str() == DELIVERY_COUNT {
+            continue;
+        }
+        if OWNED.contains(&key.as_str()) {
+            if size <= OWNED_ENTRY_MAX_BYTES {
+                owned.push((key.clone(), value.clone(), size));
+            } else {
+                dropped.count += 1;
+                dropped.bytes += size;
+            }
+        } else {
+            foreign.push((key.clone(), value.clone(), size));
+        }
+    }
+    foreign.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
+    let mut kept = FieldTable::default();
+    let mut total = TABLE_LENGTH_BYTES;
+    for (key, value, size) in owned.into_iter().chain(foreign) {
+        if total + size <= HEADERS_BUDGET_BYTES {
+            total += size;
+            kept.insert(key, value);
+        } else {
+            dropped.count += 1;
+            dropped.bytes += size;
+        }
+    }
+    (kept, dropped)
+}
+
+/// [`within_budget`], with a warning naming what had to go.
+pub fn budgeted(headers: FieldTable) -> FieldTable {
+    let (kept, dropped) = within_budget(headers);
+    if dropped.count > 0 {
+        warn!(
+            dropped = dropped.count,
+            dropped_bytes = dropped.bytes,
+            budget_bytes = HEADERS_BUDGET_BYTES,
+            "headers over the budget dropped from a message published again"
+        );
+    }
+    kept
+}
+
+/// The encoded size of a header table, as it goes on the wire.
+pub fn encoded_len(headers: &FieldTable) -> usize {
+    TABLE_LENGTH_BYTES
+        + headers
+            .inner()
+            .iter()
+            .map(|(key, value)| entry_len(key, value))
+            .sum::<usize>()
+}
+
+/// A table's length prefix.
+const TABLE_LENGTH_BYTES: usize = 4;
+
+/// The largest entry of the worker's own a [`within_budget`] keeps: a capped text value, its
+/// key, and the encoding's type and length bytes.
+const OWNED_ENTRY_MAX_BYTES: usize = crate::domain::bounded::MAX_INPUT_TEXT_BYTES + 64;
+
+/// One entry's encoded size: the key (a length byte and its bytes) and the value.
+fn entry_len(key: &ShortString, value: &AMQPValue) -> usize {
+    1 + key.as_str().len() + value_len(value)
+}
+
+/// A value's encoded size: its type byte and its payload.
+fn value_len(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(a) => 4 + a.len(),
+        AMQPValue::FieldArray(items) => 4 + items.as_slice().iter().map(value_len).sum::<usize>(),
+        AMQPValue::FieldTable(table) => encoded_len(table),
+        // Scalars take at most 8 bytes (a decimal 5, a timestamp or a 64-bit number 8).
+        _ => 8,
+    }
 }
 
 /// Sets a number header.
@@ -379,6 +526,109 @@ mod tests {
         assert_eq!(history.last_reason.as_deref(), Some("ORDER_BUSY"));
         headers.insert(WAITS.into(), AMQPValue::LongInt(-4));
         assert_eq!(history_at(Some(&headers), Utc::now()).waits, 0);
+    }
+
+    #[test]
+    fn every_text_header_the_worker_writes_is_capped() {
+        let mut headers = FieldTable::default();
+        set_text(&mut headers, FAILURE_MESSAGE, &"m".repeat(200 * 1024));
+        set_progress(
+            &mut headers,
+            &Progress {
+                account_id: Some("1".repeat(200 * 1024)),
+                ..Progress::default()
+            },
+        );
+        for key in [FAILURE_MESSAGE, ACCOUNT_ID] {
+            let value = text(&headers, key).expect("set");
+            assert!(value.len() <= 1024 && value.ends_with('…'), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_encoded_length_counts_keys_types_and_lengths() {
+        let mut headers = FieldTable::default();
+        assert_eq!(encoded_len(&headers), 4);
+        // 1 + 3 key bytes, 1 type byte, 4 length bytes, 5 value bytes.
+        set_text(&mut headers, "x-a", "hello");
+        assert_eq!(encoded_len(&headers), 4 + 4 + 1 + 4 + 5);
+        set_number(&mut headers, "x-n", 7);
+        assert_eq!(encoded_len(&headers), 18 + 4 + 1 + 8);
+    }
+
+    /// A header table of `(key, value)` text pairs, unchecked (as a sender may publish it).
+    fn raw(pairs: &[(&str, String)]) -> FieldTable {
+        let mut table = FieldTable::default();
+        for (key, value) in pairs {
+            table.insert(
+                ShortString::from(*key),
+                AMQPValue::LongString(LongString::from(value.as_str())),
+            );
+        }
+        table
+    }
+
+    #[test]
+    fn the_budget_drops_the_large_foreign_headers_first() {
+        let big = "b".repeat(120 * 1024);
+        let mut headers = raw(&[
+            ("a-big", big.clone()),
+            ("z-small", "kept".to_owned()),
+            ("m-medium", "m".repeat(10 * 1024)),
+            ("n-medium", "n".repeat(10 * 1024)),
+            (DELIVERY_COUNT, "3".to_owned()),
+        ]);
+        set_text(&mut headers, FAILURE_MESSAGE, &big);
+        set_number(&mut headers, ATTEMPTS, 2);
+        let (kept, dropped) = within_budget(headers);
+        assert!(
+            encoded_len(&kept) <= HEADERS_BUDGET_BYTES,
+            "{}",
+            encoded_len(&kept)
+        );
+        for key in [FAILURE_MESSAGE, ATTEMPTS, "z-small", "m-medium"] {
+            assert!(kept.contains_key(key), "{key} kept");
+        }
+        for key in ["a-big", "n-medium", DELIVERY_COUNT] {
+            assert!(!kept.contains_key(key), "{key} dropped");
+        }
+        // The two foreign headers over the budget; the broker's delivery count goes unsaid.
+        assert_eq!(dropped.count, 2);
+        assert!(dropped.bytes > 130 * 1024, "{}", dropped.bytes);
+    }
+
+    #[test]
+    fn a_forged_header_of_the_workers_own_name_is_dropped_when_oversized() {
+        let headers = raw(&[
+            (REPLAY_COUNT, "9".repeat(64 * 1024)),
+            (STEP, "account-created".to_owned()),
+        ]);
+        let (kept, dropped) = within_budget(headers);
+        assert!(!kept.contains_key(REPLAY_COUNT));
+        assert!(kept.contains_key(STEP));
+        assert_eq!(dropped.count, 1);
+        let small = raw(&[("x-trace", "t".to_owned())]);
+        let (kept, dropped) = within_budget(small.clone());
+        assert_eq!(
+            (kept, dropped),
+            (small, Dropped::default()),
+            "within it, nothing changes"
+        );
+    }
+
+    #[test]
+    fn settle_counts_read_the_workers_and_the_brokers_count() {
+        assert_eq!(settle_counts(None), SettleCounts::default());
+        let mut headers = FieldTable::default();
+        set_number(&mut headers, SETTLE_FAILURES, 3);
+        headers.insert(DELIVERY_COUNT.into(), AMQPValue::LongInt(2));
+        assert_eq!(
+            settle_counts(Some(&headers)),
+            SettleCounts {
+                settle_failures: 3,
+                delivery_count: 2
+            }
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub const UNROUTED_MESSAGE_TTL_CEILING_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// The name of the queue where orders wait `delay_ms` before their next attempt.
 pub fn retry_queue(amqp: &AmqpSettings, delay_ms: u64) -> String {
-    format!("{}.{delay_ms}ms", amqp.retry_queue_prefix)
+    amqp.retry_queue(delay_ms)
 }
 
 /// A queue-arguments table of `pairs`.

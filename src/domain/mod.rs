@@ -4,6 +4,7 @@
 
 pub mod account_model;
 pub mod arn;
+pub mod bounded;
 pub mod email;
 pub mod ids;
 pub mod model;

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::bounded::{capped, quoted};
 use super::ids::{AssetId, IdError, MarketplaceId, RequestId, TierAccountId};
 
 /// The largest body the worker reads (docs/contract.md §3).
@@ -136,7 +137,8 @@ impl PartialIds {
     }
 }
 
-/// Why a message is not a valid order. Each variant is dead-lettered at once.
+/// Why a message is not a valid order. Each variant is dead-lettered at once. What a message
+/// quotes of the input is cut ([`quoted`], [`capped`]): a 200 KB field makes no 200 KB message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
     /// Over [`MAX_ORDER_BYTES`].
@@ -183,21 +185,24 @@ pub fn parse(body: &[u8]) -> Result<PurchaseRequest, Box<MalformedOrder>> {
             PartialIds::default(),
         ));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| malformed(OrderError::NotJson(e.to_string()), PartialIds::default()))?;
+    // serde's messages quote the offending value whole ("invalid type: string \"…\""), so they
+    // are capped.
+    let not_json = |e: serde_json::Error| OrderError::NotJson(capped(&e.to_string()).into_owned());
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| malformed(not_json(e), PartialIds::default()))?;
     let ids = partial_ids(&value);
-    let raw = RawRequest::deserialize(&value)
-        .map_err(|e| malformed(OrderError::NotJson(e.to_string()), ids.clone()))?;
+    let raw = RawRequest::deserialize(&value).map_err(|e| malformed(not_json(e), ids.clone()))?;
     raw.validate().map_err(|error| malformed(error, ids))
 }
 
-/// Reads the identifying fields leniently from any JSON value.
+/// Reads the identifying fields leniently from any JSON value, each capped ([`capped`]): they
+/// go into the dead-lettered event whatever their size.
 fn partial_ids(value: &Value) -> PartialIds {
     let text = |pointer: &str| {
         value
             .pointer(pointer)
             .and_then(Value::as_str)
-            .map(str::to_owned)
+            .map(|text| capped(text).into_owned())
     };
     PartialIds {
         request_id: text("/id"),
@@ -319,7 +324,7 @@ fn tier_id(
     match tier.and_then(|t| t.id).filter(|id| !id.is_empty()) {
         Some(raw) => TierAccountId::parse(&raw)
             .map(Some)
-            .map_err(|source| OrderError::InvalidId { field, source }),
+            .map_err(|source| invalid_id(field, source)),
         None => Ok(None),
     }
 }
@@ -335,14 +340,23 @@ fn id<T>(
     field: &'static str,
     parse: fn(&str) -> Result<T, IdError>,
 ) -> Result<T, OrderError> {
-    parse(required(value, field)?).map_err(|source| OrderError::InvalidId { field, source })
+    parse(required(value, field)?).map_err(|source| invalid_id(field, source))
+}
+
+/// An [`OrderError::InvalidId`] quoting at most [`quoted`]'s share of the value.
+fn invalid_id(field: &'static str, source: IdError) -> OrderError {
+    let value = quoted(&source.value).into_owned();
+    OrderError::InvalidId {
+        field,
+        source: IdError { value, ..source },
+    }
 }
 
 impl RawRequest {
     fn validate(self) -> Result<PurchaseRequest, OrderError> {
         let kind = required(self.kind.as_deref(), "type")?;
         if kind != "purchase" {
-            return Err(OrderError::NotAPurchase(kind.to_owned()));
+            return Err(OrderError::NotAPurchase(quoted(kind).into_owned()));
         }
         let request_id = id(self.id.as_deref(), "id", RequestId::parse)?;
         let asset = self.asset.ok_or(OrderError::MissingField("asset"))?;
@@ -649,6 +663,42 @@ mod tests {
                 expected,
                 "{structured}"
             );
+        }
+    }
+
+    #[test]
+    fn a_huge_field_makes_no_huge_message_nor_id() {
+        let huge = "9".repeat(200 * 1024);
+        let with = |pointer: &str, value: Value| {
+            let mut v = base();
+            *v.pointer_mut(pointer).expect("field") = value;
+            v
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("id", with("/id", json!(format!("PR-{huge}"))), "INVALID_ID"),
+            ("asset id", with("/asset/id", json!(huge.clone())), "INVALID_ID"),
+            ("type", with("/type", json!(huge.clone())), "NOT_A_PURCHASE"),
+            // serde quotes the string it did not expect.
+            ("a string for an object", with("/asset/tiers", json!(huge.clone())), "NOT_JSON"),
+        ];
+        for (name, value, code) in cases {
+            let err = parse_value(&value).expect_err("malformed");
+            assert_eq!(err.error.reason(), code, "{name}");
+            let message = err.error.to_string();
+            // At most a capped value and a few words about it.
+            assert!(message.len() < 1024 + 64, "{name}: {} bytes", message.len());
+            let ids = [
+                &err.ids.request_id,
+                &err.ids.asset_id,
+                &err.ids.marketplace_id,
+            ];
+            for id in ids.into_iter().flatten() {
+                assert!(
+                    id.len() <= crate::domain::bounded::MAX_INPUT_TEXT_BYTES,
+                    "{name}"
+                );
+            }
         }
     }
 

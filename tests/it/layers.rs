@@ -11,6 +11,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// left out). A module may use the modules before it, never one after it.
 const LAYERS: &[&str] = &[
     // The pure domain.
+    "domain/bounded",
     "domain/ids",
     "domain/names",
     "domain/arn",

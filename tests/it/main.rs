@@ -4,6 +4,7 @@
 //! checks the deployment material against the code and needs neither.
 
 mod binary;
+mod bounds;
 mod check;
 mod connections;
 mod contention;

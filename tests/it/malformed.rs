@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use aws_account_worker::broker::headers::{HEADERS_BUDGET_BYTES, encoded_len};
+use aws_account_worker::domain::bounded::MAX_INPUT_TEXT_BYTES;
 use serde_json::{Value, json};
 
 use crate::support::{TestEnv, header_text, order};
@@ -89,7 +91,11 @@ async fn malformed_messages_are_dead_lettered_and_the_next_order_is_processed() 
             "the DLQ keeps the original body for {reason}"
         );
         assert_eq!(header_text(headers, "x-attempts").as_deref(), Some("1"));
-        assert!(header_text(headers, "x-failure-message").is_some_and(|m| !m.is_empty()));
+        assert!(
+            header_text(headers, "x-failure-message")
+                .is_some_and(|m| !m.is_empty() && m.len() <= MAX_INPUT_TEXT_BYTES)
+        );
+        assert!(encoded_len(headers) < HEADERS_BUDGET_BYTES, "{reason}");
         let first = header_text(headers, "x-first-failed-at").expect("x-first-failed-at");
         let last = header_text(headers, "x-last-failed-at").expect("x-last-failed-at");
         assert!(
