@@ -70,6 +70,7 @@ pub struct Metrics {
     dead_lettered: Family<Code, Counter>,
     in_flight: Gauge,
     aws_calls: Family<Call, Counter>,
+    forged_hints: Counter,
     processing: Histogram,
 }
 
@@ -105,6 +106,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             in_flight: Gauge::default(),
             aws_calls: Family::default(),
+            forged_hints: Counter::default(),
             // 50 ms to about 100 s.
             processing: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
         };
@@ -132,6 +134,11 @@ impl Metrics {
             "orders_dead_lettered",
             "Orders dead-lettered, by reason",
             metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "forged_hints",
+            "Progress headers (an account or create request id) that AWS showed were not the order's, ignored",
+            metrics.forged_hints.clone(),
         );
         registry.register(
             "orders_in_flight",
@@ -230,6 +237,11 @@ impl Metrics {
     /// An order was dead-lettered for `reason`.
     pub fn dead_lettered(&self, reason: &str) {
         self.dead_lettered.get_or_create(&label(reason)).inc();
+    }
+
+    /// A progress header named an account or creation that AWS showed was not the order's.
+    pub fn forged_hint(&self) {
+        self.forged_hints.inc();
     }
 
     /// An AWS call ended.

@@ -20,13 +20,19 @@ pub const LAST_FAILED_AT: &str = "x-last-failed-at";
 pub const CREATE_REQUEST_ID: &str = "x-create-request-id";
 /// The new account's id, once created.
 pub const ACCOUNT_ID: &str = "x-account-id";
-/// The last step done: `create-requested`, `account-created` or `policies-attached`.
+/// The last step done: `create-sent` (a `CreateAccount` sent that got no answer),
+/// `create-requested`, `account-created` or `policies-attached`.
 pub const STEP: &str = "x-step";
+/// Times AWS refused the creation with `EMAIL_ALREADY_EXISTS` while no account with the email
+/// could be seen yet.
+pub const EMAIL_LOOKS: &str = "x-email-looks";
 /// Times `replay` moved the message back for processing (docs/contract.md §7); kept across attempts
 /// and dead letters, so a message that fails again is not replayed forever.
 pub const REPLAY_COUNT: &str = "x-replay-count";
 /// The [`STEP`] value once the account is in its OU (if any) and its SCPs are attached.
 const POLICIES_ATTACHED: &str = "policies-attached";
+/// The [`STEP`] value once a `CreateAccount` was sent and got no answer.
+const CREATE_SENT: &str = "create-sent";
 
 /// A string header; absent, empty or of another type is `None`.
 pub fn text(headers: &FieldTable, key: &str) -> Option<String> {
@@ -68,6 +74,10 @@ pub fn history(headers: Option<&FieldTable>) -> History {
             account_id: text(headers, ACCOUNT_ID),
             policies_attached: text(headers, STEP).as_deref() == Some(POLICIES_ATTACHED),
             maybe_in_flight: false,
+            create_sent: text(headers, STEP).as_deref() == Some(CREATE_SENT),
+            email_looks: number(headers, EMAIL_LOOKS)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
         },
     }
 }
@@ -78,7 +88,7 @@ pub fn history(headers: Option<&FieldTable>) -> History {
 pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
     let mut kept = FieldTable::default();
     for (key, value) in headers.inner() {
-        if ![CREATE_REQUEST_ID, ACCOUNT_ID, STEP].contains(&key.as_str()) {
+        if ![CREATE_REQUEST_ID, ACCOUNT_ID, STEP, EMAIL_LOOKS].contains(&key.as_str()) {
             kept.insert(key.clone(), value.clone());
         }
     }
@@ -88,6 +98,9 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
     }
     if let Some(id) = &progress.account_id {
         set_text(headers, ACCOUNT_ID, id);
+    }
+    if progress.email_looks > 0 {
+        set_number(headers, EMAIL_LOOKS, i64::from(progress.email_looks));
     }
     let step = match progress {
         Progress {
@@ -103,6 +116,9 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
             create_request_id: Some(_),
             ..
         } => "create-requested",
+        Progress {
+            create_sent: true, ..
+        } => CREATE_SENT,
         _ => return,
     };
     set_text(headers, STEP, step);
@@ -155,14 +171,21 @@ mod tests {
             Progress {
                 create_request_id: Some("car-1".into()),
                 account_id: Some("111122223333".into()),
-                policies_attached: false,
-                maybe_in_flight: false,
+                ..Progress::default()
             },
             Progress {
                 create_request_id: Some("car-1".into()),
                 account_id: Some("111122223333".into()),
                 policies_attached: true,
-                maybe_in_flight: false,
+                ..Progress::default()
+            },
+            Progress {
+                create_sent: true,
+                ..Progress::default()
+            },
+            Progress {
+                email_looks: 2,
+                ..Progress::default()
             },
         ];
         for progress in cases {
@@ -178,7 +201,8 @@ mod tests {
                     create_request_id: Some("car-old".into()),
                     account_id: Some("999999999999".into()),
                     policies_attached: true,
-                    maybe_in_flight: false,
+                    email_looks: 1,
+                    ..Progress::default()
                 },
             );
             set_progress(&mut earlier, &progress);

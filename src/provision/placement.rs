@@ -40,7 +40,7 @@ mod tests {
     use crate::domain::model::Access;
     use crate::domain::progress::Progress;
     use crate::provision::fixtures::{
-        calls_after_creation_into_an_ou, ou_plan, provision_plan, provision_root,
+        after_checks, calls_after_creation_into_an_ou, ou_plan, provision_plan, provision_root,
     };
 
     #[tokio::test(start_paused = true)]
@@ -70,7 +70,7 @@ mod tests {
             .await
             .expect("provisioned");
         assert_eq!(
-            aws.calls(),
+            after_checks(&aws),
             [
                 "ListParents 111122223333",
                 "AttachPolicy p-abcd1234 111122223333"
@@ -86,7 +86,7 @@ mod tests {
         provision_plan(&aws, &plan, progress)
             .await
             .expect("provisioned");
-        assert_eq!(aws.calls(), Vec::<String>::new());
+        assert_eq!(after_checks(&aws), Vec::<String>::new());
     }
 
     #[tokio::test(start_paused = true)]
@@ -99,6 +99,6 @@ mod tests {
             ..Progress::default()
         };
         provision_root(&aws, progress).await.expect("provisioned");
-        assert_eq!(aws.calls(), Vec::<String>::new());
+        assert_eq!(after_checks(&aws), Vec::<String>::new());
     }
 }
