@@ -160,11 +160,13 @@ impl<O: Organizations, S: CreationSlots> Step<'_, O, S> {
                 forged(self.metrics, "x-create-request-id", request_id, self.order);
             }
             forget(progress);
-            Ok(None)
         };
         let state = match aws.create_status(request_id).await {
             Ok(status) => status.state,
-            Err(e) if e.retry == Retry::Permanent => return not_ours(progress),
+            Err(e) if e.retry == Retry::Permanent => {
+                not_ours(progress);
+                return Ok(None);
+            }
             Err(e) => return Err(failed(e, progress)),
         };
         match wait_for_account(aws, request_id, state, self.polling).await {
@@ -178,7 +180,8 @@ impl<O: Organizations, S: CreationSlots> Step<'_, O, S> {
                     info!(account_id, "account created");
                     Ok(Some(account_id))
                 } else {
-                    not_ours(progress)
+                    not_ours(progress);
+                    Ok(None)
                 }
             }
             Err(Waited::Failed(reason)) => {

@@ -12,6 +12,7 @@ mod docs;
 mod explain;
 mod faults;
 mod fixtures;
+mod gate;
 mod layers;
 mod malformed;
 mod observability;
