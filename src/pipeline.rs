@@ -450,6 +450,24 @@ mod tests {
         assert!(!locks.is_held("AS-1"));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_creation_in_progress_waits_without_spending_an_attempt() {
+        let aws =
+            ScriptedOrganizations::with_states(std::iter::repeat_n(CreateState::InProgress, 40));
+        let processed = pipeline(&aws)
+            .process_one(&body(), Progress::default(), &Local::default(), &Unlimited)
+            .await;
+        let Outcome::Later(failure, wait) = &processed.outcome else {
+            panic!("expected a wait, got {:?}", processed.outcome);
+        };
+        assert_eq!(failure.reason, Reason::CreateInProgress);
+        assert_eq!(*wait, Duration::from_millis(1000), "retry.initial_delay_ms");
+        assert_eq!(
+            failure.progress.create_request_id.as_deref(),
+            Some("car-test")
+        );
+    }
+
     #[tokio::test]
     async fn a_held_lock_means_later_with_no_aws_call() {
         let aws = ScriptedOrganizations::default();
