@@ -113,11 +113,13 @@ impl<O: Organizations, S: CreationSlots> Step<'_, O, S> {
                     ..Progress::default()
                 })))
             }
-            Walked::Nothing if progress.email_looks > 0 => {
+            Walked::Nothing if (1..EMAIL_LOOKS).contains(&progress.email_looks) => {
                 Err(email_not_visible(progress, self.plan))
             }
+            // After an unanswered `CreateAccount`, or once the looks are over: asked again, so
+            // that AWS (not a header) says whether the email is in use.
             Walked::Nothing => {
-                info!("no account found after an unanswered CreateAccount: asking again");
+                info!("no account found: asking for it");
                 progress.create_sent = false;
                 self.create(progress).await
             }

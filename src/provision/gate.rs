@@ -321,7 +321,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn email_already_exists_with_no_account_in_sight_is_looked_at_again_then_reported() {
-        let aws = ScriptedOrganizations::with_states([email_exists()]);
+        let aws = ScriptedOrganizations::with_states([email_exists(), email_exists()]);
         let mut progress = Progress::default();
         for look in 1..=EMAIL_LOOKS {
             let err = provision_root(&aws, progress.clone()).await;
@@ -337,7 +337,20 @@ mod tests {
             panic!("expected a rejection, got {err:?}");
         };
         assert_eq!(rejection.code, FailureCode::EmailAlreadyExists);
-        assert_eq!(created(&aws), 1, "the looks ask for no second account");
+        assert_eq!(
+            created(&aws),
+            2,
+            "the looks ask for nothing; AWS refuses the email again before it is reported"
+        );
+
+        // An `x-email-looks` header is no verdict: with the email free, the account is made.
+        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        let forged = Progress {
+            email_looks: 99,
+            ..Progress::default()
+        };
+        provision_root(&aws, forged).await.expect("provisioned");
+        assert_eq!(created(&aws), 1);
     }
 
     #[tokio::test(start_paused = true)]
