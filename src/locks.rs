@@ -1,4 +1,4 @@
-//! Order locks: one delivery at a time per order key (the account email), whichever worker
+//! Order locks: one delivery at a time per order key (the asset id), whichever worker
 //! holds it. A [`Lock`] is taken before provisioning and given back after settling, so the next
 //! delivery of the same order finds the account and the event already out. [`OrderLocks`] is
 //! the narrow interface the trip sees; `broker::locks` shares the locks between every replica

@@ -86,6 +86,7 @@ pub struct Metrics {
     in_flight: Gauge,
     aws_calls: Family<Call, Counter>,
     after_confirm_failed: Family<Step, Counter>,
+    forged_hints: Counter,
     processing: Histogram,
     health: Health,
 }
@@ -125,6 +126,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             aws_calls: Family::default(),
             after_confirm_failed: Family::default(),
+            forged_hints: Counter::default(),
             // 50 ms to about 100 s.
             processing: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             health: Health::default(),
@@ -163,6 +165,11 @@ impl Metrics {
             "broker_connections_lost",
             "Times the orders connection was lost while consuming (the worker then reconnects)",
             metrics.connections_lost.clone(),
+        );
+        registry.register(
+            "forged_hints",
+            "Progress headers (an account or create request id) that AWS showed were not the order's, ignored",
+            metrics.forged_hints.clone(),
         );
         registry.register(
             "orders_in_flight",
@@ -285,6 +292,11 @@ impl Metrics {
     /// The orders connection was lost while consuming.
     pub fn connection_lost(&self) {
         self.connections_lost.inc();
+    }
+
+    /// A progress header named an account or creation that AWS showed was not the order's.
+    pub fn forged_hint(&self) {
+        self.forged_hints.inc();
     }
 
     /// An AWS call ended.

@@ -16,7 +16,10 @@ use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
 use crate::domain::outcome::Rejection;
 use crate::domain::progress::{Granted, Progress, Provisioned};
 use crate::locks::{Lock, OrderLocks};
-use crate::provision::{Polling, ProvisionError, mark_credentials_issued, provision};
+use crate::observability::Metrics;
+use crate::provision::{
+    EMAIL_LOOKS, Polling, ProvisionError, Waiting, mark_credentials_issued, provision,
+};
 use crate::report::{self, AfterConfirm, Event};
 use crate::retry::{Reason, Waits};
 use crate::slots::CreationSlots;
@@ -28,9 +31,10 @@ pub enum Outcome {
     Report(Event),
     /// A transient failure: try again later, resuming from the failure's progress.
     Retry(Failure),
-    /// Nothing failed, but the order cannot go on yet (another delivery of its account email
-    /// is being processed, an earlier delivery's `CreateAccount` may be in flight, or no
-    /// creation slot came free): try again after the wait, without counting an attempt.
+    /// Nothing failed, but the order cannot go on yet (another delivery of its asset is being
+    /// processed, an earlier delivery's `CreateAccount` may be in flight, its creation is still
+    /// in progress at AWS, an email in use whose account is not visible yet, or no creation
+    /// slot came free): try again after the wait, without counting an attempt.
     Later(Failure, Duration),
     /// Not processable: dead-letter at once (a malformed message, or a permanent AWS error).
     DeadLetter(Failure),
@@ -85,12 +89,14 @@ pub struct Pipeline<O> {
     polling: Polling,
     /// How long an order that cannot go on yet waits.
     waits: Waits,
+    /// Where provisioning counts the hints it ignored.
+    metrics: Metrics,
 }
 
 impl<O: Organizations> Pipeline<O> {
     /// A pipeline over `payers` (one per `[payers.NAME]` entry, by name) with the
-    /// business-model and polling settings of `settings`.
-    pub fn new(payers: BTreeMap<String, O>, settings: &Settings) -> Arc<Self> {
+    /// business-model and polling settings of `settings`, counting in `metrics`.
+    pub fn new(payers: BTreeMap<String, O>, settings: &Settings, metrics: &Metrics) -> Arc<Self> {
         Arc::new(Self {
             payers: payers
                 .into_iter()
@@ -103,11 +109,12 @@ impl<O: Organizations> Pipeline<O> {
                 member_ready: Duration::from_secs(settings.aws.member_account_ready_seconds),
             },
             waits: Waits::of(&settings.retry),
+            metrics: metrics.clone(),
         })
     }
 
     /// Takes one order body through the trip, resuming from `progress`: parse and resolve,
-    /// take the order's lock from `locks` (one delivery at a time per account email, whichever
+    /// take the order's lock from `locks` (one delivery at a time per asset, whichever
     /// worker holds it), provision (a `CreateAccount` in one of `slots`), and report. The lock
     /// comes back with the outcome, to be released once that is settled.
     pub async fn process_one(
@@ -207,13 +214,13 @@ impl<O: Organizations> Pipeline<O> {
         })
     }
 
-    /// The outcome of a delivery that found another delivery of its account email in
-    /// progress: try again later, from where it stands.
+    /// The outcome of a delivery that found another delivery of its asset in progress: try
+    /// again later, from where it stands.
     fn busy(&self, order: &Resolved, progress: Progress) -> Outcome {
-        info!("another delivery for this account email is in progress: trying again later");
+        info!("another delivery for this asset is in progress: trying again later");
         let message = format!(
-            "another delivery for the account email {} was being processed",
-            order.plan.email
+            "another delivery for the asset {} was being processed",
+            order.request.asset_id
         );
         let failure = order.failure(Reason::OrderBusy, message, progress);
         Outcome::Later(failure, self.waits.order_busy)
@@ -236,25 +243,22 @@ impl<O: Organizations> Pipeline<O> {
             let message = format!("payer `{}` is not configured", plan.payer);
             return Outcome::DeadLetter(order.failure(Reason::UnknownPayer, message, progress));
         };
-        match provision(aws, slots, request, plan, progress, self.polling).await {
+        let provisioned = provision(
+            aws,
+            slots,
+            request,
+            plan,
+            progress,
+            self.polling,
+            &self.metrics,
+        )
+        .await;
+        match provisioned {
             Ok(done) => {
                 info!(account_id = %done.account_id, "order provisioned");
                 Outcome::Report(provisioned_event(aws, ids, plan, done))
             }
-            Err(ProvisionError::NotYet) => {
-                let wait = self.waits.maybe_in_flight;
-                info!(
-                    ?wait,
-                    "no account found after an unsettled delivery: looking again before creating one"
-                );
-                let message = "an earlier delivery ended unsettled; its CreateAccount may still be on its way";
-                let failure = order.failure(
-                    Reason::CreateMaybeInFlight,
-                    message.to_owned(),
-                    Progress::default(),
-                );
-                Outcome::Later(failure, wait)
-            }
+            Err(ProvisionError::Waiting(waiting)) => self.waiting(order, waiting),
             Err(ProvisionError::NoSlot(why)) => {
                 let wait = self.waits.slot_busy;
                 info!(reason = %why, ?wait, "no creation slot for this delivery: trying again later");
@@ -312,6 +316,41 @@ fn provisioned_event<O: Organizations>(
     event.with_after_confirm(step)
 }
 
+impl<O> Pipeline<O> {
+    /// The outcome of an order that must wait: how long, and why.
+    fn waiting(&self, order: &Resolved, waiting: Waiting) -> Outcome {
+        let (reason, message, progress, wait) = match waiting {
+            Waiting::MaybeInFlight(progress) => (
+                Reason::CreateMaybeInFlight,
+                "an earlier CreateAccount of this order may still be on its way (its delivery ended unsettled, or it got no answer)".to_owned(),
+                progress,
+                self.waits.maybe_in_flight,
+            ),
+            // Polled again soon: the first retry delay, a queue that exists.
+            Waiting::CreateInProgress(progress) => (
+                Reason::CreateInProgress,
+                format!(
+                    "account creation {} is still in progress",
+                    progress.create_request_id.as_deref().unwrap_or("?")
+                ),
+                progress,
+                self.waits.order_busy,
+            ),
+            Waiting::EmailNotVisible(progress) => (
+                Reason::Aws("EMAIL_ALREADY_EXISTS".to_owned()),
+                format!(
+                    "AWS says the email {} is in use, but no such account is visible yet (look {} of {EMAIL_LOOKS})",
+                    order.plan.email, progress.email_looks
+                ),
+                progress,
+                self.waits.maybe_in_flight,
+            ),
+        };
+        info!(%reason, ?wait, "the order waits");
+        Outcome::Later(order.failure(reason, message, progress), wait)
+    }
+}
+
 /// What parsing and resolving an order body came to.
 #[derive(Debug)]
 pub enum Resolution {
@@ -349,10 +388,11 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// What two deliveries that must not be provisioned at the same time share: the account
-    /// email (the same order delivered twice, or two orders for one email).
+    /// What two deliveries that must not be provisioned at the same time share: the asset id
+    /// (the same order delivered twice, or another order for the same asset); identity is the
+    /// asset, not the email.
     pub fn lock_key(&self) -> String {
-        self.plan.email.as_str().to_ascii_lowercase()
+        self.request.asset_id.to_string()
     }
 
     /// The order's failure for `reason`, to resume from `progress`.
@@ -411,6 +451,7 @@ mod tests {
         Pipeline::new(
             BTreeMap::from([("default".to_owned(), aws.clone())]),
             &settings(),
+            &Metrics::default(),
         )
     }
 
@@ -428,7 +469,7 @@ mod tests {
         let user = crate::domain::names::IamUserName::parse("admin").expect("name");
         let done = |access| Provisioned {
             account_id: "111122223333".into(),
-            create_request_id: "car-test".into(),
+            create_request_id: Some("car-test".into()),
             service_control_policies: Vec::new(),
             access,
         };
@@ -475,18 +516,36 @@ mod tests {
             other => panic!("expected the provisioned event, got {other:?}"),
         }
         assert!(
-            locks.is_held("c@customer.example"),
+            locks.is_held("AS-1"),
             "the lock is held until the outcome is settled"
         );
         processed.lock.expect("the lock").release().await;
-        assert!(!locks.is_held("c@customer.example"));
+        assert!(!locks.is_held("AS-1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_creation_in_progress_waits_without_spending_an_attempt() {
+        let aws =
+            ScriptedOrganizations::with_states(std::iter::repeat_n(CreateState::InProgress, 40));
+        let processed = pipeline(&aws)
+            .process_one(&body(), Progress::default(), &Local::default(), &Unlimited)
+            .await;
+        let Outcome::Later(failure, wait) = &processed.outcome else {
+            panic!("expected a wait, got {:?}", processed.outcome);
+        };
+        assert_eq!(failure.reason, Reason::CreateInProgress);
+        assert_eq!(*wait, Duration::from_millis(1000), "retry.initial_delay_ms");
+        assert_eq!(
+            failure.progress.create_request_id.as_deref(),
+            Some("car-test")
+        );
     }
 
     #[tokio::test]
     async fn a_held_lock_means_later_with_no_aws_call() {
         let aws = ScriptedOrganizations::default();
         let locks = Local::default();
-        let _other = locks.try_take("c@customer.example").await.expect("locks");
+        let _other = locks.try_take("AS-1").await.expect("locks");
         let processed = pipeline(&aws)
             .process_one(&body(), Progress::default(), &locks, &Unlimited)
             .await;

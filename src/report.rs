@@ -425,7 +425,7 @@ mod tests {
     fn provisioned_with(access: Granted) -> Event {
         let done = Provisioned {
             account_id: "111122223333".into(),
-            create_request_id: "car-1".into(),
+            create_request_id: Some("car-1".into()),
             service_control_policies: Vec::new(),
             access,
         };

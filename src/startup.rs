@@ -77,7 +77,7 @@ impl Application {
             &observed.metrics,
         )
         .await;
-        let pipeline = Pipeline::new(payers, settings);
+        let pipeline = Pipeline::new(payers, settings, &observed.metrics);
         let worker = match Worker::start(settings, pipeline, observed).await {
             Ok(worker) => worker,
             Err(e) => {

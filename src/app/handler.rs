@@ -25,7 +25,7 @@ pub struct Handler<'a, O, L, S> {
     pub pipeline: &'a Pipeline<O>,
     /// Carries the outcome out on the broker.
     pub settler: &'a Settler,
-    /// One delivery at a time per account email.
+    /// One delivery at a time per asset.
     pub locks: &'a L,
     /// `CreateAccount` requests in progress per payer.
     pub slots: &'a S,

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use secrecy::SecretString;
 
 use super::{
-    AccountId, AwsError, AwsResult, CreateState, CreateStatus, ExistingAccount, MemberIam,
-    NewAccount, Organizations,
+    AccountId, AwsError, AwsResult, Candidates, CreateState, CreateStatus, ExistingAccount,
+    MemberIam, NewAccount, Organizations, Retry,
 };
 use crate::domain::arn::PolicyArn;
 use crate::domain::ids::{OuId, PolicyId};
@@ -24,11 +24,14 @@ pub struct ScriptedOrganizations {
     pub calls: Arc<Mutex<Vec<String>>>,
     /// What `AttachPolicy` answers instead of success.
     pub fail_attach: Option<AwsError>,
-    /// What `ListAccounts` finds for any email.
+    /// What `ListAccounts` picks, whatever the order.
     pub existing: Option<ExistingAccount>,
+    /// What `ListCreateAccountStatus` SUCCEEDED finds for any account.
+    pub listed_request: Option<String>,
     /// What `ListCreateAccountStatus` finds in progress for any name.
     pub in_progress: Option<String>,
-    /// What `DescribeAccount` answers.
+    /// What `DescribeAccount` answers; unset, the account asked for, tagged for the test
+    /// order's asset `AS-1`.
     pub described: Option<ExistingAccount>,
     /// Where `ListParents` finds the account.
     pub parent: Arc<Mutex<String>>,
@@ -40,6 +43,9 @@ pub struct ScriptedOrganizations {
     pub login_profile: Arc<Mutex<bool>>,
     /// The event id the IAM user's credentials tag names, once `TagUser` marked it.
     pub issued_in: Arc<Mutex<Option<String>>>,
+    /// `CreateAccount` requests still to lose: each is counted, then answered with no answer
+    /// (a timeout), as a request that reached AWS and whose answer was lost.
+    pub lost_creates: Arc<Mutex<u32>>,
 }
 
 impl ScriptedOrganizations {
@@ -77,14 +83,24 @@ impl ScriptedOrganizations {
 impl Organizations for ScriptedOrganizations {
     type Member = ScriptedOrganizations;
 
-    async fn find_account(&self, email: &str) -> AwsResult<Option<ExistingAccount>> {
-        self.record(format!("ListAccounts {email}"));
-        Ok(self.existing.clone())
+    async fn find_accounts(&self, wanted: &Candidates<'_>) -> AwsResult<Vec<ExistingAccount>> {
+        self.record(format!("ListAccounts {}", wanted.email));
+        Ok(self.existing.clone().into_iter().collect())
+    }
+
+    async fn find_request(&self, account: &AccountId) -> AwsResult<Option<String>> {
+        self.record(format!("ListCreateAccountStatus SUCCEEDED {account}"));
+        Ok(self.listed_request.clone())
     }
 
     async fn describe_account(&self, account: &AccountId) -> AwsResult<ExistingAccount> {
         self.record(format!("DescribeAccount {account}"));
-        Ok(self.described.clone().expect("a scripted account"))
+        Ok(self.described.clone().unwrap_or_else(|| ExistingAccount {
+            id: account.clone(),
+            email: "c@customer.example".into(),
+            asset_id: Some("AS-1".into()),
+            joined: None,
+        }))
     }
 
     async fn find_creation(&self, name: &str) -> AwsResult<Option<String>> {
@@ -94,11 +110,31 @@ impl Organizations for ScriptedOrganizations {
 
     async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
         self.record(format!("CreateAccount {}", account.email));
+        let mut lost = self.lost_creates.lock().expect("lost");
+        if *lost > 0 {
+            *lost -= 1;
+            return Err(AwsError {
+                retry: Retry::Transient,
+                operation: "CreateAccount",
+                code: None,
+                message: "timed out".into(),
+            });
+        }
+        drop(lost);
         Ok(self.next_status())
     }
 
     async fn create_status(&self, request_id: &str) -> AwsResult<CreateStatus> {
         self.record(format!("DescribeCreateAccountStatus {request_id}"));
+        if self.states.lock().expect("states").is_empty() {
+            // No creation left in the script: a request AWS does not know.
+            return Err(AwsError {
+                retry: Retry::Permanent,
+                operation: "DescribeCreateAccountStatus",
+                code: Some("CreateAccountStatusNotFoundException".into()),
+                message: format!("no creation {request_id}"),
+            });
+        }
         Ok(self.next_status())
     }
 

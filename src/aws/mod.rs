@@ -187,6 +187,31 @@ pub struct ExistingAccount {
     pub joined: Option<std::time::SystemTime>,
 }
 
+/// Which accounts of the organization may be an order's, on the gate's rare path: its email,
+/// its account name, or a name that contains its asset id (an account made for the asset under
+/// another email or name). Only their tags say which, if any, is the order's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidates<'a> {
+    /// The order's account email.
+    pub email: &'a str,
+    /// The order's account name.
+    pub account_name: &'a str,
+    /// The order's asset id.
+    pub asset_id: &'a str,
+}
+
+impl Candidates<'_> {
+    /// Whether an account with `email` and `name` (as `ListAccounts` gives them) is a
+    /// candidate: the same email (compared case-insensitively), the same name, or a name that
+    /// contains the asset id.
+    pub fn picks(&self, email: Option<&str>, name: Option<&str>) -> bool {
+        let asset = self.asset_id.to_ascii_lowercase();
+        email.is_some_and(|e| e.eq_ignore_ascii_case(self.email))
+            || name
+                .is_some_and(|n| n == self.account_name || n.to_ascii_lowercase().contains(&asset))
+    }
+}
+
 /// A 12-digit AWS account id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountId(pub String);
@@ -214,12 +239,22 @@ pub trait Organizations: Send + Sync + 'static {
         request_id: &str,
     ) -> impl Future<Output = AwsResult<CreateStatus>> + Send;
 
-    /// The member account whose root email is `email` (compared case-insensitively), with its
-    /// `connect:asset-id` tag: `ListAccounts`, then `ListTagsForResource` for a match.
-    fn find_account(
+    /// The rare path of the gate: walks the whole organization (`ListAccounts`) for the
+    /// accounts that `wanted` picks, and reads only their `connect:asset-id` tags
+    /// (`ListTagsForResource`). Its cost grows with the organization: only for an order whose
+    /// creation AWS refused with `EMAIL_ALREADY_EXISTS`, or whose earlier `CreateAccount` may
+    /// have been sent unanswered.
+    fn find_accounts(
         &self,
-        email: &str,
-    ) -> impl Future<Output = AwsResult<Option<ExistingAccount>>> + Send;
+        wanted: &Candidates<'_>,
+    ) -> impl Future<Output = AwsResult<Vec<ExistingAccount>>> + Send;
+
+    /// The `CreateAccount` request that made `account`, if AWS still lists it:
+    /// `ListCreateAccountStatus` with state `SUCCEEDED` (rare path only).
+    fn find_request(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = AwsResult<Option<String>>> + Send;
 
     /// One member account, with its `connect:asset-id` tag: `DescribeAccount`, then
     /// `ListTagsForResource`.

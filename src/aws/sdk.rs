@@ -32,8 +32,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{
     ASSET_TAG, AccessToBilling, AccountId, AwsError, AwsResult, CREDENTIALS_EVENT_TAG,
-    CREDENTIALS_ISSUED, CREDENTIALS_TAG, CallLimits, CreateState, CreateStatus, ExistingAccount,
-    MemberAccess, MemberIam, NewAccount, Organizations, Retry,
+    CREDENTIALS_ISSUED, CREDENTIALS_TAG, CallLimits, Candidates, CreateState, CreateStatus,
+    ExistingAccount, MemberAccess, MemberIam, NewAccount, Organizations, Retry,
 };
 use crate::config::PayerSettings;
 use crate::domain::arn::{PolicyArn, RoleArn};
@@ -417,23 +417,48 @@ impl SdkOrganizations {
 impl Organizations for SdkOrganizations {
     type Member = SdkMemberIam;
 
-    async fn find_account(&self, email: &str) -> AwsResult<Option<ExistingAccount>> {
+    async fn find_accounts(&self, wanted: &Candidates<'_>) -> AwsResult<Vec<ExistingAccount>> {
         let _turn = self.turn().await;
         let mut pages = self.organizations.list_accounts().into_paginator().send();
+        let mut picked = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("ListAccounts", Target::Payer, e))?;
+            picked.extend(
+                page.accounts()
+                    .iter()
+                    .filter(|a| wanted.picks(a.email(), a.name()))
+                    .cloned(),
+            );
+        }
+        let mut found = Vec::with_capacity(picked.len());
+        for account in picked {
+            let id = account.id().unwrap_or_default().to_owned();
+            found.push(ExistingAccount {
+                joined: account.joined_timestamp().and_then(system_time),
+                asset_id: self.asset_tag(&id).await?,
+                email: account.email().unwrap_or_default().to_owned(),
+                id: AccountId(id),
+            });
+        }
+        Ok(found)
+    }
+
+    async fn find_request(&self, account: &AccountId) -> AwsResult<Option<String>> {
+        let _turn = self.turn().await;
+        let mut pages = self
+            .organizations
+            .list_create_account_status()
+            .states(CreateAccountState::Succeeded)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListCreateAccountStatus", Target::Payer, e))?;
             let found = page
-                .accounts()
+                .create_account_statuses()
                 .iter()
-                .find(|a| a.email().is_some_and(|e| e.eq_ignore_ascii_case(email)));
-            if let Some(account) = found {
-                let id = account.id().unwrap_or_default().to_owned();
-                return Ok(Some(ExistingAccount {
-                    joined: account.joined_timestamp().and_then(system_time),
-                    asset_id: self.asset_tag(&id).await?,
-                    email: account.email().unwrap_or_default().to_owned(),
-                    id: AccountId(id),
-                }));
+                .find(|s| s.account_id() == Some(account.0.as_str()));
+            if let Some(status) = found {
+                return Ok(status.id().map(str::to_owned));
             }
         }
         Ok(None)
@@ -936,7 +961,11 @@ mod tests {
             &Metrics::default(),
         );
         let error = payer
-            .find_account("someone@example.com")
+            .find_accounts(&Candidates {
+                email: "someone@example.com",
+                account_name: "Someone",
+                asset_id: "AS-1",
+            })
             .await
             .expect_err("no credentials");
         assert_eq!(error.operation, "ListAccounts");

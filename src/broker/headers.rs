@@ -36,8 +36,12 @@ pub const FIRST_DELIVERED_AT: &str = "x-first-delivered-at";
 pub const CREATE_REQUEST_ID: &str = "x-create-request-id";
 /// The new account's id, once created.
 pub const ACCOUNT_ID: &str = "x-account-id";
-/// The last step done: `create-requested`, `account-created` or `policies-attached`.
+/// The last step done: `create-sent` (a `CreateAccount` sent that got no answer),
+/// `create-requested`, `account-created` or `policies-attached`.
 pub const STEP: &str = "x-step";
+/// Times AWS refused the creation with `EMAIL_ALREADY_EXISTS` while no account with the email
+/// could be seen yet.
+pub const EMAIL_LOOKS: &str = "x-email-looks";
 /// Times `replay` moved the message back for processing (docs/contract.md §7); kept across attempts
 /// and dead letters, so a message that fails again is not replayed forever.
 pub const REPLAY_COUNT: &str = "x-replay-count";
@@ -52,8 +56,9 @@ pub const SETTLE_FAILURES: &str = "x-settle-failures";
 pub const DELIVERY_COUNT: &str = "x-delivery-count";
 /// The worker's own headers: kept whole by [`within_budget`] (each text value is at most
 /// 1 KiB, see [`set_text`]); a header the worker adds belongs here.
-pub const OWNED: [&str; 13] = [
+pub const OWNED: [&str; 14] = [
     ATTEMPTS,
+    EMAIL_LOOKS,
     WAITS,
     FIRST_DELIVERED_AT,
     POLICIES_ATTACHED,
@@ -79,6 +84,8 @@ const PLACED: &str = "policies-attached";
 /// are attached again, which AWS accepts), and at most this many ids are read back.
 const POLICIES_ATTACHED_MAX_BYTES: usize = 1024;
 const POLICIES_ATTACHED_MAX_IDS: usize = 64;
+/// The [`STEP`] value once a `CreateAccount` was sent and got no answer.
+const CREATE_SENT: &str = "create-sent";
 
 /// A string header; absent, empty or of another type is `None`.
 pub fn text(headers: &FieldTable, key: &str) -> Option<String> {
@@ -140,6 +147,10 @@ pub fn history_at(headers: Option<&FieldTable>, now: DateTime<Utc>) -> History {
             policies_attached: policies(headers),
             placed: text(headers, STEP).as_deref() == Some(PLACED),
             maybe_in_flight: false,
+            create_sent: text(headers, STEP).as_deref() == Some(CREATE_SENT),
+            email_looks: number(headers, EMAIL_LOOKS)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
         },
     }
 }
@@ -185,7 +196,14 @@ fn joined(policies: &BTreeSet<PolicyId>) -> String {
 pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
     let mut kept = FieldTable::default();
     for (key, value) in headers.inner() {
-        if ![CREATE_REQUEST_ID, ACCOUNT_ID, STEP, POLICIES_ATTACHED].contains(&key.as_str()) {
+        let progress_keys = [
+            CREATE_REQUEST_ID,
+            ACCOUNT_ID,
+            STEP,
+            POLICIES_ATTACHED,
+            EMAIL_LOOKS,
+        ];
+        if !progress_keys.contains(&key.as_str()) {
             kept.insert(key.clone(), value.clone());
         }
     }
@@ -203,6 +221,9 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
             &joined(&progress.policies_attached),
         );
     }
+    if progress.email_looks > 0 {
+        set_number(headers, EMAIL_LOOKS, i64::from(progress.email_looks));
+    }
     let step = match progress {
         Progress {
             account_id: Some(_),
@@ -217,6 +238,9 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
             create_request_id: Some(_),
             ..
         } => "create-requested",
+        Progress {
+            create_sent: true, ..
+        } => CREATE_SENT,
         _ => return,
     };
     set_text(headers, STEP, step);
@@ -396,6 +420,14 @@ mod tests {
                 placed: true,
                 ..Progress::default()
             },
+            Progress {
+                create_sent: true,
+                ..Progress::default()
+            },
+            Progress {
+                email_looks: 2,
+                ..Progress::default()
+            },
         ];
         for progress in cases {
             let mut headers = FieldTable::default();
@@ -411,6 +443,7 @@ mod tests {
                     account_id: Some("999999999999".into()),
                     policies_attached: scps(&["p-cccccccc"]),
                     placed: true,
+                    email_looks: 1,
                     ..Progress::default()
                 },
             );

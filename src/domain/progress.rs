@@ -8,7 +8,9 @@ use secrecy::SecretString;
 use super::ids::PolicyId;
 use super::names::IamUserName;
 
-/// What an earlier attempt of this order already achieved.
+/// What an earlier attempt of this order already achieved, as its headers say. Read from a
+/// message, the ids are hints, never trusted: provisioning acts on them only once AWS shows
+/// they are this order's (the account's `connect:asset-id` tag).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// The `CreateAccount` request (`car-…`), once issued.
@@ -25,6 +27,13 @@ pub struct Progress {
     /// its grace period, or lost the broker), so a `CreateAccount` it sent may still be on its
     /// way: no new one before the wait for it is over. Known from the delivery, not a header.
     pub maybe_in_flight: bool,
+    /// A `CreateAccount` of an earlier attempt was sent but got no answer (a timeout, a lost
+    /// connection): it may have made the account, so the order looks for it (after a wait)
+    /// before it asks again.
+    pub create_sent: bool,
+    /// How often AWS refused the order's creation with `EMAIL_ALREADY_EXISTS` while no
+    /// account with its email could be seen yet (looked at again a bounded number of times).
+    pub email_looks: u32,
 }
 
 /// A provisioned order.
@@ -32,8 +41,9 @@ pub struct Progress {
 pub struct Provisioned {
     /// The member account.
     pub account_id: String,
-    /// The `CreateAccount` request that made it.
-    pub create_request_id: String,
+    /// The `CreateAccount` request that made it; `None` when AWS no longer lists it (an
+    /// account resumed from an earlier delivery).
+    pub create_request_id: Option<String>,
     /// The SCPs attached.
     pub service_control_policies: Vec<PolicyId>,
     /// How the customer signs in.

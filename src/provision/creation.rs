@@ -1,6 +1,7 @@
-//! The account's creation: `CreateAccount` in a creation slot of the payer (only once the gate
-//! found nothing), the wait for AWS to end it (polling `DescribeCreateAccountStatus`), and the
-//! detached watcher that keeps the slot while a creation outlasts the attempt.
+//! The account's step: the progress's hints checked against AWS, the gate, then
+//! `CreateAccount` in a creation slot of the payer (only once nothing was found), the wait for
+//! AWS to end it (polling `DescribeCreateAccountStatus`), and the detached watcher that keeps
+//! the slot while a creation outlasts the attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +9,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::gate::{Gate, gate, is_ours};
-use super::{Polling, ProvisionError, failed};
-use crate::aws::{
-    ASSET_TAG, AccountId, AwsError, CreateState, CreateStatus, NewAccount, Organizations, Retry,
-};
+use super::gate::{self, Walked, forged, forget, is_ours};
+use super::{Polling, ProvisionError, Waiting, failed};
+use crate::aws::{ASSET_TAG, AccountId, AwsError, CreateState, NewAccount, Organizations, Retry};
 use crate::domain::model::Plan;
 use crate::domain::order::PurchaseRequest;
 use crate::domain::outcome::{FailureCode, Rejection};
 use crate::domain::progress::Progress;
-use crate::retry::Reason;
+use crate::observability::Metrics;
 use crate::slots::{CreationSlots, Slot};
 
 /// Tags that tie the account to its Connect order; the idempotency gate reads the asset id.
@@ -32,204 +31,289 @@ fn tags(order: &PurchaseRequest) -> Vec<(String, String)> {
     ]
 }
 
-/// Where the account of an order comes from.
+/// Times an `EMAIL_ALREADY_EXISTS` with no account in sight is looked at again (each after
+/// `retry.redelivered_create_delay_ms`) before it is reported: a creation of the email that is
+/// still finishing shows its account within minutes.
+pub const EMAIL_LOOKS: u32 = 3;
+
+/// What one order's account step needs besides the order.
+pub(super) struct Step<'a, O, S> {
+    /// The payer's management account.
+    pub aws: &'a Arc<O>,
+    /// The payer's creation slots.
+    pub slots: &'a S,
+    /// The order.
+    pub order: &'a PurchaseRequest,
+    /// What to provision.
+    pub plan: &'a Plan,
+    /// How long to wait on AWS.
+    pub polling: Polling,
+    /// Where ignored hints are counted.
+    pub metrics: &'a Metrics,
+}
+
+/// Where a creation to follow came from, which says what its end means.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
-    /// A `CreateAccount` request of this order's, from an earlier attempt or just issued.
-    Own(CreateStatus),
-    /// A request in progress for the order's account name that no progress of ours named
-    /// (an attempt that crashed before it could record it, or a copy of the order).
-    Adopted(CreateStatus),
+    /// A create request id in the progress headers: a hint, followed only to wait for it.
+    Hint,
+    /// A creation in progress under the order's account name that this order did not issue.
+    Adopted,
 }
 
-/// What the start of the account step found or began.
-enum Started {
-    /// The gate found the order's account.
-    Found(String),
-    /// A creation to follow, with the slot taken for it if this attempt requested it.
-    Creation(Source, Option<Slot>),
-}
+impl<O: Organizations, S: CreationSlots> Step<'_, O, S> {
+    /// The order's account. The progress's account id is used once AWS shows it is the
+    /// order's; else its create request id is followed (the account it made used only if its
+    /// tag proves it); else the gate: a new order looks at the creations in progress and then
+    /// asks for the account; an order whose earlier `CreateAccount` may be in flight, or whose
+    /// creation AWS refused with `EMAIL_ALREADY_EXISTS`, takes the rare path. Returns the
+    /// account id; `progress.create_request_id` is then AWS's word, or `None`.
+    ///
+    /// # Errors
+    /// As [`super::provision`].
+    pub(super) async fn account(&self, progress: &mut Progress) -> Result<String, ProvisionError> {
+        let aws = self.aws.as_ref();
+        if let Some(id) = gate::verified_account(aws, self.order, progress, self.metrics).await? {
+            return Ok(id);
+        }
+        if let Some(hint) = progress.create_request_id.clone()
+            && let Some(id) = self.follow(&hint, Source::Hint, progress).await?
+        {
+            return Ok(id);
+        }
+        if progress.maybe_in_flight || progress.create_sent || progress.email_looks > 0 {
+            return self.rare_path(progress).await;
+        }
+        // A new order that could not wait for a slot anyway goes back before calling AWS.
+        self.slots
+            .room_to_wait(&self.plan.payer)
+            .map_err(ProvisionError::NoSlot)?;
+        if let Some(id) = self.adopt_in_progress(progress).await? {
+            return Ok(id);
+        }
+        self.create(progress).await
+    }
 
-/// The order's account when its progress names none: the creation of an earlier attempt is
-/// followed; else the gate looks, and `CreateAccount` is called in a creation slot only if it
-/// found nothing; then the creation is waited for. Returns the account id; records the create
-/// request id in `progress`.
-///
-/// # Errors
-/// As [`super::provision`].
-pub(super) async fn find_or_create<O: Organizations>(
-    aws: &Arc<O>,
-    slots: &impl CreationSlots,
-    order: &PurchaseRequest,
-    plan: &Plan,
-    progress: &mut Progress,
-    polling: Polling,
-) -> Result<String, ProvisionError> {
-    // The slot is held from right before `CreateAccount` until the creation ends; dropping it
-    // gives it back.
-    let (source, slot) = match progress.create_request_id.clone() {
-        Some(id) => (
-            Source::Own(status(aws.as_ref(), &id, progress).await?),
-            None,
-        ),
-        None => match start(aws.as_ref(), slots, order, plan, progress).await? {
-            Started::Found(id) => return Ok(id),
-            Started::Creation(source, slot) => (source, slot),
-        },
-    };
-    let (status, adopted) = match source {
-        Source::Own(status) => {
-            progress.create_request_id = Some(status.request_id.clone());
-            (status, false)
+    /// The rare path: the creations in progress, then the walk of the organization; nothing
+    /// found means wait (an earlier delivery's `CreateAccount` may be on its way), look again
+    /// (an `EMAIL_ALREADY_EXISTS` whose account is not visible yet), or ask for the account
+    /// (after the wait for an unanswered `CreateAccount`).
+    async fn rare_path(&self, progress: &mut Progress) -> Result<String, ProvisionError> {
+        if let Some(id) = self.adopt_in_progress(progress).await? {
+            return Ok(id);
         }
-        // An adopted request is not recorded: should the wait run out, the next attempt goes
-        // through the gate again rather than trust a request it never checked.
-        Source::Adopted(status) => (status, true),
-    };
-    let request_id = status.request_id.clone();
-    match wait_for_account(aws.as_ref(), request_id.clone(), status.state, polling).await {
-        Ok(account_id) if adopted => {
-            claim_adopted(aws.as_ref(), account_id, request_id, order, plan, progress).await
-        }
-        Ok(account_id) => {
-            info!(account_id, "account created");
-            Ok(account_id)
-        }
-        Err(Waited::Failed(reason)) => {
-            after_failure(aws.as_ref(), &reason, &request_id, order, plan, progress).await
-        }
-        Err(Waited::Error(error)) => {
-            // Still in progress (or unknown) at AWS: the slot stays taken until it ends.
-            if let Some(slot) = slot {
-                keep_until_done(Arc::clone(aws), request_id, slot, polling.interval);
+        match gate::walk(self.aws.as_ref(), self.order, self.plan, progress).await? {
+            Walked::Ours(account) => gate::resume(self.aws.as_ref(), account, progress).await,
+            Walked::EmailTaken(account) => Err(gate::email_taken(&account, self.plan)),
+            Walked::Nothing if progress.maybe_in_flight => {
+                info!("no account found after an unsettled delivery: looking again after a wait");
+                Err(ProvisionError::Waiting(Waiting::MaybeInFlight(Progress {
+                    create_sent: true,
+                    email_looks: progress.email_looks,
+                    ..Progress::default()
+                })))
             }
-            Err(failed(error, progress))
-        }
-    }
-}
-
-/// `DescribeCreateAccountStatus` of `request_id`.
-async fn status<O: Organizations>(
-    aws: &O,
-    request_id: &str,
-    progress: &Progress,
-) -> Result<CreateStatus, ProvisionError> {
-    aws.create_status(request_id)
-        .await
-        .map_err(|e| failed(e, progress))
-}
-
-/// The gate, then `CreateAccount` in a slot if it found nothing. A new order that could not
-/// wait for a slot anyway goes back before calling AWS at all (not one whose earlier delivery
-/// may have a `CreateAccount` in flight: it waits in [`ProvisionError::NotYet`]).
-async fn start<O: Organizations>(
-    aws: &O,
-    slots: &impl CreationSlots,
-    order: &PurchaseRequest,
-    plan: &Plan,
-    progress: &Progress,
-) -> Result<Started, ProvisionError> {
-    if !progress.maybe_in_flight
-        && let Err(no_slot) = slots.room_to_wait(&plan.payer)
-    {
-        return Err(ProvisionError::NoSlot(no_slot));
-    }
-    match gate(aws, order, plan).await? {
-        Gate::Account(id) => Ok(Started::Found(id)),
-        Gate::Creation(id) => Ok(Started::Creation(
-            Source::Adopted(status(aws, &id, progress).await?),
-            None,
-        )),
-        Gate::Nothing if progress.maybe_in_flight => Err(ProvisionError::NotYet),
-        Gate::Nothing => {
-            let taken = slots
-                .acquire(&plan.payer)
-                .await
-                .map_err(ProvisionError::NoSlot)?;
-            let account = NewAccount {
-                email: plan.email.to_string(),
-                name: plan.account_name.to_string(),
-                tags: tags(order),
-            };
-            let status = aws
-                .create_account(&account)
-                .await
-                .map_err(|e| failed(e, progress))?;
-            info!(create_request_id = %status.request_id, "account creation requested");
-            Ok(Started::Creation(Source::Own(status), Some(taken)))
-        }
-    }
-}
-
-/// An adopted creation made `account_id`: it is the order's (and its request recorded in
-/// `progress`) only if the account's email and asset tag say so; else the account name is
-/// another order's, a transient error.
-async fn claim_adopted<O: Organizations>(
-    aws: &O,
-    account_id: String,
-    request_id: String,
-    order: &PurchaseRequest,
-    plan: &Plan,
-    progress: &mut Progress,
-) -> Result<String, ProvisionError> {
-    let account = aws
-        .describe_account(&AccountId(account_id.clone()))
-        .await
-        .map_err(|e| failed(e, progress))?;
-    if is_ours(&account, order, plan) {
-        progress.create_request_id = Some(request_id);
-        info!(account_id, "account created");
-        Ok(account_id)
-    } else {
-        Err(failed(
-            AwsError {
-                retry: Retry::Transient,
-                operation: "CreateAccount",
-                code: Some(Reason::AccountNameInUse.as_str().to_owned()),
-                message: format!(
-                    "creation {request_id} for the account name {} made an account for another order",
-                    plan.account_name
-                ),
-            },
-            progress,
-        ))
-    }
-}
-
-/// A creation that AWS ended FAILED with `reason`: the order's own account when the email's
-/// account turns out to be this order's; else tried again from the gate when the failure is not
-/// the order's, a business outcome when it is.
-async fn after_failure<O: Organizations>(
-    aws: &O,
-    reason: &str,
-    request_id: &str,
-    order: &PurchaseRequest,
-    plan: &Plan,
-    progress: &Progress,
-) -> Result<String, ProvisionError> {
-    match reason {
-        "EMAIL_ALREADY_EXISTS" | CONCURRENT_ACCOUNT_MODIFICATION => {
-            // The email's account may be this order's own (a request sent twice whose first
-            // copy won): look again before telling the customer.
-            match aws
-                .find_account(plan.email.as_str())
-                .await
-                .map_err(|e| failed(e, progress))?
-            {
-                Some(account) if is_ours(&account, order, plan) => {
-                    info!(account_id = %account.id, "the email's account is this order's: resuming");
-                    Ok(account.id.0)
-                }
-                // "You already submitted a request with the same information": the other
-                // request is still under way; the next attempt's gate follows it.
-                _ if reason == CONCURRENT_ACCOUNT_MODIFICATION => {
-                    Err(try_again(reason, request_id))
-                }
-                _ => Err(rejected_by_aws(reason, plan)),
+            Walked::Nothing if (1..EMAIL_LOOKS).contains(&progress.email_looks) => {
+                Err(email_not_visible(progress, self.plan))
+            }
+            // After an unanswered `CreateAccount`, or once the looks are over: asked again, so
+            // that AWS (not a header) says whether the email is in use.
+            Walked::Nothing => {
+                info!("no account found: asking for it");
+                progress.create_sent = false;
+                self.create(progress).await
             }
         }
-        INTERNAL_FAILURE => Err(try_again(reason, request_id)),
-        _ => Err(rejected_by_aws(reason, plan)),
     }
+
+    /// A creation in progress under the order's account name (`ListCreateAccountStatus`
+    /// IN_PROGRESS), followed: its account is the order's only if its tag proves it.
+    async fn adopt_in_progress(
+        &self,
+        progress: &mut Progress,
+    ) -> Result<Option<String>, ProvisionError> {
+        let found = self
+            .aws
+            .find_creation(self.plan.account_name.as_str())
+            .await
+            .map_err(|e| failed(e, progress))?;
+        match found {
+            Some(id) => {
+                info!(create_request_id = %id, "a creation under the order's account name is in progress: following it");
+                self.follow(&id, Source::Adopted, progress).await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Follows a creation this attempt did not issue, only to wait for it: the account it made
+    /// is the order's only if its tag proves it, and its FAILED end is never the order's
+    /// outcome. `None` (the request forgotten) when it is not the order's; a creation still
+    /// in progress waits, its request id kept as a hint.
+    async fn follow(
+        &self,
+        request_id: &str,
+        source: Source,
+        progress: &mut Progress,
+    ) -> Result<Option<String>, ProvisionError> {
+        let aws = self.aws.as_ref();
+        let not_ours = |progress: &mut Progress| {
+            if source == Source::Hint {
+                forged(self.metrics, "x-create-request-id", request_id, self.order);
+            }
+            forget(progress);
+        };
+        let state = match aws.create_status(request_id).await {
+            Ok(status) => status.state,
+            Err(e) if e.retry == Retry::Permanent => {
+                not_ours(progress);
+                return Ok(None);
+            }
+            Err(e) => return Err(failed(e, progress)),
+        };
+        match wait_for_account(aws, request_id, state, self.polling).await {
+            Ok(account_id) => {
+                let account = aws
+                    .describe_account(&AccountId(account_id.clone()))
+                    .await
+                    .map_err(|e| failed(e, progress))?;
+                if is_ours(&account, self.order) {
+                    progress.create_request_id = Some(request_id.to_owned());
+                    info!(account_id, "account created");
+                    Ok(Some(account_id))
+                } else {
+                    not_ours(progress);
+                    Ok(None)
+                }
+            }
+            Err(Waited::Failed(reason)) => {
+                info!(create_request_id = %request_id, %reason, "a creation this attempt did not issue failed: not taken as the order's outcome");
+                forget(progress);
+                Ok(None)
+            }
+            Err(Waited::InProgress) => {
+                progress.create_request_id = Some(request_id.to_owned());
+                Err(ProvisionError::Waiting(Waiting::CreateInProgress(
+                    progress.clone(),
+                )))
+            }
+            Err(Waited::Error(error)) => Err(failed(error, progress)),
+        }
+    }
+
+    /// `CreateAccount` in a slot of the payer, then the wait for it. A request sent that got
+    /// no answer is recorded (`create_sent`) and waited for before anything else is asked.
+    async fn create(&self, progress: &mut Progress) -> Result<String, ProvisionError> {
+        let aws = self.aws.as_ref();
+        // The slot is held from right before `CreateAccount` until the creation ends; dropping
+        // it gives it back.
+        let slot = self
+            .slots
+            .acquire(&self.plan.payer)
+            .await
+            .map_err(ProvisionError::NoSlot)?;
+        let account = NewAccount {
+            email: self.plan.email.to_string(),
+            name: self.plan.account_name.to_string(),
+            tags: tags(self.order),
+        };
+        let status = match aws.create_account(&account).await {
+            Ok(status) => status,
+            Err(e) if e.code.is_none() && e.retry == Retry::Transient => {
+                warn!(error = %e, "CreateAccount got no answer: it may have been made; looking for it after a wait");
+                progress.create_sent = true;
+                return Err(ProvisionError::Waiting(Waiting::MaybeInFlight(
+                    progress.clone(),
+                )));
+            }
+            Err(e) => return Err(failed(e, progress)),
+        };
+        info!(create_request_id = %status.request_id, "account creation requested");
+        let request_id = status.request_id;
+        progress.create_request_id = Some(request_id.clone());
+        progress.create_sent = false;
+        match wait_for_account(aws, &request_id, status.state, self.polling).await {
+            Ok(account_id) => {
+                info!(account_id, "account created");
+                Ok(account_id)
+            }
+            Err(Waited::Failed(reason)) => self.after_failure(&reason, &request_id, progress).await,
+            Err(Waited::InProgress) => {
+                keep_until_done(
+                    Arc::clone(self.aws),
+                    request_id,
+                    slot,
+                    self.polling.interval,
+                );
+                Err(ProvisionError::Waiting(Waiting::CreateInProgress(
+                    progress.clone(),
+                )))
+            }
+            Err(Waited::Error(error)) => {
+                // Unknown at AWS: the slot stays taken until the creation ends.
+                keep_until_done(
+                    Arc::clone(self.aws),
+                    request_id,
+                    slot,
+                    self.polling.interval,
+                );
+                Err(failed(error, progress))
+            }
+        }
+    }
+
+    /// This order's creation, which AWS ended FAILED with `reason`: the order's own account
+    /// when the email's account turns out to be the order's (the rare path); else tried again
+    /// from the gate when the failure is not the order's, a business outcome when it is.
+    async fn after_failure(
+        &self,
+        reason: &str,
+        request_id: &str,
+        progress: &mut Progress,
+    ) -> Result<String, ProvisionError> {
+        match reason {
+            EMAIL_ALREADY_EXISTS | CONCURRENT_ACCOUNT_MODIFICATION => {
+                *progress = Progress {
+                    email_looks: progress.email_looks,
+                    ..Progress::default()
+                };
+                if let Some(id) = self.adopt_in_progress(progress).await? {
+                    return Ok(id);
+                }
+                match gate::walk(self.aws.as_ref(), self.order, self.plan, progress).await? {
+                    Walked::Ours(account) => {
+                        gate::resume(self.aws.as_ref(), account, progress).await
+                    }
+                    Walked::EmailTaken(account) => Err(gate::email_taken(&account, self.plan)),
+                    // "You already submitted a request with the same information": the other
+                    // request is still under way; the next attempt's gate follows it.
+                    Walked::Nothing if reason == CONCURRENT_ACCOUNT_MODIFICATION => {
+                        Err(try_again(reason, request_id))
+                    }
+                    Walked::Nothing => Err(email_not_visible(progress, self.plan)),
+                }
+            }
+            INTERNAL_FAILURE => Err(try_again(reason, request_id)),
+            _ => Err(rejected_by_aws(reason, self.plan)),
+        }
+    }
+}
+
+/// `EMAIL_ALREADY_EXISTS` and no account with the email in sight: look again later, up to
+/// [`EMAIL_LOOKS`] times, then report it.
+fn email_not_visible(progress: &Progress, plan: &Plan) -> ProvisionError {
+    let looks = progress.email_looks.saturating_add(1);
+    if looks > EMAIL_LOOKS {
+        return rejected_by_aws(EMAIL_ALREADY_EXISTS, plan);
+    }
+    info!(
+        looks,
+        "AWS says the email is in use, but no such account is visible yet: looking again later"
+    );
+    ProvisionError::Waiting(Waiting::EmailNotVisible(Progress {
+        email_looks: looks,
+        ..Progress::default()
+    }))
 }
 
 /// Status polls that may fail in a row before a watched slot is given back anyway.
@@ -267,6 +351,8 @@ pub fn keep_until_done<O: Organizations>(
     });
 }
 
+/// The `FailureReason` of an email in use by another account, anywhere.
+const EMAIL_ALREADY_EXISTS: &str = "EMAIL_ALREADY_EXISTS";
 /// A `FailureReason` after which nothing was created and a new request may succeed.
 const INTERNAL_FAILURE: &str = "INTERNAL_FAILURE";
 /// A `FailureReason` meaning another request with the same information is under way.
@@ -302,15 +388,18 @@ fn rejected_by_aws(reason: &str, plan: &Plan) -> ProvisionError {
 enum Waited {
     /// AWS ended it FAILED, with its `FailureReason`.
     Failed(String),
-    /// Still in progress when the patience ran out, or its status could not be read.
+    /// Still in progress when the attempt's patience ran out.
+    InProgress,
+    /// Its status could not be read.
     Error(AwsError),
 }
 
-/// Polls the creation until it ends or `polling.patience` runs out (then a transient error, so
-/// the order waits in the broker instead of holding its consumer slot).
+/// Polls the creation until it ends or `polling.patience` runs out (then
+/// [`Waited::InProgress`], so the order waits in the broker instead of holding its consumer
+/// slot).
 async fn wait_for_account<O: Organizations>(
     aws: &O,
-    request_id: String,
+    request_id: &str,
     mut state: CreateState,
     polling: Polling,
 ) -> Result<String, Waited> {
@@ -320,17 +409,13 @@ async fn wait_for_account<O: Organizations>(
             CreateState::Succeeded { account_id } => return Ok(account_id),
             CreateState::Failed { reason } => return Err(Waited::Failed(reason)),
             CreateState::InProgress if Instant::now() + polling.interval > deadline => {
-                return Err(Waited::Error(AwsError {
-                    retry: Retry::Transient,
-                    operation: "DescribeCreateAccountStatus",
-                    code: Some(Reason::CreateInProgress.as_str().to_owned()),
-                    message: format!("account creation {request_id} is still in progress"),
-                }));
+                info!(create_request_id = %request_id, "the account's creation is still in progress: waiting for it");
+                return Err(Waited::InProgress);
             }
             CreateState::InProgress => {
                 tokio::time::sleep(polling.interval).await;
                 state = aws
-                    .create_status(&request_id)
+                    .create_status(request_id)
                     .await
                     .map_err(Waited::Error)?
                     .state;
@@ -349,6 +434,7 @@ mod tests {
     use super::*;
     use crate::aws::fake::ScriptedOrganizations;
     use crate::domain::model::{Access, AccountModel};
+    use crate::observability::Metrics;
     use crate::provision::fixtures::{
         POLLING, account, created, order, plan, provision_root, succeeded,
     };
@@ -357,8 +443,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_creation_is_a_business_outcome_with_the_mapped_code() {
+        // EMAIL_ALREADY_EXISTS takes the rare path first (the gate's tests).
         let cases = [
-            ("EMAIL_ALREADY_EXISTS", FailureCode::EmailAlreadyExists),
             ("INVALID_EMAIL", FailureCode::InvalidEmail),
             (
                 "ACCOUNT_LIMIT_EXCEEDED",
@@ -384,15 +470,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_long_creation_goes_back_to_the_broker_with_its_request_id() {
+    async fn a_long_creation_waits_in_the_broker_with_its_request_id() {
         let aws =
             ScriptedOrganizations::with_states(std::iter::repeat_n(CreateState::InProgress, 10));
         let err = provision_root(&aws, Progress::default()).await;
-        let Err(ProvisionError::Aws { error, progress }) = err else {
-            panic!("expected a transient error, got {err:?}");
+        let Err(ProvisionError::Waiting(Waiting::CreateInProgress(progress))) = err else {
+            panic!("expected a wait, got {err:?}");
         };
-        assert_eq!(error.retry, Retry::Transient);
-        assert_eq!(error.code.as_deref(), Some("CREATE_IN_PROGRESS"));
         assert_eq!(progress.create_request_id.as_deref(), Some("car-test"));
         let polls = aws
             .calls()
@@ -400,36 +484,6 @@ mod tests {
             .filter(|c| c.starts_with("Describe"))
             .count();
         assert_eq!(polls, 5, "at 2, 4, 6, 8 and 10 s: 10 s of patience");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn email_already_exists_for_the_orders_own_account_resumes_it() {
-        let failed = CreateState::Failed {
-            reason: "EMAIL_ALREADY_EXISTS".into(),
-        };
-        // The gate saw nothing; the creation failed because a copy of the order won the race.
-        let aws = ScriptedOrganizations::with_states([failed]);
-        let aws = ScriptedOrganizations {
-            existing: None,
-            ..aws
-        };
-        assert!(matches!(
-            provision_root(&aws, Progress::default()).await,
-            Err(ProvisionError::Rejected(_))
-        ));
-
-        let aws = ScriptedOrganizations {
-            existing: Some(account(Some("AS-1"))),
-            ..ScriptedOrganizations::with_states([CreateState::Failed {
-                reason: "EMAIL_ALREADY_EXISTS".into(),
-            }])
-        };
-        let progress = Progress {
-            create_request_id: Some("car-test".into()),
-            ..Progress::default()
-        };
-        let done = provision_root(&aws, progress).await.expect("provisioned");
-        assert_eq!(done.account_id, "111122223333");
     }
 
     #[tokio::test(start_paused = true)]
@@ -457,11 +511,9 @@ mod tests {
                 reason: "CONCURRENT_ACCOUNT_MODIFICATION".into(),
             }])
         };
-        let progress = Progress {
-            create_request_id: Some("car-test".into()),
-            ..Progress::default()
-        };
-        let done = provision_root(&aws, progress).await.expect("provisioned");
+        let done = provision_root(&aws, Progress::default())
+            .await
+            .expect("provisioned");
         assert_eq!(done.account_id, "111122223333");
     }
 
@@ -491,7 +543,16 @@ mod tests {
         let aws = ScriptedOrganizations::with_states([succeeded()]);
         let shared = Arc::new(aws.clone());
         let (order, plan) = (order(), plan(Access::RootUser));
-        let provisioning = provision(&shared, &slots, &order, &plan, Progress::default(), POLLING);
+        let metrics = Metrics::default();
+        let provisioning = provision(
+            &shared,
+            &slots,
+            &order,
+            &plan,
+            Progress::default(),
+            POLLING,
+            &metrics,
+        );
         let mut provisioning = std::pin::pin!(provisioning);
         let waited = tokio::time::timeout(Duration::from_secs(60), provisioning.as_mut()).await;
         assert!(waited.is_err(), "no slot, no creation");
@@ -521,6 +582,7 @@ mod tests {
             &plan,
             fresh(),
             POLLING,
+            &Metrics::default(),
         )
         .await;
         assert!(
@@ -539,27 +601,51 @@ mod tests {
             &plan,
             fresh(),
             POLLING,
+            &Metrics::default(),
         )
         .await;
         assert!(matches!(err, Err(ProvisionError::NoSlot(_))), "{err:?}");
         assert_eq!(aws.calls(), Vec::<String>::new());
 
-        // ... but one whose earlier delivery may have a CreateAccount in flight goes through
-        // the gate (and waits in NotYet), and a known request id needs no slot.
+        // ... but one whose earlier delivery may have a CreateAccount in flight takes the rare
+        // path (and waits), and a known request id needs no slot.
         let maybe = Progress {
             maybe_in_flight: true,
             ..Progress::default()
         };
-        let err = provision(&Arc::new(aws.clone()), &full, &order, &plan, maybe, POLLING).await;
-        assert!(matches!(err, Err(ProvisionError::NotYet)), "{err:?}");
-        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        let err = provision(
+            &Arc::new(aws.clone()),
+            &full,
+            &order,
+            &plan,
+            maybe,
+            POLLING,
+            &Metrics::default(),
+        )
+        .await;
+        assert!(
+            matches!(err, Err(ProvisionError::Waiting(Waiting::MaybeInFlight(_)))),
+            "{err:?}"
+        );
+        let aws = ScriptedOrganizations {
+            described: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::with_states([succeeded()])
+        };
         let known = Progress {
             create_request_id: Some("car-test".into()),
             ..Progress::default()
         };
-        provision(&Arc::new(aws), &full, &order, &plan, known, POLLING)
-            .await
-            .expect("provisioned without a slot");
+        provision(
+            &Arc::new(aws),
+            &full,
+            &order,
+            &plan,
+            known,
+            POLLING,
+            &Metrics::default(),
+        )
+        .await
+        .expect("provisioned without a slot");
     }
 
     #[tokio::test(start_paused = true)]
@@ -578,9 +664,16 @@ mod tests {
             &plan,
             Progress::default(),
             POLLING,
+            &Metrics::default(),
         )
         .await;
-        assert!(matches!(err, Err(ProvisionError::Aws { .. })), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Err(ProvisionError::Waiting(Waiting::CreateInProgress(_)))
+            ),
+            "{err:?}"
+        );
         assert_eq!(
             slots.available("default"),
             0,

@@ -14,6 +14,7 @@ use crate::domain::model::{Access, AccountModel, Plan};
 use crate::domain::names::{AccountName, IamUserName};
 use crate::domain::order::PurchaseRequest;
 use crate::domain::progress::{Progress, Provisioned};
+use crate::observability::Metrics;
 use crate::slots::Unlimited;
 
 /// The test order: asset `AS-1`, customer `C`.
@@ -78,6 +79,7 @@ pub(super) async fn provision_plan(
         plan,
         progress,
         POLLING,
+        &Metrics::default(),
     )
     .await
 }
@@ -116,12 +118,23 @@ pub(super) fn ou_plan(access: Access) -> Plan {
 }
 
 /// Provisions `access` for the test order into OU `ou-root-opco0001`, from an account under
-/// the root; returns the calls after the creation (`CreateAccount` and its status).
+/// the root; returns the calls after the creation (the gate's look, `CreateAccount`).
 pub(super) async fn calls_after_creation_into_an_ou(access: Access) -> Vec<String> {
     let aws = ScriptedOrganizations::with_states([succeeded()]);
     *aws.parent.lock().expect("parent") = "r-root".to_owned();
     provision_plan(&aws, &ou_plan(access), Progress::default())
         .await
         .expect("provisioned");
-    aws.calls()[3..].to_vec()
+    aws.calls()[2..].to_vec()
+}
+
+/// The calls `aws` saw after the leading checks of the progress's hints (`DescribeAccount` of
+/// its account, `DescribeCreateAccountStatus` of its request).
+pub(super) fn after_checks(aws: &ScriptedOrganizations) -> Vec<String> {
+    aws.calls()
+        .into_iter()
+        .skip_while(|c| {
+            c.starts_with("DescribeAccount ") || c.starts_with("DescribeCreateAccountStatus ")
+        })
+        .collect()
 }

@@ -2,9 +2,11 @@
 //! safe to run again. What is known so far ([`Progress`]) travels with the order when it goes
 //! back to the broker, so a retry never asks AWS for a second account.
 //!
-//! The steps, in their order: `gate` looks for the order's account before anything is
-//! requested; `creation` requests it in a creation slot and waits for it; `access` gives the
-//! customer their access; `placement` moves the account to its OU and attaches its SCPs.
+//! The steps, in their order: `gate` checks the progress headers' hints against AWS and looks
+//! for the order's account before anything is requested (at a cost that does not grow with the
+//! organization, but on its rare path); `creation` requests it in a creation slot and waits for
+//! it; `access` gives the customer their access; `placement` moves the account to its OU and
+//! attaches its SCPs.
 
 mod access;
 mod creation;
@@ -22,10 +24,11 @@ use crate::domain::model::Plan;
 use crate::domain::order::PurchaseRequest;
 use crate::domain::outcome::Rejection;
 use crate::domain::progress::{Progress, Provisioned};
+use crate::observability::Metrics;
 use crate::slots::{CreationSlots, NoSlot};
 
 pub use access::{mark_credentials_issued, member_refusal};
-pub use creation::keep_until_done;
+pub use creation::{EMAIL_LOOKS, keep_until_done};
 
 /// How long provisioning waits on AWS: for a creation in progress, and for a new account.
 #[derive(Debug, Clone, Copy)]
@@ -45,9 +48,9 @@ pub struct Polling {
 pub enum ProvisionError {
     /// A business outcome: the order gets `aws.account.failed`.
     Rejected(Rejection),
-    /// The gate found nothing, but an earlier delivery may have a `CreateAccount` in flight
-    /// ([`Progress::maybe_in_flight`]): look again after a wait, before requesting an account.
-    NotYet,
+    /// Nothing failed, but the order cannot go on yet: it waits (spending no attempt), then
+    /// resumes from the progress it carries.
+    Waiting(Waiting),
     /// The gate found nothing, but no creation slot of the payer came free for this delivery:
     /// nothing was requested, the order tries again later.
     NoSlot(NoSlot),
@@ -58,6 +61,20 @@ pub enum ProvisionError {
         /// What to resume from.
         progress: Progress,
     },
+}
+
+/// What an order waits for before its next attempt.
+#[derive(Debug)]
+pub enum Waiting {
+    /// An earlier delivery may have a `CreateAccount` in flight (it ended unsettled, or its
+    /// `CreateAccount` got no answer): look again after `retry.redelivered_create_delay_ms`,
+    /// before requesting an account.
+    MaybeInFlight(Progress),
+    /// The creation the progress names is still in progress at AWS.
+    CreateInProgress(Progress),
+    /// AWS refused the creation with `EMAIL_ALREADY_EXISTS`, and no account with the email can
+    /// be seen yet (a creation still finishing): look again later, a bounded number of times.
+    EmailNotVisible(Progress),
 }
 
 /// An AWS call failed; `progress` is what to resume from.
@@ -74,11 +91,15 @@ fn failed(error: AwsError, progress: &Progress) -> ProvisionError {
 /// and holds it until the creation ends (see [`keep_until_done`] for a creation that outlasts
 /// the attempt).
 ///
+/// What is read from the progress (headers) is a hint: acted on only once AWS shows it is this
+/// order's; a hint that is not is logged, counted in `metrics` and ignored.
+///
 /// # Errors
 /// [`ProvisionError::Rejected`] for a business outcome (AWS ended the creation FAILED, the
 /// email belongs to another account); [`ProvisionError::Aws`] when a call fails, with the
 /// progress to resume from; [`ProvisionError::NoSlot`] when no creation slot came;
-/// [`ProvisionError::NotYet`] when an earlier delivery's creation may still be on its way.
+/// [`ProvisionError::Waiting`] when the order must wait (a creation in progress or maybe in
+/// flight, an email in use whose account is not visible yet).
 pub async fn provision<O: Organizations>(
     aws: &Arc<O>,
     slots: &impl CreationSlots,
@@ -86,16 +107,18 @@ pub async fn provision<O: Organizations>(
     plan: &Plan,
     mut progress: Progress,
     polling: Polling,
+    metrics: &Metrics,
 ) -> Result<Provisioned, ProvisionError> {
-    let account_id = match progress.account_id.clone() {
-        Some(id) => id,
-        None => {
-            let id =
-                creation::find_or_create(aws, slots, order, plan, &mut progress, polling).await?;
-            progress.account_id = Some(id.clone());
-            id
-        }
+    let step = creation::Step {
+        aws,
+        slots,
+        order,
+        plan,
+        polling,
+        metrics,
     };
+    let account_id = step.account(&mut progress).await?;
+    progress.account_id = Some(account_id.clone());
     let account = AccountId(account_id.clone());
 
     // The customer's access first, then the account's place and SCPs: an SCP that denies IAM
@@ -116,7 +139,7 @@ pub async fn provision<O: Organizations>(
 
     Ok(Provisioned {
         account_id,
-        create_request_id: progress.create_request_id.unwrap_or_default(),
+        create_request_id: progress.create_request_id,
         service_control_policies: plan.service_control_policies.clone(),
         access,
     })
@@ -127,7 +150,8 @@ mod tests {
     //! The order of the steps, and what a resumed order skips.
 
     use super::fixtures::{
-        calls_after_creation_into_an_ou, iam_user, plan, provision_plan, provision_root, succeeded,
+        account, calls_after_creation_into_an_ou, iam_user, plan, provision_plan, provision_root,
+        succeeded,
     };
     use super::*;
     use crate::aws::fake::ScriptedOrganizations;
@@ -146,13 +170,12 @@ mod tests {
             .await
             .expect("provisioned");
         assert_eq!(done.account_id, "111122223333");
-        assert_eq!(done.create_request_id, "car-test");
+        assert_eq!(done.create_request_id.as_deref(), Some("car-test"));
         assert!(matches!(done.access, Granted::IamUser { .. }));
         assert_eq!(
             aws.calls(),
             [
                 "ListCreateAccountStatus C",
-                "ListAccounts c@customer.example",
                 "CreateAccount c@customer.example",
                 "DescribeCreateAccountStatus car-test",
                 "DescribeCreateAccountStatus car-test",
@@ -168,7 +191,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_resumed_order_never_asks_for_a_second_account() {
-        let aws = ScriptedOrganizations::with_states([succeeded()]);
+        let aws = ScriptedOrganizations {
+            described: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::with_states([succeeded()])
+        };
         let progress = Progress {
             create_request_id: Some("car-test".into()),
             ..Progress::default()
@@ -177,14 +203,25 @@ mod tests {
         assert_eq!(aws.calls()[0], "DescribeCreateAccountStatus car-test");
         assert!(!aws.calls().iter().any(|c| c.starts_with("CreateAccount")));
 
-        let aws = ScriptedOrganizations::default();
+        // Its account checked (its tag), its request checked, then only what is left.
+        let aws = ScriptedOrganizations {
+            described: Some(account(Some("AS-1"))),
+            ..ScriptedOrganizations::with_states([succeeded()])
+        };
         let progress = Progress {
             create_request_id: Some("car-test".into()),
             account_id: Some("111122223333".into()),
             ..Progress::default()
         };
         provision_root(&aws, progress).await.expect("provisioned");
-        assert_eq!(aws.calls(), ["AttachPolicy p-abcd1234 111122223333"]);
+        assert_eq!(
+            aws.calls(),
+            [
+                "DescribeAccount 111122223333",
+                "DescribeCreateAccountStatus car-test",
+                "AttachPolicy p-abcd1234 111122223333"
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

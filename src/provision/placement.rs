@@ -54,7 +54,7 @@ mod tests {
     use crate::domain::progress::Progress;
     use crate::provision::ProvisionError;
     use crate::provision::fixtures::{
-        calls_after_creation_into_an_ou, ou_plan, provision_plan, provision_root,
+        after_checks, calls_after_creation_into_an_ou, ou_plan, provision_plan, provision_root,
     };
 
     #[tokio::test(start_paused = true)]
@@ -84,7 +84,7 @@ mod tests {
             .await
             .expect("provisioned");
         assert_eq!(
-            aws.calls(),
+            after_checks(&aws),
             [
                 "ListParents 111122223333",
                 "AttachPolicy p-abcd1234 111122223333"
@@ -100,7 +100,7 @@ mod tests {
         provision_plan(&aws, &plan, progress)
             .await
             .expect("provisioned");
-        assert_eq!(aws.calls(), Vec::<String>::new());
+        assert_eq!(after_checks(&aws), Vec::<String>::new());
     }
 
     #[tokio::test(start_paused = true)]
@@ -113,7 +113,7 @@ mod tests {
             ..Progress::default()
         };
         provision_root(&aws, progress).await.expect("provisioned");
-        assert_eq!(aws.calls(), Vec::<String>::new());
+        assert_eq!(after_checks(&aws), Vec::<String>::new());
     }
 
     fn scps(ids: &[&str]) -> Vec<PolicyId> {
@@ -167,7 +167,7 @@ mod tests {
             .await
             .expect("provisioned");
         assert_eq!(
-            aws.calls(),
+            after_checks(&aws),
             [
                 "ListParents 111122223333",
                 "AttachPolicy p-bbbbbbbb 111122223333",

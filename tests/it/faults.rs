@@ -1,13 +1,15 @@
 //! A fault-injecting HTTP proxy in front of moto, for what moto cannot do: throttling a share of
 //! calls, answering `ConcurrentModificationException` (on every Organizations call or on chosen
 //! operations), keeping `CreateAccount` IN_PROGRESS for some polls or some time before it ends
-//! SUCCEEDED or FAILED, delaying answers, and refusing every IAM call (as an SCP that denies IAM
-//! actions in a member account would: moto evaluates no SCP). It counts the creations in
-//! progress at once and records the roles assumed and the login-profile calls. The worker
-//! reaches it through `AWS_ENDPOINT_URL` (or the SDK config's endpoint), exactly as it would
-//! reach AWS.
+//! SUCCEEDED or FAILED, delaying answers, refusing every IAM call or chosen IAM actions (as an
+//! SCP that denies IAM actions in a member account would: moto evaluates no SCP), and losing the
+//! answer of a `CreateAccount` it forwarded. Like AWS and unlike moto, it refuses a second
+//! account with an email in use (`CreateAccount` answers IN_PROGRESS, its status ends FAILED
+//! `EMAIL_ALREADY_EXISTS`). It counts the calls per operation and the creations in progress at
+//! once, and records the roles assumed and the login-profile calls. The worker reaches it
+//! through `AWS_ENDPOINT_URL` (or the SDK config's endpoint), exactly as it would reach AWS.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -66,6 +68,12 @@ pub struct Faults {
     pub deny_iam: bool,
     /// Answer these IAM actions (e.g. `TagUser`) with `AccessDenied`, not forwarded.
     pub deny_iam_actions: Vec<&'static str>,
+    /// Accept a `CreateAccount` whose email is in use, as moto does (AWS does not: by default
+    /// the proxy ends such a creation FAILED `EMAIL_ALREADY_EXISTS`).
+    pub allow_duplicate_emails: bool,
+    /// `CreateAccount` requests whose answer is lost: forwarded (the account is made), then
+    /// answered with a 500 that carries no error code, as a timeout after sending would.
+    pub lost_create_answers: u32,
 }
 
 impl Default for Faults {
@@ -78,6 +86,8 @@ impl Default for Faults {
             creation: Creation::Immediate,
             deny_iam: false,
             deny_iam_actions: Vec::new(),
+            allow_duplicate_emails: false,
+            lost_create_answers: 0,
         }
     }
 }
@@ -104,11 +114,25 @@ pub struct Stats {
     pub denied_iam: Vec<String>,
     /// Every `CreateLoginProfile` and `UpdateLoginProfile` received, by action, in order.
     pub login_profile_calls: Vec<String>,
+    /// Every call received, by operation (`ListAccounts`, `CreateAccount`, ...).
+    pub operations: BTreeMap<String, u64>,
+    /// `CreateAccount` requests refused for an email in use (FAILED `EMAIL_ALREADY_EXISTS`).
+    pub duplicate_emails: u64,
+    /// `CreateAccount` requests forwarded whose answer was lost.
+    pub lost_answers: u64,
+}
+
+impl Stats {
+    /// Calls of `operation` received.
+    pub fn calls_of(&self, operation: &str) -> u64 {
+        self.operations.get(operation).copied().unwrap_or(0)
+    }
 }
 
 /// A scripted creation in progress.
 struct Scripted {
     name: String,
+    email: String,
     polls_left: u32,
     started: Instant,
     ends_at: Option<Instant>,
@@ -155,6 +179,10 @@ impl Scripted {
 struct Book {
     stats: Stats,
     scripted: HashMap<String, Scripted>,
+    /// Creations refused for an email in use, by request id: their account name.
+    refused: HashMap<String, String>,
+    /// `CreateAccount` answers lost so far.
+    lost: u32,
 }
 
 struct State {
@@ -212,6 +240,11 @@ impl FaultProxy {
             state,
             task,
         }
+    }
+
+    /// Changes the faults injected from now on.
+    pub fn update(&self, change: impl FnOnce(&mut Faults)) {
+        change(&mut lock(&self.state.faults));
     }
 
     /// What the proxy saw so far.
@@ -378,6 +411,7 @@ impl State {
         {
             let mut book = lock(&self.book);
             book.stats.calls += 1;
+            *book.stats.operations.entry(op.clone()).or_default() += 1;
             if throttle {
                 book.stats.throttled += 1;
             } else if conflict {
@@ -423,7 +457,22 @@ impl State {
                 ),
             );
         }
+        if op == "CreateAccount"
+            && !faults.allow_duplicate_emails
+            && let Some(refused) = self.refuse_email_in_use(&parts, &body).await
+        {
+            return refused;
+        }
         let answer = match (op.as_str(), &faults.creation) {
+            ("CreateAccount", _) if self.lose_answer(faults.lost_create_answers) => {
+                let answer = self.forward(&parts, body).await;
+                if answer.status().is_success() {
+                    let mut book = lock(&self.book);
+                    book.stats.creations += 1;
+                    book.stats.lost_answers += 1;
+                }
+                respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "")
+            }
             ("CreateAccount", Creation::Immediate) => {
                 let answer = self.forward(&parts, body).await;
                 if answer.status().is_success() {
@@ -496,6 +545,7 @@ impl State {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        let email = request["Email"].as_str().unwrap_or_default().to_owned();
         let id = match &end {
             End::Succeeded => {
                 let answer = self.forward(parts, body).await;
@@ -517,6 +567,7 @@ impl State {
             id.clone(),
             Scripted {
                 name: name.clone(),
+                email,
                 polls_left: polls,
                 started: Instant::now(),
                 ends_at,
@@ -548,6 +599,17 @@ impl State {
         let id = request["CreateAccountRequestId"]
             .as_str()
             .unwrap_or_default();
+        if let Some(name) = lock(&self.book).refused.get(id).cloned() {
+            return json_answer(
+                StatusCode::OK,
+                &status_body(
+                    id,
+                    &name,
+                    "FAILED",
+                    json!({"FailureReason": "EMAIL_ALREADY_EXISTS"}),
+                ),
+            );
+        }
         let seen = {
             let mut book = lock(&self.book);
             book.scripted.get_mut(id).map(|scripted| {
@@ -574,6 +636,100 @@ impl State {
                 StatusCode::OK,
                 &status_body(id, &name, "FAILED", json!({"FailureReason": reason})),
             ),
+        }
+    }
+
+    /// Whether this `CreateAccount` is one whose answer is to be lost (counting it if so).
+    fn lose_answer(&self, to_lose: u32) -> bool {
+        let mut book = lock(&self.book);
+        if book.lost < to_lose {
+            book.lost += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// As AWS: a `CreateAccount` whose email is used by an account of the organization (moto
+    /// asked) or by a creation the proxy let through that is in progress or succeeded is
+    /// accepted IN_PROGRESS, and its status ends FAILED `EMAIL_ALREADY_EXISTS`; nothing is
+    /// forwarded. `None` when the email is free.
+    async fn refuse_email_in_use(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: &Bytes,
+    ) -> Option<Response<Full<Bytes>>> {
+        let request: Value = serde_json::from_slice(body).unwrap_or_default();
+        let email = request["Email"].as_str()?.to_owned();
+        let name = request["AccountName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let now = Instant::now();
+        let scripted = lock(&self.book).scripted.values().any(|s| {
+            s.email.eq_ignore_ascii_case(&email) && (s.in_progress(now) || s.end == End::Succeeded)
+        });
+        if !scripted && !self.moto_has_email(parts, &email).await {
+            return None;
+        }
+        let id = format!("car-{}", crate::support::digits(10));
+        {
+            let mut book = lock(&self.book);
+            book.refused.insert(id.clone(), name.clone());
+            book.stats.duplicate_emails += 1;
+        }
+        Some(json_answer(
+            StatusCode::OK,
+            &status_body(&id, &name, "IN_PROGRESS", json!({})),
+        ))
+    }
+
+    /// Whether an account of the caller's organization in moto has `email`: `ListAccounts`,
+    /// every page, signed as the caller's request was (moto reads the account from it).
+    async fn moto_has_email(&self, parts: &hyper::http::request::Parts, email: &str) -> bool {
+        let mut token: Option<String> = None;
+        loop {
+            let body = match &token {
+                Some(token) => json!({"NextToken": token}),
+                None => json!({}),
+            };
+            let mut builder = Request::builder()
+                .method(hyper::Method::POST)
+                .uri(format!("{}/", self.upstream));
+            for (name, value) in &parts.headers {
+                if name != HOST
+                    && name != CONNECTION
+                    && name != CONTENT_LENGTH
+                    && name != "x-amz-target"
+                {
+                    builder = builder.header(name, value);
+                }
+            }
+            let builder = builder.header("x-amz-target", "AWSOrganizationsV20161128.ListAccounts");
+            let Ok(request) = builder.body(Full::new(Bytes::from(body.to_string()))) else {
+                return false;
+            };
+            let Ok(answer) = self.client.request(request).await else {
+                return false;
+            };
+            let Ok(collected) = answer.into_body().collect().await else {
+                return false;
+            };
+            let page: Value = serde_json::from_slice(&collected.to_bytes()).unwrap_or_default();
+            let accounts = page["Accounts"].as_array().cloned().unwrap_or_default();
+            if accounts.iter().any(|a| {
+                a["Email"]
+                    .as_str()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(email))
+            }) {
+                return true;
+            }
+            match page["NextToken"].as_str() {
+                Some(next) if !next.is_empty() && token.as_deref() != Some(next) => {
+                    token = Some(next.to_owned());
+                }
+                _ => return false,
+            }
         }
     }
 

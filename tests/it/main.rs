@@ -15,6 +15,7 @@ mod docs;
 mod explain;
 mod faults;
 mod fixtures;
+mod gate;
 mod layers;
 mod malformed;
 mod observability;

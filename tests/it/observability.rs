@@ -67,8 +67,9 @@ async fn metrics_count_orders_outcomes_and_aws_calls() {
             "aws_account_worker_aws_calls_total{operation=\"CreateAccount\",outcome=\"ok\"}",
             2.0,
         ),
+        // The gate of a new order: the creations in progress, no walk of the organization.
         (
-            "aws_account_worker_aws_calls_total{operation=\"ListAccounts\",outcome=\"ok\"}",
+            "aws_account_worker_aws_calls_total{operation=\"ListCreateAccountStatus\",outcome=\"ok\"}",
             2.0,
         ),
     ] {

@@ -127,8 +127,11 @@ async fn two_payer_env(endpoint: &str) -> (TestEnv, Payer, String) {
     let a = Payer::on(endpoint).await;
     let b = Payer::on(endpoint).await;
     let ou = new_ou(&b).await;
-    let config = a.config.clone();
-    let env = TestEnv::with_aws(&two_payers(&b, &ou), a, config).await;
+    // Through the fault proxy, which refuses an email in use as AWS does (moto does not).
+    let proxy = crate::faults::FaultProxy::start(endpoint, crate::faults::Faults::default()).await;
+    let config = crate::support::moto_config(&proxy.endpoint, a.credentials.clone());
+    let mut env = TestEnv::with_aws(&two_payers(&b, &ou), a, config).await;
+    env.proxy = Some(proxy);
     (env, b, ou)
 }
 
@@ -240,7 +243,9 @@ async fn a_b_order_delivered_again_is_found_in_b_creates_nothing_and_is_not_move
 
     // Counts are taken once a delivery is acknowledged: wait for both provisioned deliveries
     // (the second may have waited once, ORDER_BUSY, while the first still held its email).
-    // One creation, one move, and a look at the account's place per provisioned delivery.
+    // One creation (the second delivery's CreateAccount is refused by AWS, EMAIL_ALREADY_EXISTS,
+    // and the walk finds the account), one move, and a look at the account's place per
+    // provisioned delivery.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let text = loop {
         let (_, text) = worker.get("/metrics").await;
@@ -256,7 +261,7 @@ async fn a_b_order_delivered_again_is_found_in_b_creates_nothing_and_is_not_move
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for (operation, calls) in [
-        ("CreateAccount", 1.0),
+        ("CreateAccount", 2.0),
         ("MoveAccount", 1.0),
         ("ListParents", 2.0),
     ] {

@@ -250,6 +250,9 @@ pub struct TestEnv {
     pub settings: Settings,
     pub payer: Payer,
     pub aws: SdkConfig,
+    /// The fault proxy (injecting nothing but AWS's refusal of an email in use) that `new`
+    /// and `fast` put between the worker and moto; `None` with [`TestEnv::with_aws`].
+    pub proxy: Option<crate::faults::FaultProxy>,
     /// A durable queue bound to every result event: it outlives a broker restart.
     events_queue: String,
     connection: Connection,
@@ -280,17 +283,25 @@ pub fn amqp_section(id: &str) -> String {
 impl TestEnv {
     /// An environment whose settings are the defaults, unique broker names, the provider
     /// domain, and `extra` (TOML; `{scp}` stands for the payer's SCP id).
+    /// The worker reaches moto through a fault proxy that injects nothing, but refuses an email
+    /// in use as AWS does (moto accepts duplicates).
     pub async fn new(extra: &str) -> Self {
-        let payer = Payer::new().await;
-        let aws = payer.config.clone();
-        Self::with_aws(extra, payer, aws).await
+        Self::proxied(extra, &moto_endpoint()).await
     }
 
     /// Like `new`, in the moto without managed policies (for root-user orders only).
     pub async fn fast(extra: &str) -> Self {
-        let payer = Payer::on(&moto_fast_endpoint()).await;
-        let aws = payer.config.clone();
-        Self::with_aws(extra, payer, aws).await
+        Self::proxied(extra, &moto_fast_endpoint()).await
+    }
+
+    async fn proxied(extra: &str, endpoint: &str) -> Self {
+        let proxy =
+            crate::faults::FaultProxy::start(endpoint, crate::faults::Faults::default()).await;
+        let payer = Payer::on(endpoint).await;
+        let aws = moto_config(&proxy.endpoint, payer.credentials.clone());
+        let mut env = Self::with_aws(extra, payer, aws).await;
+        env.proxy = Some(proxy);
+        env
     }
 
     /// Like `new`, with the worker talking to AWS through `aws` instead of the payer's config.
@@ -319,6 +330,7 @@ impl TestEnv {
             settings,
             payer,
             aws,
+            proxy: None,
             events_queue,
             connection,
             channel,
@@ -338,7 +350,12 @@ impl TestEnv {
     /// Starts the worker in-process, as `main` does, with its observability endpoints on a
     /// free port; returns once it consumes.
     pub async fn spawn_worker(&self) -> WorkerHandle {
-        let mut settings = self.settings.clone();
+        self.spawn_worker_with(&self.settings).await
+    }
+
+    /// Like `spawn_worker`, with `settings` (this environment's, changed) instead.
+    pub async fn spawn_worker_with(&self, settings: &Settings) -> WorkerHandle {
+        let mut settings = settings.clone();
         settings.observability.listen = "127.0.0.1:0".to_owned();
         let stop = CancellationToken::new();
         let application = Application::start(&settings, &self.aws, stop.clone())
@@ -355,6 +372,12 @@ impl TestEnv {
 
     /// Publishes an order body to the orders exchange, with confirm.
     pub async fn publish(&self, body: &[u8]) {
+        self.publish_with_headers(body, FieldTable::default()).await;
+    }
+
+    /// Publishes an order body with `headers` (as a retry or a forger would) to the orders
+    /// exchange, with confirm.
+    pub async fn publish_with_headers(&self, body: &[u8], headers: FieldTable) {
         let amqp = &self.settings.amqp;
         let confirm = self
             .channel
@@ -365,7 +388,8 @@ impl TestEnv {
                 body,
                 BasicProperties::default()
                     .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
+                    .with_content_type("application/json".into())
+                    .with_headers(headers),
             )
             .await
             .expect("publish")
