@@ -24,6 +24,9 @@ pub struct ScriptedOrganizations {
     pub calls: Arc<Mutex<Vec<String>>>,
     /// What `AttachPolicy` answers instead of success.
     pub fail_attach: Option<AwsError>,
+    /// SCPs attached to the account before this fake saw any call (`ListPoliciesForTarget`
+    /// lists them with those it attached).
+    pub attached_before: Vec<String>,
     /// What `ListAccounts` picks, whatever the order.
     pub existing: Option<ExistingAccount>,
     /// What `ListCreateAccountStatus` SUCCEEDED finds for any account.
@@ -146,6 +149,19 @@ impl Organizations for ScriptedOrganizations {
             return Err(error.clone());
         }
         self.fail_attach.clone().map_or(Ok(()), Err)
+    }
+
+    async fn attached_policies(&self, account: &AccountId) -> AwsResult<Vec<String>> {
+        self.record(format!("ListPoliciesForTarget {account}"));
+        let attached = self
+            .calls()
+            .iter()
+            .filter_map(|call| call.strip_prefix("AttachPolicy "))
+            .filter_map(|rest| rest.strip_suffix(&format!(" {account}")))
+            .map(str::to_owned)
+            .chain(self.attached_before.iter().cloned())
+            .collect();
+        Ok(attached)
     }
 
     async fn place_account(&self, account: &AccountId, parent: &OuId) -> AwsResult<bool> {

@@ -277,6 +277,13 @@ pub trait Organizations: Send + Sync + 'static {
         account: &AccountId,
     ) -> impl Future<Output = AwsResult<()>> + Send;
 
+    /// The SCPs attached to the account itself (not inherited): `ListPoliciesForTarget` with the
+    /// filter `SERVICE_CONTROL_POLICY`, every page.
+    fn attached_policies(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = AwsResult<Vec<String>>> + Send;
+
     /// Moves the account under `parent` (an OU or root id) unless it is there already:
     /// `ListParents`, then `MoveAccount` from its current parent. An account already under
     /// `parent` (found so, or `DuplicateAccountException`) counts as done. Returns whether it

@@ -14,7 +14,7 @@ use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
 use aws_sdk_organizations::operation::create_account::CreateAccountError;
 use aws_sdk_organizations::operation::move_account::MoveAccountError;
 use aws_sdk_organizations::types::ConstraintViolationExceptionReason;
-use aws_sdk_organizations::types::{CreateAccountState, IamUserAccessToBilling, Tag};
+use aws_sdk_organizations::types::{CreateAccountState, IamUserAccessToBilling, PolicyType, Tag};
 use aws_sdk_sts::config::SharedCredentialsProvider;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -587,6 +587,27 @@ impl Organizations for SdkOrganizations {
             }
             Err(e) => Err(classify("AttachPolicy", Target::Payer, e)),
         }
+    }
+
+    async fn attached_policies(&self, account: &AccountId) -> AwsResult<Vec<String>> {
+        let _turn = self.turn().await;
+        let mut pages = self
+            .organizations
+            .list_policies_for_target()
+            .target_id(&account.0)
+            .filter(PolicyType::ServiceControlPolicy)
+            .into_paginator()
+            .send();
+        let mut ids = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListPoliciesForTarget", Target::Payer, e))?;
+            ids.extend(
+                page.policies()
+                    .iter()
+                    .filter_map(|policy| policy.id().map(str::to_owned)),
+            );
+        }
+        Ok(ids)
     }
 
     async fn place_account(&self, account: &AccountId, parent: &OuId) -> AwsResult<bool> {

@@ -127,15 +127,14 @@ pub async fn provision<O: Organizations>(
         .await
         .map_err(|e| failed(e, &progress))?;
 
-    // The account's place and its SCPs are one step: `placed` says both are done; each SCP
-    // attached is remembered on the way, so a retry attaches only the others.
-    if !progress.placed {
-        let mut attached = std::mem::take(&mut progress.policies_attached);
-        let placed = placement::place(aws.as_ref(), &account, plan, &mut attached).await;
-        progress.policies_attached = attached;
-        placed.map_err(|e| failed(e, &progress))?;
-        progress.placed = true;
-    }
+    // The account's place and its SCPs are one step, run on every attempt: the move looks
+    // first, and each SCP attached is remembered on the way, so a retry attaches only the
+    // others (those AWS confirms: `placed` and the SCPs a header names are claims, not proof).
+    let mut attached = std::mem::take(&mut progress.policies_attached);
+    let placed = placement::place(aws.as_ref(), &account, plan, &mut attached).await;
+    progress.policies_attached = attached;
+    placed.map_err(|e| failed(e, &progress))?;
+    progress.placed = true;
 
     Ok(Provisioned {
         account_id,

@@ -12,8 +12,9 @@ use crate::domain::model::Plan;
 
 /// Moves `account` to the plan's OU (if it names one and the account is elsewhere: the move
 /// looks first, so it is safe to run again), then attaches the plan's SCPs that `attached`
-/// does not hold yet, adding each to it once AWS accepted it. `attached` is first cut down to
-/// the plan's SCPs: an id from a message that the plan does not name counts for nothing.
+/// does not hold yet, adding each to it once AWS accepted it. `attached` comes from a message:
+/// it is first cut down to the plan's SCPs, then, if anything is left, to those AWS lists on
+/// the account (`ListPoliciesForTarget`), so a forged header cannot keep an SCP off.
 ///
 /// # Errors
 /// The first AWS call that fails; `attached` then holds what was attached before it.
@@ -24,6 +25,10 @@ pub(super) async fn place<O: Organizations>(
     attached: &mut BTreeSet<PolicyId>,
 ) -> AwsResult<()> {
     attached.retain(|id| plan.service_control_policies.contains(id));
+    if !attached.is_empty() {
+        let on_aws = aws.attached_policies(account).await?;
+        attached.retain(|id| on_aws.iter().any(|listed| listed == id.as_str()));
+    }
     if let Some(parent) = &plan.organizational_unit_id {
         let moved = aws.place_account(account, parent).await?;
         if moved {
@@ -91,29 +96,58 @@ mod tests {
             ]
         );
 
-        // Once the SCPs are attached, the placement is done too.
-        let aws = ScriptedOrganizations::default();
+        // Once the SCPs are attached, a retry asks AWS and changes nothing.
+        let aws = ScriptedOrganizations {
+            parent: Arc::new(Mutex::new("ou-root-opco0001".into())),
+            attached_before: vec!["p-abcd1234".into()],
+            ..ScriptedOrganizations::default()
+        };
         let progress = Progress {
             placed: true,
+            policies_attached: scps(&["p-abcd1234"]).into_iter().collect(),
             ..progress
         };
         provision_plan(&aws, &plan, progress)
             .await
             .expect("provisioned");
-        assert_eq!(after_checks(&aws), Vec::<String>::new());
+        assert_eq!(
+            after_checks(&aws),
+            [
+                "ListPoliciesForTarget 111122223333",
+                "ListParents 111122223333"
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn attached_policies_are_not_attached_again() {
-        let aws = ScriptedOrganizations::default();
-        let progress = Progress {
+    async fn scps_a_header_claims_attached_are_checked_with_aws() {
+        let claimed = Progress {
             create_request_id: Some("car-test".into()),
             account_id: Some("111122223333".into()),
             placed: true,
+            policies_attached: scps(&["p-abcd1234"]).into_iter().collect(),
             ..Progress::default()
         };
-        provision_root(&aws, progress).await.expect("provisioned");
-        assert_eq!(after_checks(&aws), Vec::<String>::new());
+        // Attached indeed: not again.
+        let aws = ScriptedOrganizations {
+            attached_before: vec!["p-abcd1234".into()],
+            ..ScriptedOrganizations::default()
+        };
+        provision_root(&aws, claimed.clone())
+            .await
+            .expect("provisioned");
+        assert_eq!(after_checks(&aws), ["ListPoliciesForTarget 111122223333"]);
+
+        // A forged claim: AWS lists no such SCP on the account, so it is attached.
+        let aws = ScriptedOrganizations::default();
+        provision_root(&aws, claimed).await.expect("provisioned");
+        assert_eq!(
+            after_checks(&aws),
+            [
+                "ListPoliciesForTarget 111122223333",
+                "AttachPolicy p-abcd1234 111122223333"
+            ]
+        );
     }
 
     fn scps(ids: &[&str]) -> Vec<PolicyId> {
@@ -161,6 +195,7 @@ mod tests {
             .insert(PolicyId::parse("p-zzzzzzzz").expect("id"));
         let aws = ScriptedOrganizations {
             parent: Arc::new(Mutex::new("ou-root-opco0001".into())),
+            attached_before: vec!["p-aaaaaaaa".into()],
             ..ScriptedOrganizations::default()
         };
         provision_plan(&aws, &plan, resumed)
@@ -169,6 +204,7 @@ mod tests {
         assert_eq!(
             after_checks(&aws),
             [
+                "ListPoliciesForTarget 111122223333",
                 "ListParents 111122223333",
                 "AttachPolicy p-bbbbbbbb 111122223333",
                 "AttachPolicy p-cccccccc 111122223333",
