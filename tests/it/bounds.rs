@@ -9,16 +9,15 @@ use std::time::Duration;
 use aws_account_worker::broker::headers::{HEADERS_BUDGET_BYTES, encoded_len};
 use aws_account_worker::domain::bounded::MAX_INPUT_TEXT_BYTES;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
 use crate::support::{
     BIN, DEADLINE, TestEnv, WorkerHandle, WorkerProcess, amqp_url, assert_one_account_per_order,
-    header_text, moto_fast_endpoint, provisioned_events, root_order, write_config,
+    header_text, moto_fast_endpoint, provisioned_events, publish_order, root_order, write_config,
 };
 
 /// A channel in confirm mode on a connection of the test's own.
@@ -37,19 +36,12 @@ async fn confirming() -> (Connection, Channel) {
 /// Publishes `body` to the test's orders exchange with `headers`, with confirm.
 async fn publish_with_headers(env: &TestEnv, channel: &Channel, body: &[u8], headers: FieldTable) {
     let amqp = &env.settings.amqp;
-    let confirm = channel
-        .basic_publish(
-            amqp.orders_exchange.as_str().into(),
-            amqp.orders_routing_key.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_headers(headers),
-        )
+    let to = (
+        amqp.orders_exchange.as_str(),
+        amqp.orders_routing_key.as_str(),
+    );
+    let confirm = publish_order(channel, to, body, headers)
         .await
-        .expect("publish")
         .await
         .expect("confirm");
     assert!(confirm.is_ack(), "order publish not confirmed");

@@ -8,9 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_sts::config::Credentials;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -18,7 +16,7 @@ use serde_json::Value;
 use crate::support::{
     BIN, ClosedPort, DEADLINE, Payer, TestEnv, amqp_section, amqp_url,
     assert_one_account_per_order, digits, header_text, moto_config, moto_fast_endpoint,
-    provisioned_events, root_order, write_config,
+    provisioned_events, publish_order, root_order, write_config,
 };
 
 /// What one run of `replay` printed, and how it ended.
@@ -120,20 +118,11 @@ impl Queues {
         confirm: bool,
     ) {
         let amqp = &env.settings.amqp;
-        let publish = self
-            .channel
-            .basic_publish(
-                amqp.dead_letter_exchange.as_str().into(),
-                amqp.orders_routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into())
-                    .with_headers(headers),
-            )
-            .await
-            .expect("publish");
+        let to = (
+            amqp.dead_letter_exchange.as_str(),
+            amqp.orders_routing_key.as_str(),
+        );
+        let publish = publish_order(&self.channel, to, body, headers).await;
         if confirm {
             assert!(publish.await.expect("confirm").is_ack());
         }

@@ -379,22 +379,15 @@ impl TestEnv {
     /// exchange, with confirm.
     pub async fn publish_with_headers(&self, body: &[u8], headers: FieldTable) {
         let amqp = &self.settings.amqp;
-        let confirm = self
-            .channel
-            .basic_publish(
-                amqp.orders_exchange.as_str().into(),
-                amqp.orders_routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into())
-                    .with_headers(headers),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+        let confirm = publish_order(
+            &self.channel,
+            (&amqp.orders_exchange, &amqp.orders_routing_key),
+            body,
+            headers,
+        )
+        .await
+        .await
+        .expect("confirm");
         assert!(confirm.is_ack(), "order publish not confirmed");
     }
 
@@ -568,6 +561,29 @@ pub async fn remove_policies(settings: &Settings) {
     for policy in topology::policies(&settings.amqp) {
         delete_policy(settings, &policy.name).await;
     }
+}
+
+/// Publishes `body` with `headers` on `channel` to `(exchange, routing key)` as an order is
+/// published (persistent JSON); returns the confirm to wait for (on a channel in confirm mode).
+pub async fn publish_order(
+    channel: &Channel,
+    (exchange, routing_key): (&str, &str),
+    body: &[u8],
+    headers: FieldTable,
+) -> lapin::PublisherConfirm {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_headers(headers),
+        )
+        .await
+        .expect("publish")
 }
 
 /// A header as text.

@@ -13,14 +13,15 @@ use aws_account_worker::observability::{self, Metrics, Readiness};
 use aws_account_worker::pipeline::{Resolution, Resolved, resolve_body};
 use aws_account_worker::replay::{self, Request};
 use chrono::{DateTime, Utc};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use tracing::Span;
 
 use crate::support::{
-    DEADLINE, TestEnv, WorkerHandle, amqp_url, header_text, http_get, order, root_order,
+    DEADLINE, TestEnv, WorkerHandle, amqp_url, header_text, http_get, order, publish_order,
+    root_order,
 };
 
 /// A connection of the test's own: it holds order locks as another worker would, and publishes
@@ -90,19 +91,9 @@ impl Other {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                settings.amqp.orders_routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into())
-                    .with_headers(headers),
-            )
+        let to = (exchange, settings.amqp.orders_routing_key.as_str());
+        let confirm = publish_order(&channel, to, body, headers)
             .await
-            .expect("publish")
             .await
             .expect("confirm");
         assert!(confirm.is_ack());
