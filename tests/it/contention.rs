@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::faults::{FaultProxy, Faults};
 use crate::support::{
-    Payer, TestEnv, assert_one_account_per_order, digits, moto_config, moto_fast_endpoint,
+    Payer, TestEnv, assert_one_account_per_order, digits, moto_config, moto_fast_endpoint, new_ou,
     provisioned_events, root_order,
 };
 
@@ -29,24 +29,6 @@ async fn another_scp(payer: &Payer) -> String {
         .and_then(|p| p.policy_summary())
         .and_then(|s| s.id())
         .expect("policy id")
-        .to_owned()
-}
-
-/// A new OU under the root of the payer's organization.
-async fn new_ou(payer: &Payer) -> String {
-    let orgs = payer.organizations();
-    let roots = orgs.list_roots().send().await.expect("list roots");
-    let root = roots.roots()[0].id().expect("root id").to_owned();
-    let ou = orgs
-        .create_organizational_unit()
-        .parent_id(root)
-        .name(format!("opco-{}", digits(6)))
-        .send()
-        .await
-        .expect("create OU");
-    ou.organizational_unit()
-        .and_then(|o| o.id())
-        .expect("OU id")
         .to_owned()
 }
 

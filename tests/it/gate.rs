@@ -8,7 +8,9 @@ use lapin::types::FieldTable;
 use serde_json::Value;
 
 use crate::faults::{Creation, End, FaultProxy, Faults, Stats};
-use crate::support::{Payer, TestEnv, WorkerHandle, moto_config, moto_fast_endpoint, order};
+use crate::support::{
+    Payer, TestEnv, WorkerHandle, moto_config, moto_fast_endpoint, order, parent_of,
+};
 
 /// Quick retries, four attempts.
 const RETRIES: &str = "[retry]\ninitial_delay_ms = 500\nmax_delay_ms = 2000\nmax_attempts = 4\n\
@@ -71,18 +73,6 @@ async fn users_in(env: &TestEnv, account: &str) -> Vec<String> {
         .collect()
 }
 
-async fn parent_of(env: &TestEnv, account: &str) -> String {
-    let parents = env
-        .payer
-        .organizations()
-        .list_parents()
-        .child_id(account)
-        .send()
-        .await
-        .expect("list parents");
-    parents.parents()[0].id().unwrap_or_default().to_owned()
-}
-
 fn text_header(headers: &mut FieldTable, key: &str, value: &str) {
     aws_account_worker::broker::headers::set_text(headers, key, value);
 }
@@ -104,7 +94,7 @@ async fn forged_hints_naming_another_assets_account_are_ignored() {
         .to_owned();
     let (scps, parent) = (
         env.payer.scps_of(&victim).await,
-        parent_of(&env, &victim).await,
+        parent_of(&env.payer, &victim).await,
     );
 
     // Three forgeries: the account id with the last step, the create request id, both.
@@ -145,7 +135,7 @@ async fn forged_hints_naming_another_assets_account_are_ignored() {
         "no IAM user added"
     );
     assert_eq!(env.payer.scps_of(&victim).await, scps, "SCPs unchanged");
-    assert_eq!(parent_of(&env, &victim).await, parent, "not moved");
+    assert_eq!(parent_of(&env.payer, &victim).await, parent, "not moved");
     let counted = forged_hints(&worker).await;
     assert!(counted >= 3, "forged hints counted: {counted}");
     assert_eq!(env.payer.member_accounts().await.len(), 4);

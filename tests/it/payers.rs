@@ -9,52 +9,13 @@ use serde_json::Value;
 
 use crate::observability::sample;
 use crate::support::{
-    DEADLINE, Payer, TestEnv, digits, moto_endpoint, moto_fast_endpoint, order_for,
-    provisioned_events,
+    DEADLINE, Payer, TestEnv, digits, moto_endpoint, moto_fast_endpoint, new_ou, order_for,
+    parent_of, provisioned_events, root_of,
 };
 
 const MULTI: &str = "MP-91673";
 const OPCO: &str = "TA-0-9046-4815-5226";
 const OTHER_OPCO: &str = "TA-0-1111-2222-3333";
-
-/// The root of a payer's organization.
-async fn root_of(payer: &Payer) -> String {
-    let roots = payer
-        .organizations()
-        .list_roots()
-        .send()
-        .await
-        .expect("list roots");
-    roots.roots()[0].id().expect("root id").to_owned()
-}
-
-/// A new OU under the root of the payer's organization.
-async fn new_ou(payer: &Payer) -> String {
-    let ou = payer
-        .organizations()
-        .create_organizational_unit()
-        .parent_id(root_of(payer).await)
-        .name(format!("opco-{}", digits(6)))
-        .send()
-        .await
-        .expect("create OU");
-    ou.organizational_unit()
-        .and_then(|o| o.id())
-        .expect("OU id")
-        .to_owned()
-}
-
-/// Where the account sits in the payer's organization (ListParents).
-async fn parent_of(payer: &Payer, account_id: &str) -> String {
-    let parents = payer
-        .organizations()
-        .list_parents()
-        .child_id(account_id)
-        .send()
-        .await
-        .expect("list parents");
-    parents.parents()[0].id().expect("parent id").to_owned()
-}
 
 /// Ids of the payer's member accounts.
 async fn member_ids(payer: &Payer) -> Vec<String> {

@@ -563,6 +563,45 @@ pub async fn remove_policies(settings: &Settings) {
     }
 }
 
+/// The root of a payer's organization.
+pub async fn root_of(payer: &Payer) -> String {
+    let roots = payer
+        .organizations()
+        .list_roots()
+        .send()
+        .await
+        .expect("list roots");
+    roots.roots()[0].id().expect("root id").to_owned()
+}
+
+/// A new OU under the root of the payer's organization.
+pub async fn new_ou(payer: &Payer) -> String {
+    let ou = payer
+        .organizations()
+        .create_organizational_unit()
+        .parent_id(root_of(payer).await)
+        .name(format!("opco-{}", digits(6)))
+        .send()
+        .await
+        .expect("create OU");
+    ou.organizational_unit()
+        .and_then(|o| o.id())
+        .expect("OU id")
+        .to_owned()
+}
+
+/// Where the account sits in the payer's organization (ListParents).
+pub async fn parent_of(payer: &Payer, account_id: &str) -> String {
+    let parents = payer
+        .organizations()
+        .list_parents()
+        .child_id(account_id)
+        .send()
+        .await
+        .expect("list parents");
+    parents.parents()[0].id().expect("parent id").to_owned()
+}
+
 /// Publishes `body` with `headers` on `channel` to `(exchange, routing key)` as an order is
 /// published (persistent JSON); returns the confirm to wait for (on a channel in confirm mode).
 pub async fn publish_order(
