@@ -21,7 +21,7 @@ use crate::support::{
 };
 
 /// A channel in confirm mode on a connection of the test's own.
-async fn confirming() -> (Connection, Channel) {
+pub async fn confirming() -> (Connection, Channel) {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("broker");
@@ -215,6 +215,33 @@ async fn bind_events(env: &TestEnv, channel: &Channel, queue: &str, routing_key:
         .expect("bind");
 }
 
+/// Makes the results exchange refuse every event (a publish is nacked) until
+/// [`accept_events`]; the test's events queue is unbound meanwhile, so that it sees only the
+/// events the exchange accepted. Returns the refusing queue's name.
+pub async fn refuse_all_events(env: &TestEnv, channel: &Channel) -> String {
+    let refusing = format!("{}.refusing", events_queue(env));
+    channel
+        .queue_unbind(
+            events_queue(env).as_str().into(),
+            env.settings.amqp.results_exchange.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("unbind the events queue");
+    refuse_events(env, channel, &refusing, "#").await;
+    refusing
+}
+
+/// Ends [`refuse_all_events`]: the test's events queue bound again, the refusing one deleted.
+pub async fn accept_events(env: &TestEnv, channel: &Channel, refusing: &str) {
+    bind_events(env, channel, &events_queue(env), "#").await;
+    channel
+        .queue_delete(refusing.into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the refusing queue");
+}
+
 /// The test's own events queue (support names it after the test's id).
 fn events_queue(env: &TestEnv) -> String {
     let id = env
@@ -250,18 +277,7 @@ async fn a_results_exchange_refusing_for_30_s_loses_no_order_and_loops_nothing_h
         TestEnv::fast("[retry]\ninitial_delay_ms = 1000\nmax_delay_ms = 8000\nmax_attempts = 4")
             .await;
     let (connection, channel) = confirming().await;
-    let refusing = format!("{}.refusing", events_queue(&env));
-    // While refusing, the test's events queue is not bound: it sees only accepted events.
-    channel
-        .queue_unbind(
-            events_queue(&env).as_str().into(),
-            env.settings.amqp.results_exchange.as_str().into(),
-            "#".into(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("unbind the events queue");
-    refuse_events(&env, &channel, &refusing, "#").await;
+    let refusing = refuse_all_events(&env, &channel).await;
     let worker = env.spawn_worker().await;
     let refused_at = tokio::time::Instant::now();
 
@@ -274,12 +290,7 @@ async fn a_results_exchange_refusing_for_30_s_loses_no_order_and_loops_nothing_h
     tokio::time::sleep_until(refused_at + Duration::from_secs(30)).await;
     let during = worker.get("/metrics").await.1;
 
-    // Accepting again.
-    bind_events(&env, &channel, &events_queue(&env), "#").await;
-    channel
-        .queue_delete(refusing.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .expect("delete the refusing queue");
+    accept_events(&env, &channel, &refusing).await;
     let ids: Vec<String> = orders
         .iter()
         .map(|o| o["id"].as_str().expect("id").to_owned())

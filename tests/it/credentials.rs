@@ -1,21 +1,25 @@
 //! The initial IAM password is given out once (docs/contract.md §5): a fulfilled order delivered
 //! again, with or without its retry headers, or replayed from the DLQ, reports
 //! `credentials: "already_issued"` and leaves the login profile alone; a password set but never
-//! published (the worker stopped before the event's confirm) is replaced once, then kept; a tag
+//! published (the worker stopped before the event's confirm) is replaced once, then kept, whether
+//! the stop is faked (the tag removed) or a real `kill -9` of the worker's process; a tag
 //! that fails after the confirm is counted and the order still acknowledged. moto
 //! (with AWS managed policies, for the IAM user's policy) sits behind the fault proxy, which
 //! records every login-profile call.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;
 
+use crate::bounds::{accept_events, confirming, refuse_all_events};
 use crate::faults::{FaultProxy, Faults};
 use crate::replay::{Queues, failure_headers, replay};
-use crate::support::{DEADLINE, Payer, TestEnv, moto_config, moto_endpoint, order};
+use crate::support::{
+    DEADLINE, Payer, TestEnv, WorkerProcess, moto_config, moto_endpoint, order, write_config,
+};
 
 /// Quick retries, so that a busy order waits little.
 const QUICK_RETRIES: &str = r#"
@@ -30,12 +34,28 @@ async fn behind_proxy() -> (TestEnv, FaultProxy) {
     behind_proxy_with(Faults::default()).await
 }
 
+/// Retries slow enough that a worker whose event was refused takes the order up again no
+/// sooner than 2 s later (a settle failure's first retry waits 2 to 4 s); a redelivered order
+/// whose account is not found yet waits 1 s.
+const SLOW_RETRIES: &str = r#"
+[retry]
+initial_delay_ms = 4000
+max_delay_ms = 8000
+max_attempts = 5
+redelivered_create_delay_ms = 1000
+"#;
+
 /// Like `behind_proxy`, injecting `faults`.
 async fn behind_proxy_with(faults: Faults) -> (TestEnv, FaultProxy) {
+    behind_proxy_as(QUICK_RETRIES, faults).await
+}
+
+/// Like `behind_proxy_with`, with the settings `extra` (TOML) instead of the quick retries.
+async fn behind_proxy_as(extra: &str, faults: Faults) -> (TestEnv, FaultProxy) {
     let proxy = FaultProxy::start(&moto_endpoint(), faults).await;
     let payer = Payer::on(&moto_endpoint()).await;
     let aws = moto_config(&proxy.endpoint, payer.credentials.clone());
-    let env = TestEnv::with_aws(QUICK_RETRIES, payer, aws).await;
+    let env = TestEnv::with_aws(extra, payer, aws).await;
     (env, proxy)
 }
 
@@ -260,6 +280,158 @@ async fn a_password_set_but_never_published_is_replaced_once_then_kept() {
     already_issued(&provisioned(&mut env, &order).await, &account);
     assert_eq!(proxy.stats().login_profile_calls, calls);
     env.finish(worker).await;
+}
+
+/// The IAM user `user` of `account` as a killed worker leaves it: a login profile in AWS and
+/// no `connect:credentials` tag.
+async fn assert_password_set_but_not_marked(env: &TestEnv, account: &str, user: &str) {
+    let iam = env.payer.member_iam(account).await;
+    iam.get_login_profile()
+        .user_name(user)
+        .send()
+        .await
+        .expect("the login profile is there");
+    let listed = iam
+        .list_user_tags()
+        .user_name(user)
+        .send()
+        .await
+        .expect("list user tags");
+    assert!(
+        listed
+            .tags()
+            .iter()
+            .all(|t| t.key() != "connect:credentials"),
+        "no event was confirmed, so the user is not marked: {:?}",
+        listed.tags()
+    );
+}
+
+/// The one member account and the name of its one IAM user.
+async fn the_account_and_user(env: &TestEnv) -> (String, String) {
+    let accounts = env.payer.member_accounts().await;
+    assert_eq!(accounts.len(), 1, "one account: {accounts:?}");
+    let account = accounts[0].0.clone();
+    let listed = env
+        .payer
+        .member_iam(&account)
+        .await
+        .list_users()
+        .send()
+        .await
+        .expect("list users");
+    let users: Vec<&str> = listed.users().iter().map(|u| u.user_name()).collect();
+    assert_eq!(users.len(), 1, "one IAM user: {users:?}");
+    (account, users[0].to_owned())
+}
+
+/// Waits until the proxy saw `operation` at least once, or panics at the deadline with the
+/// worker's logs.
+async fn until_called(proxy: &FaultProxy, operation: &str, worker: &WorkerProcess) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while proxy.stats().calls_of(operation) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never called {operation}: {}",
+            worker.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_between_setting_the_password_and_the_confirm_publishes_one_new_once() {
+    let started = Instant::now();
+    let (mut env, proxy) = behind_proxy_as(SLOW_RETRIES, Faults::default()).await;
+    let config = write_config(&env.toml);
+    // The results exchange refuses every event: no `provisioned` event can be confirmed.
+    let (connection, channel) = confirming().await;
+    let refusing = refuse_all_events(&env, &channel).await;
+    let mut first = WorkerProcess::spawn(&env, &config, &proxy.endpoint).await;
+    let order = order(&[], &[]);
+    let body = order.to_string().into_bytes();
+    env.publish(&body).await;
+
+    // The user's policy is attached right after CreateLoginProfile: once the proxy sees that
+    // call, AWS holds the password. Kill -9 then; the refused event cannot have been confirmed,
+    // and the worker's own retry of the order waits 2 s at least.
+    until_called(&proxy, "AttachUserPolicy", &first).await;
+    first.signal("KILL");
+    first.exit(Duration::from_secs(10)).await;
+    let killed = started.elapsed();
+    assert_eq!(proxy.stats().login_profile_calls, ["CreateLoginProfile"]);
+    let (account, user) = the_account_and_user(&env).await;
+    assert_password_set_but_not_marked(&env, &account, &user).await;
+
+    // Accepting again; another worker takes the order up.
+    accept_events(&env, &channel, &refusing).await;
+    let mut second = WorkerProcess::spawn(&env, &config, &proxy.endpoint).await;
+    let restarted = Instant::now();
+    let Some(event) = env.next_event_within(DEADLINE).await else {
+        panic!("no event after the kill: {}", second.log_tail());
+    };
+    let recovered = restarted.elapsed();
+    assert_eq!(event["event"], "aws.account.provisioned", "{event}");
+    assert_eq!(event["request_id"], order["id"], "{event}");
+    let password = issued(&event);
+    assert_eq!(event["account"]["id"].as_str(), Some(account.as_str()));
+    assert_eq!(
+        event["access"]["iam_user_name"].as_str(),
+        Some(user.as_str())
+    );
+    assert!(
+        env.next_event_within(Duration::from_secs(3))
+            .await
+            .is_none(),
+        "one provisioned event"
+    );
+    // The second worker's CreateLoginProfile is refused (the profile exists), then the new
+    // password is set, once.
+    let calls = proxy.stats().login_profile_calls;
+    assert_eq!(
+        calls,
+        [
+            "CreateLoginProfile",
+            "CreateLoginProfile",
+            "UpdateLoginProfile"
+        ]
+    );
+    let tags = credentials_tags(&env, &account, &user).await;
+    assert!(
+        tags.contains(&("connect:credentials".into(), "issued".into())),
+        "{tags:?}"
+    );
+    let event_id = event["event_id"].as_str().expect("event id").to_owned();
+    assert!(
+        tags.contains(&("connect:credentials-event-id".into(), event_id)),
+        "the tag names the event that gave the password out: {tags:?}"
+    );
+    assert_eq!(env.payer.member_accounts().await.len(), 1, "one account");
+
+    // Delivered again: the password given out is kept.
+    env.publish(&body).await;
+    already_issued(&provisioned(&mut env, &order).await, &account);
+    assert_eq!(
+        proxy.stats().login_profile_calls,
+        calls,
+        "no login-profile call after the password ({} characters) was given out",
+        password.len()
+    );
+    assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered");
+    eprintln!(
+        "killed {killed:?} after the start; the second worker's event {recovered:?} after its \
+         start; login-profile calls {calls:?}; {} AWS calls in all",
+        proxy.stats().calls
+    );
+    second.signal("TERM");
+    assert_eq!(
+        second.exit(DEADLINE).await,
+        Some(0),
+        "{}",
+        second.log_tail()
+    );
+    let _ = connection.close(200, "done".into()).await;
+    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
