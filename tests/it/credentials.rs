@@ -9,8 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;
 
@@ -125,28 +123,6 @@ async fn credentials_tags(env: &TestEnv, account: &str, user: &str) -> Vec<(Stri
     }
 }
 
-/// Publishes `body` to the orders exchange with `headers`, with confirm.
-async fn publish_with(env: &TestEnv, queues: &Queues, body: &[u8], headers: FieldTable) {
-    let amqp = &env.settings.amqp;
-    let confirm = queues
-        .channel
-        .basic_publish(
-            amqp.orders_exchange.as_str().into(),
-            amqp.orders_routing_key.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_headers(headers),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    assert!(confirm.is_ack());
-}
-
 /// The progress headers a retry of the fulfilled order would carry.
 fn progress_headers(mut headers: FieldTable, event: &Value) -> FieldTable {
     let text = |v: &str| AMQPValue::LongString(LongString::from(v));
@@ -195,7 +171,7 @@ async fn a_fulfilled_order_delivered_again_or_replayed_keeps_its_password() {
     already_issued(&provisioned(&mut env, &order).await, &account);
     let queues = Queues::open().await;
     let headers = progress_headers(FieldTable::default(), &first);
-    publish_with(&env, &queues, &body, headers).await;
+    env.publish_with_headers(&body, headers).await;
     already_issued(&provisioned(&mut env, &order).await, &account);
 
     // A copy dead-lettered, then replayed.
