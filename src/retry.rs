@@ -30,7 +30,7 @@ pub enum Reason {
     InvalidId,
     /// The order names a payer that is not configured.
     UnknownPayer,
-    /// Another delivery of the same account email was being processed.
+    /// Another delivery of the same asset was being processed.
     OrderBusy,
     /// An earlier delivery ended unsettled; its `CreateAccount` may still be on its way.
     CreateMaybeInFlight,
