@@ -167,7 +167,7 @@ async fn a_creation_that_ends_failed_with_email_already_exists_asks_the_customer
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_email_taken_by_another_order_is_refused_before_any_creation() {
+async fn an_email_taken_by_another_order_is_refused_and_makes_no_second_account() {
     let mut env = TestEnv::fast(QUICK_RETRIES).await;
     let worker = env.spawn_worker().await;
     let email = format!("shared-{}@customer.example", crate::support::digits(8));
