@@ -21,7 +21,7 @@ use chrono::{DateTime, SecondsFormat};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ExchangeKind};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::broker::headers::{self, FAILURE_REASON, FIRST_FAILED_AT, REPLAY_COUNT};
 use crate::broker::publisher::{PublishError, Publisher};
@@ -31,6 +31,11 @@ use crate::domain::ids::RequestId;
 
 /// How long `replay` waits for the broker to answer its one connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one step with the broker (taking a message, a publish's confirm, the final close)
+/// may take before the replay gives up on it instead of hanging: a step that stalls leaves the
+/// message in hand in the DLQ.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The mark of the replay run that last put a message back in the DLQ; dropped on replay.
 pub const PASS: &str = "x-replay-pass";
@@ -334,6 +339,17 @@ pub enum ReplayError {
         /// The failure.
         error: lapin::Error,
     },
+    /// The broker did not answer a step within [`STEP_TIMEOUT`].
+    #[error(
+        "{done} before the broker stopped answering ({step}, {}s); the message in hand stays in the DLQ, run replay again",
+        STEP_TIMEOUT.as_secs()
+    )]
+    Stalled {
+        /// What was done before.
+        done: Summary,
+        /// The step that got no answer.
+        step: &'static str,
+    },
     /// A publish was not confirmed (e.g. no queue bound to the orders exchange).
     #[error(
         "{done} before a publish failed: {error}; the message in hand stays in the DLQ, fix the cause and run replay again"
@@ -376,8 +392,18 @@ pub async fn run(
     let result = replay_on(&connection, settings, request, &mut emit).await;
     // The close waits for the broker to take every acknowledgement sent before it. A close that
     // fails leaves unacknowledged messages in the DLQ: a duplicate at worst.
-    let _ = connection.close(200, "replay done".into()).await;
+    let closing = connection.close(200, "replay done".into());
+    if tokio::time::timeout(STEP_TIMEOUT, closing).await.is_err() {
+        warn!(
+            "the broker did not answer the close: acknowledgements not yet taken leave their messages in the DLQ (a duplicate at worst)"
+        );
+    }
     result
+}
+
+/// A step that the broker left unanswered past [`STEP_TIMEOUT`].
+fn stalled(done: Summary, step: &'static str) -> ReplayError {
+    ReplayError::Stalled { done, step }
 }
 
 async fn replay_on(
@@ -417,12 +443,13 @@ async fn replay_on(
     let pass = uuid::Uuid::new_v4().to_string();
     for _ in 0..depth {
         // Another replay may have taken the rest.
-        let Some(message) = channel
-            .basic_get(
-                amqp.dead_letter_queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
+        let taking = channel.basic_get(
+            amqp.dead_letter_queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        );
+        let Some(message) = tokio::time::timeout(STEP_TIMEOUT, taking)
             .await
+            .map_err(|_| stalled(summary, "basic.get"))?
             .map_err(broker_failed(summary))?
         else {
             break;
@@ -460,9 +487,10 @@ async fn replay_on(
                 marked(&delivery.properties, &pass),
             ),
         };
-        publisher
-            .publish(exchange, routing_key, &delivery.data, properties)
+        let publishing = publisher.publish(exchange, routing_key, &delivery.data, properties);
+        tokio::time::timeout(STEP_TIMEOUT, publishing)
             .await
+            .map_err(|_| stalled(summary, "publish confirm"))?
             .map_err(|error| ReplayError::Publish {
                 done: summary,
                 error,
