@@ -14,7 +14,9 @@ use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
 use aws_sdk_organizations::operation::create_account::CreateAccountError;
 use aws_sdk_organizations::operation::move_account::MoveAccountError;
 use aws_sdk_organizations::types::ConstraintViolationExceptionReason;
-use aws_sdk_organizations::types::{CreateAccountState, IamUserAccessToBilling, PolicyType, Tag};
+use aws_sdk_organizations::types::{
+    CreateAccountState, CreateAccountStatus, IamUserAccessToBilling, PolicyType, Tag,
+};
 use aws_sdk_sts::config::SharedCredentialsProvider;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -397,6 +399,29 @@ fn status_of(
 
 impl SdkOrganizations {
     /// The account's `connect:asset-id` tag.
+    /// The id of the first `CreateAccount` request in `state` that `wanted` picks:
+    /// `ListCreateAccountStatus` filtered by state, page by page until one is found.
+    async fn find_status(
+        &self,
+        state: CreateAccountState,
+        wanted: impl Fn(&CreateAccountStatus) -> bool,
+    ) -> AwsResult<Option<String>> {
+        let _turn = self.turn().await;
+        let mut pages = self
+            .organizations
+            .list_create_account_status()
+            .states(state)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListCreateAccountStatus", Target::Payer, e))?;
+            if let Some(status) = page.create_account_statuses().iter().find(|s| wanted(s)) {
+                return Ok(status.id().map(str::to_owned));
+            }
+        }
+        Ok(None)
+    }
+
     async fn asset_tag(&self, account: &str) -> AwsResult<Option<String>> {
         let mut pages = self
             .organizations
@@ -444,24 +469,10 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn find_request(&self, account: &AccountId) -> AwsResult<Option<String>> {
-        let _turn = self.turn().await;
-        let mut pages = self
-            .organizations
-            .list_create_account_status()
-            .states(CreateAccountState::Succeeded)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("ListCreateAccountStatus", Target::Payer, e))?;
-            let found = page
-                .create_account_statuses()
-                .iter()
-                .find(|s| s.account_id() == Some(account.0.as_str()));
-            if let Some(status) = found {
-                return Ok(status.id().map(str::to_owned));
-            }
-        }
-        Ok(None)
+        self.find_status(CreateAccountState::Succeeded, |status| {
+            status.account_id() == Some(account.0.as_str())
+        })
+        .await
     }
 
     async fn describe_account(&self, account: &AccountId) -> AwsResult<ExistingAccount> {
@@ -490,24 +501,10 @@ impl Organizations for SdkOrganizations {
     }
 
     async fn find_creation(&self, account_name: &str) -> AwsResult<Option<String>> {
-        let _turn = self.turn().await;
-        let mut pages = self
-            .organizations
-            .list_create_account_status()
-            .states(CreateAccountState::InProgress)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("ListCreateAccountStatus", Target::Payer, e))?;
-            let found = page
-                .create_account_statuses()
-                .iter()
-                .find(|s| s.account_name() == Some(account_name));
-            if let Some(status) = found {
-                return Ok(status.id().map(str::to_owned));
-            }
-        }
-        Ok(None)
+        self.find_status(CreateAccountState::InProgress, |status| {
+            status.account_name() == Some(account_name)
+        })
+        .await
     }
 
     async fn create_account(&self, account: &NewAccount) -> AwsResult<CreateStatus> {
