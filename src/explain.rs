@@ -43,7 +43,55 @@ pub fn explain(rules: &Rules, body: &[u8]) -> Explained {
             lines: plan_lines(&request, &plan),
             exit: PROVISIONED,
         },
+        Resolution::Later(request, plan) => Explained {
+            lines: later_lines(&request, &plan),
+            exit: PROVISIONED,
+        },
     }
+}
+
+/// A request after the purchase (or an existing account): its ids, what it does, and with
+/// what.
+fn later_lines(request: &PurchaseRequest, plan: &crate::domain::model::LaterPlan) -> Vec<String> {
+    use crate::domain::model::LaterKind;
+    let mut lines = order_lines(request);
+    lines.push(format!("request {}", plan.kind.as_str()));
+    lines.push(format!("payer {}", plan.payer));
+    lines.push(format!(
+        "account {}",
+        plan.account_id
+            .as_deref()
+            .unwrap_or("- (aws_account_id absent or not 12 digits)")
+    ));
+    match &plan.kind {
+        LaterKind::Existing {
+            service_control_policies,
+            organizational_unit_id,
+            template_id,
+        } => {
+            let scps: Vec<&str> = service_control_policies
+                .iter()
+                .map(|p| p.as_str())
+                .collect();
+            lines.push(format!("service_control_policies [{}]", scps.join(", ")));
+            lines.push(format!(
+                "organizational_unit_id {}",
+                organizational_unit_id
+                    .as_ref()
+                    .map_or("-", |ou| ou.as_str())
+            ));
+            lines.push(format!(
+                "template_id {}",
+                template_id.as_ref().map_or("-", |id| id.as_str())
+            ));
+        }
+        LaterKind::Suspend { policy } | LaterKind::Resume { policy } => {
+            lines.push(format!("suspend_policy_id {policy}"));
+        }
+        LaterKind::Cancel { action } => lines.push(format!("cancel_action {}", action.as_str())),
+        LaterKind::Change => {}
+    }
+    lines
 }
 
 /// The order's identifying fields, one line each.

@@ -20,6 +20,7 @@ pub mod check;
 pub mod config;
 pub mod domain;
 pub mod explain;
+pub mod lifecycle;
 pub mod locks;
 pub mod observability;
 pub mod pipeline;

@@ -79,6 +79,7 @@ pub struct Metrics {
     received: Counter,
     provisioned: Counter,
     failed: Family<Code, Counter>,
+    reported: Family<Code, Counter>,
     retried: Family<Code, Counter>,
     dead_lettered: Family<Code, Counter>,
     settle_failures: Family<Stage, Counter>,
@@ -119,6 +120,7 @@ impl Metrics {
             received: Counter::default(),
             provisioned: Counter::default(),
             failed: Family::default(),
+            reported: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
             settle_failures: Family::default(),
@@ -145,6 +147,11 @@ impl Metrics {
             "orders_failed",
             "Orders reported aws.account.failed, by failure code",
             metrics.failed.clone(),
+        );
+        registry.register(
+            "requests_reported",
+            "Requests after the purchase (and existing accounts) reported, by event (aws.account.suspended, ...)",
+            metrics.reported.clone(),
         );
         registry.register(
             "orders_retried",
@@ -269,6 +276,12 @@ impl Metrics {
     /// An order was reported failed with `code`.
     pub fn failed(&self, code: &str) {
         self.failed.get_or_create(&label(code)).inc();
+    }
+
+    /// A request other than a new account's was reported with the event `name` (labelled
+    /// `code`).
+    pub fn reported(&self, name: &str) {
+        self.reported.get_or_create(&label(name)).inc();
     }
 
     /// An order went to a retry queue for `reason`.

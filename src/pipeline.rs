@@ -11,10 +11,11 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::aws::{AccountId, Organizations, Retry};
 use crate::config::Settings;
 use crate::domain::bounded::capped;
-use crate::domain::model::{Plan, Rules};
+use crate::domain::model::{LaterPlan, Plan, Rules, is_later};
 use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
 use crate::domain::outcome::Rejection;
 use crate::domain::progress::{Granted, Progress, Provisioned};
+use crate::lifecycle;
 use crate::locks::{Lock, OrderLocks};
 use crate::observability::Metrics;
 use crate::provision::{
@@ -36,6 +37,9 @@ pub enum Outcome {
     /// in progress at AWS, an email in use whose account is not visible yet, or no creation
     /// slot came free): try again after the wait, without counting an attempt.
     Later(Failure, Duration),
+    /// Publish this event (an existing account's `aws.account.invited`), then wait as
+    /// [`Outcome::Later`]: the order follows what it started without holding a delivery.
+    Announce(Event, Failure, Duration),
     /// Not processable: dead-letter at once (a malformed message, or a permanent AWS error).
     DeadLetter(Failure),
     /// The trip could not be carried out here (the order locks could not be asked for, the
@@ -152,7 +156,13 @@ impl<O: Organizations> Pipeline<O> {
         slots: &impl CreationSlots,
     ) -> (Outcome, Option<Lock>) {
         match locks.try_take(&order.lock_key()).await {
-            Ok(Some(lock)) => (self.provision(order, progress, slots).await, Some(lock)),
+            Ok(Some(lock)) => {
+                let outcome = match &order.trip {
+                    Trip::New(plan) => self.provision(order, plan, progress, slots).await,
+                    Trip::Later(plan) => self.later(order, plan, progress).await,
+                };
+                (outcome, Some(lock))
+            }
             Ok(None) => (self.busy(order, progress), None),
             Err(e) => (
                 Outcome::HandBack(format!("taking the order's lock failed: {e}")),
@@ -180,7 +190,8 @@ impl<O: Organizations> Pipeline<O> {
                 return Err(Box::new((Outcome::DeadLetter(failure), Span::none())));
             }
             Resolution::Rejected(request, rejection) => (request, Err(rejection)),
-            Resolution::Planned(request, plan) => (request, Ok(*plan)),
+            Resolution::Planned(request, plan) => (request, Ok(Trip::New(plan))),
+            Resolution::Later(request, plan) => (request, Ok(Trip::Later(plan))),
         };
         let span = info_span!(
             "order",
@@ -190,8 +201,8 @@ impl<O: Organizations> Pipeline<O> {
         );
         let ids = PartialIds::of(&request);
         let _entered = span.enter();
-        let plan = match resolved {
-            Ok(plan) => plan,
+        let trip = match resolved {
+            Ok(trip) => trip,
             Err(rejection) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order rejected");
                 let outcome = Outcome::Report(report::failed(&ids, None, &rejection));
@@ -199,16 +210,24 @@ impl<O: Organizations> Pipeline<O> {
                 return Err(Box::new((outcome, span)));
             }
         };
-        info!(
-            business_model = plan.model.as_str(),
-            payer = %plan.payer,
-            connection = plan.connection.as_str(),
-            "business model resolved"
-        );
+        match &trip {
+            Trip::New(plan) => info!(
+                business_model = plan.model.as_str(),
+                payer = %plan.payer,
+                connection = plan.connection.as_str(),
+                "business model resolved"
+            ),
+            Trip::Later(plan) => info!(
+                request = plan.kind.as_str(),
+                payer = %plan.payer,
+                connection = plan.connection.as_str(),
+                "request resolved"
+            ),
+        }
         drop(_entered);
         Ok(Resolved {
             request,
-            plan,
+            trip,
             ids,
             span,
         })
@@ -231,17 +250,14 @@ impl<O: Organizations> Pipeline<O> {
     async fn provision(
         &self,
         order: &Resolved,
+        plan: &Plan,
         progress: Progress,
         slots: &impl CreationSlots,
     ) -> Outcome {
-        let Resolved {
-            request, plan, ids, ..
-        } = order;
-        let Some(aws) = self.payers.get(&plan.payer) else {
-            // Start-up validation refuses a payer without a [payers.NAME] entry.
-            warn!(payer = %plan.payer, "no such payer");
-            let message = format!("payer `{}` is not configured", plan.payer);
-            return Outcome::DeadLetter(order.failure(Reason::UnknownPayer, message, progress));
+        let Resolved { request, ids, .. } = order;
+        let aws = match self.payer(order, &plan.payer, &progress) {
+            Ok(aws) => aws,
+            Err(outcome) => return *outcome,
         };
         let provisioned = provision(
             aws,
@@ -258,7 +274,7 @@ impl<O: Organizations> Pipeline<O> {
                 info!(account_id = %done.account_id, "order provisioned");
                 Outcome::Report(provisioned_event(aws, ids, plan, done))
             }
-            Err(ProvisionError::Waiting(waiting)) => self.waiting(order, waiting),
+            Err(ProvisionError::Waiting(waiting)) => self.waiting(order, plan, waiting),
             Err(ProvisionError::NoSlot(why)) => {
                 let wait = self.waits.slot_busy;
                 info!(reason = %why, ?wait, "no creation slot for this delivery: trying again later");
@@ -270,21 +286,79 @@ impl<O: Organizations> Pipeline<O> {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order failed");
                 Outcome::Report(report::failed(ids, Some(&plan.payer), &rejection))
             }
-            Err(ProvisionError::Aws { error, progress }) => {
-                let failure = order.failure(error.reason(), error.to_string(), progress);
-                match error.retry {
-                    // Provisioning settles WhileNew by the account's age; should one get here,
-                    // retrying is the side that loses nothing.
-                    Retry::Transient | Retry::WhileNew => {
-                        warn!(reason = %failure.reason, error = %error, "transient AWS failure");
-                        Outcome::Retry(failure)
-                    }
-                    Retry::Permanent => {
-                        warn!(reason = %failure.reason, error = %error, "permanent AWS failure");
-                        Outcome::DeadLetter(failure)
-                    }
+            Err(ProvisionError::Aws { error, progress }) => aws_failure(order, &error, progress),
+        }
+    }
+
+    /// The management account of `payer`; a payer that is not configured dead-letters the
+    /// order.
+    fn payer(
+        &self,
+        order: &Resolved,
+        payer: &str,
+        progress: &Progress,
+    ) -> Result<&Arc<O>, Box<Outcome>> {
+        self.payers.get(payer).ok_or_else(|| {
+            // Start-up validation refuses a payer without a [payers.NAME] entry.
+            warn!(payer = %payer, "no such payer");
+            let message = format!("payer `{payer}` is not configured");
+            let failure = order.failure(Reason::UnknownPayer, message, progress.clone());
+            Box::new(Outcome::DeadLetter(failure))
+        })
+    }
+
+    /// Carries out a request after the purchase (or an existing account's purchase): one
+    /// module per kind ([`lifecycle`]), through the same lock, settle and retries.
+    async fn later(&self, order: &Resolved, plan: &LaterPlan, progress: Progress) -> Outcome {
+        let aws = match self.payer(order, &plan.payer, &progress) {
+            Ok(aws) => aws,
+            Err(outcome) => return *outcome,
+        };
+        let request = lifecycle::Request {
+            order: &order.request,
+            plan,
+            ids: &order.ids,
+            waits: &self.waits,
+            metrics: &self.metrics,
+        };
+        match lifecycle::run(aws.as_ref(), &request, progress).await {
+            lifecycle::Step::Report(event) => {
+                info!(event = event.name(), "request done");
+                Outcome::Report(event)
+            }
+            lifecycle::Step::Wait(wait) => {
+                let lifecycle::Wait {
+                    reason,
+                    message,
+                    progress,
+                    wait,
+                    notice,
+                } = wait;
+                info!(%reason, ?wait, "the request waits");
+                let failure = order.failure(reason, message, progress);
+                match notice {
+                    Some(event) => Outcome::Announce(event, failure, wait),
+                    None => Outcome::Later(failure, wait),
                 }
             }
+            lifecycle::Step::Failed { error, progress } => aws_failure(order, &error, progress),
+        }
+    }
+}
+
+/// The outcome of a failed AWS call: retried when it is transient, else dead-lettered.
+fn aws_failure(order: &Resolved, error: &crate::aws::AwsError, progress: Progress) -> Outcome {
+    let failure = order.failure(error.reason(), error.to_string(), progress);
+    match error.retry {
+        // Provisioning settles WhileNew by the account's age; should one get here, retrying is
+        // the side that loses nothing.
+        Retry::Transient | Retry::WhileNew => {
+            warn!(reason = %failure.reason, error = %error, "transient AWS failure");
+            Outcome::Retry(failure)
+        }
+        Retry::Permanent => {
+            warn!(reason = %failure.reason, error = %error, "permanent AWS failure");
+            Outcome::DeadLetter(failure)
         }
     }
 }
@@ -318,7 +392,7 @@ fn provisioned_event<O: Organizations>(
 
 impl<O> Pipeline<O> {
     /// The outcome of an order that must wait: how long, and why.
-    fn waiting(&self, order: &Resolved, waiting: Waiting) -> Outcome {
+    fn waiting(&self, order: &Resolved, plan: &Plan, waiting: Waiting) -> Outcome {
         let (reason, message, progress, wait) = match waiting {
             Waiting::MaybeInFlight(progress) => (
                 Reason::CreateMaybeInFlight,
@@ -340,7 +414,7 @@ impl<O> Pipeline<O> {
                 Reason::Aws("EMAIL_ALREADY_EXISTS".to_owned()),
                 format!(
                     "AWS says the email {} is in use, but no such account is visible yet (look {} of {EMAIL_LOOKS})",
-                    order.plan.email, progress.email_looks
+                    plan.email, progress.email_looks
                 ),
                 progress,
                 self.waits.maybe_in_flight,
@@ -360,6 +434,8 @@ pub enum Resolution {
     Rejected(PurchaseRequest, Rejection),
     /// A valid order and what to provision for it.
     Planned(PurchaseRequest, Box<Plan>),
+    /// A valid request after the purchase (or an existing account's purchase) and what to do.
+    Later(PurchaseRequest, Box<LaterPlan>),
 }
 
 /// Parses an order body and resolves its business model under `rules`, with no I/O: the one
@@ -367,6 +443,10 @@ pub enum Resolution {
 pub fn resolve_body(rules: &Rules, body: &[u8]) -> Resolution {
     match order::parse(body) {
         Err(malformed) => Resolution::Malformed(malformed),
+        Ok(request) if is_later(&request) => match rules.resolve_later(&request) {
+            Ok(plan) => Resolution::Later(request, Box::new(plan)),
+            Err(rejection) => Resolution::Rejected(request, rejection),
+        },
         Ok(request) => match rules.resolve(&request) {
             Ok(plan) => Resolution::Planned(request, Box::new(plan)),
             Err(rejection) => Resolution::Rejected(request, rejection),
@@ -379,12 +459,21 @@ pub fn resolve_body(rules: &Rules, body: &[u8]) -> Resolution {
 pub struct Resolved {
     /// The Connect request.
     pub request: PurchaseRequest,
-    /// What to provision.
-    pub plan: Plan,
+    /// What to do.
+    pub trip: Trip,
     /// Its identifying fields, for events.
     pub ids: PartialIds,
     /// The order's span (`request_id`, `asset_id`, `marketplace_id`).
     pub span: Span,
+}
+
+/// What a resolved request asks of AWS.
+#[derive(Debug)]
+pub enum Trip {
+    /// A new account.
+    New(Box<Plan>),
+    /// A request after the purchase, or an existing account brought in.
+    Later(Box<LaterPlan>),
 }
 
 impl Resolved {
@@ -457,9 +546,10 @@ mod tests {
 
     fn reason(outcome: &Outcome) -> Option<&Reason> {
         match outcome {
-            Outcome::Retry(failure) | Outcome::Later(failure, _) | Outcome::DeadLetter(failure) => {
-                Some(&failure.reason)
-            }
+            Outcome::Retry(failure)
+            | Outcome::Later(failure, _)
+            | Outcome::Announce(_, failure, _)
+            | Outcome::DeadLetter(failure) => Some(&failure.reason),
             Outcome::Report(_) | Outcome::HandBack(_) => None,
         }
     }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::domain::model::{AccountModel, Plan};
 use crate::domain::order::PartialIds;
 use crate::domain::outcome::Rejection;
-use crate::domain::progress::{Granted, Provisioned};
+use crate::domain::progress::{Granted, Progress, Provisioned};
 use crate::retry::Reason;
 
 /// Routing key and event name of a provisioned account.
@@ -21,6 +21,20 @@ pub const PROVISIONED: &str = "aws.account.provisioned";
 pub const FAILED: &str = "aws.account.failed";
 /// Routing key and event name of a dead-lettered order.
 pub const DEAD_LETTERED: &str = "aws.account.dead-lettered";
+/// An existing account was invited into the organization (docs/contract.md §10).
+pub const INVITED: &str = "aws.account.invited";
+/// A suspended account (the deny-all SCP attached).
+pub const SUSPENDED: &str = "aws.account.suspended";
+/// A resumed account (the deny-all SCP detached).
+pub const RESUMED: &str = "aws.account.resumed";
+/// A cancel that closed the account.
+pub const CLOSED: &str = "aws.account.closed";
+/// A cancel that removed the account from the organization.
+pub const REMOVED: &str = "aws.account.removed";
+/// A cancel with nothing done in AWS (`cancel_action = none`).
+pub const CANCELLED: &str = "aws.account.cancelled";
+/// A change confirmed (nothing changes in AWS).
+pub const CHANGED: &str = "aws.account.changed";
 
 /// A result event, typed until it is published: [`Event::body`] renders its JSON then. The
 /// provisioned event holds the customer's initial password: it is published and never logged,
@@ -37,6 +51,10 @@ pub enum Event {
         /// Why the order gets no account.
         rejection: Rejection,
     },
+    /// An event of a request after the purchase (or of an existing account brought in):
+    /// `invited`, `suspended`, `resumed`, `closed`, `removed`, `cancelled`, `changed`, and the
+    /// `provisioned` of an existing account.
+    Later(Box<LaterEvent>),
     /// `aws.account.dead-lettered`.
     DeadLettered {
         /// The order's identifying fields, as far as they are known.
@@ -48,6 +66,28 @@ pub enum Event {
         /// Attempts made.
         attempts: u32,
     },
+}
+
+/// What an event of a later request reports: the envelope, `business_model`, `payer`,
+/// `account` {`id`}, then its own `fields` (which may replace `account`).
+#[derive(Debug, Clone)]
+pub struct LaterEvent {
+    /// The event's name and routing key (one of [`INVITED`], [`SUSPENDED`], …, or
+    /// [`PROVISIONED`] for an existing account).
+    pub name: &'static str,
+    /// The request's identifying fields.
+    pub ids: PartialIds,
+    /// The payer whose organization holds the account.
+    pub payer: String,
+    /// The business model, when resolved.
+    pub model: Option<AccountModel>,
+    /// The account acted on.
+    pub account_id: String,
+    /// The event's own fields.
+    pub fields: Map<String, Value>,
+    /// What was done, for a delivery whose settling fails to carry on (so that a retry knows
+    /// that, for example, the account was removed).
+    pub progress: Progress,
 }
 
 /// What `aws.account.provisioned` reports.
@@ -125,6 +165,7 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Provisioned(_) => PROVISIONED,
+            Self::Later(event) => event.name,
             Self::Failed { .. } => FAILED,
             Self::DeadLettered { .. } => DEAD_LETTERED,
         }
@@ -173,6 +214,17 @@ impl Event {
                 payer,
                 rejection,
             } => failed_body(ids, payer.as_deref(), rejection),
+            Self::Later(event) => {
+                let mut body = Map::new();
+                body.insert(
+                    "business_model".into(),
+                    json!(event.model.map(AccountModel::as_str)),
+                );
+                body.insert("payer".into(), json!(event.payer));
+                body.insert("account".into(), json!({"id": event.account_id}));
+                body.extend(event.fields.clone());
+                finish(envelope(event.name, &event.ids), Value::Object(body))
+            }
             Self::DeadLettered {
                 ids,
                 reason,
@@ -228,6 +280,25 @@ pub fn provisioned(ids: &PartialIds, plan: &Plan, done: Provisioned) -> Event {
         plan: plan.clone(),
         done,
         after_confirm: None,
+    }))
+}
+
+/// The event `name` of a later request on `account_id`, with its own `fields`.
+pub fn later(
+    name: &'static str,
+    ids: &PartialIds,
+    plan: &crate::domain::model::LaterPlan,
+    account_id: &str,
+    fields: Map<String, Value>,
+) -> Event {
+    Event::Later(Box::new(LaterEvent {
+        name,
+        ids: ids.clone(),
+        payer: plan.payer.clone(),
+        model: plan.model,
+        account_id: account_id.to_owned(),
+        fields,
+        progress: Progress::default(),
     }))
 }
 

@@ -22,8 +22,8 @@ pub enum Reason {
     MessageTooLarge,
     /// The body is not a JSON object of the expected shape.
     NotJson,
-    /// The request is not a purchase.
-    NotAPurchase,
+    /// The request's `type` is none the worker handles.
+    UnknownRequestType,
     /// A required field is absent.
     MissingField,
     /// A required id has the wrong shape.
@@ -49,6 +49,13 @@ pub enum Reason {
     OrderTooOld,
     /// Settling the delivery (publishing its event, retry or dead letter) failed too often.
     SettleFailed,
+    /// An existing account's invitation is open: the customer has not answered yet.
+    InvitationPending,
+    /// AWS refuses to remove an account from the organization within 7 days of its joining
+    /// (`WAIT_PERIOD_ACTIVE`).
+    RemovalWaitPeriod,
+    /// A closed account is still `PENDING_CLOSURE`.
+    ClosePending,
     /// AWS answered with this error code.
     Aws(String),
 }
@@ -59,7 +66,7 @@ impl Reason {
         match self {
             Self::MessageTooLarge => "MESSAGE_TOO_LARGE",
             Self::NotJson => "NOT_JSON",
-            Self::NotAPurchase => "NOT_A_PURCHASE",
+            Self::UnknownRequestType => "UNKNOWN_REQUEST_TYPE",
             Self::MissingField => "MISSING_FIELD",
             Self::InvalidId => "INVALID_ID",
             Self::UnknownPayer => "UNKNOWN_PAYER",
@@ -72,8 +79,22 @@ impl Reason {
             Self::AwsUnreachable => "AWS_UNREACHABLE",
             Self::OrderTooOld => "ORDER_TOO_OLD",
             Self::SettleFailed => "SETTLE_FAILED",
+            Self::InvitationPending => "INVITATION_PENDING",
+            Self::RemovalWaitPeriod => "REMOVAL_WAIT_PERIOD",
+            Self::ClosePending => "CLOSE_PENDING",
             Self::Aws(code) => code,
         }
+    }
+
+    /// Whether this is a wait on AWS's or a customer's own clock (an invitation open for up to
+    /// 15 days, the 7 days before a removal, a closure in progress): such a wait backs off up to
+    /// `retry.max_delay_ms` ([`long_wait_ms`]) and is bounded by [`LONG_WAIT_MAX_AGE`] instead
+    /// of `retry.max_order_age_seconds`.
+    pub fn is_long_wait(&self) -> bool {
+        matches!(
+            self,
+            Self::InvitationPending | Self::RemovalWaitPeriod | Self::ClosePending
+        )
     }
 
     /// The reason of a failed AWS step: its error code (one of ours when provisioning set it,
@@ -105,7 +126,7 @@ impl From<&OrderError> for Reason {
         match error {
             OrderError::TooLarge(_) => Self::MessageTooLarge,
             OrderError::NotJson(_) => Self::NotJson,
-            OrderError::NotAPurchase(_) => Self::NotAPurchase,
+            OrderError::UnknownType(_) => Self::UnknownRequestType,
             OrderError::MissingField(_) => Self::MissingField,
             OrderError::InvalidId { .. } => Self::InvalidId,
         }
@@ -184,6 +205,16 @@ impl Waits {
             slot_busy: Duration::from_millis(retry.creation_slot_busy_delay_ms),
         }
     }
+}
+
+/// How long an order may wait on AWS's or a customer's clock ([`Reason::is_long_wait`]) since
+/// its first delivery: 30 days, twice AWS's longest (an invitation expires after 15 days).
+pub const LONG_WAIT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// The wait after `waits` long waits in a row ([`Reason::is_long_wait`]): from
+/// `initial_delay_ms`, doubling, up to `max_delay_ms`.
+pub fn long_wait_ms(retry: &RetrySettings, waits: u32) -> u64 {
+    backoff_ms(retry, waits)
 }
 
 /// The delay before the retry that follows the `failures`-th failed attempt (1-based):
@@ -389,7 +420,7 @@ mod tests {
         for (reason, code) in [
             (Reason::MessageTooLarge, "MESSAGE_TOO_LARGE"),
             (Reason::NotJson, "NOT_JSON"),
-            (Reason::NotAPurchase, "NOT_A_PURCHASE"),
+            (Reason::UnknownRequestType, "UNKNOWN_REQUEST_TYPE"),
             (Reason::MissingField, "MISSING_FIELD"),
             (Reason::InvalidId, "INVALID_ID"),
             (Reason::UnknownPayer, "UNKNOWN_PAYER"),

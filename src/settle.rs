@@ -32,6 +32,9 @@ pub enum Disposition {
         /// `x-waits` of the published message: waits in a row for the failure's reason (0
         /// after a failed attempt).
         waits: u32,
+        /// An event to publish before the message goes to the retry queue (an existing
+        /// account's `aws.account.invited`, while the order follows the invitation).
+        notice: Option<Event>,
     },
     /// Publish the message, with the failure in its headers, to the dead-letter exchange and
     /// then the `aws.account.dead-lettered` event; then acknowledge.
@@ -68,6 +71,42 @@ pub fn disposition(
     let too_old = history.age > Duration::from_secs(retry.max_order_age_seconds);
     match outcome {
         Outcome::Report(event) => Disposition::Report(event),
+        Outcome::Announce(event, failure, wait) => {
+            match disposition(Outcome::Later(failure, wait), history, retry, jitter) {
+                Disposition::Retry {
+                    failure,
+                    attempts,
+                    queue_ms,
+                    wait_ms,
+                    waits,
+                    ..
+                } => Disposition::Retry {
+                    failure,
+                    attempts,
+                    queue_ms,
+                    wait_ms,
+                    waits,
+                    notice: Some(event),
+                },
+                other => other,
+            }
+        }
+        Outcome::Later(failure, wait) if failure.reason.is_long_wait() => {
+            if history.age > retry::LONG_WAIT_MAX_AGE {
+                return dead_letter(aged(failure, history, retry), history.attempts);
+            }
+            let waits = history.waits_for(&failure.reason);
+            let wait_ms = retry::long_wait_ms(retry, waits)
+                .min(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            Disposition::Retry {
+                failure,
+                attempts: history.attempts,
+                queue_ms: retry::queue_for(retry, wait_ms),
+                wait_ms,
+                waits,
+                notice: None,
+            }
+        }
         Outcome::Retry(failure) => {
             let attempts = history.attempts.saturating_add(1);
             if attempts >= retry.max_attempts {
@@ -82,6 +121,7 @@ pub fn disposition(
                     queue_ms: delay,
                     wait_ms: retry::jittered_ms(delay, jitter),
                     waits: 0,
+                    notice: None,
                 }
             }
         }
@@ -101,6 +141,7 @@ pub fn disposition(
                 queue_ms: retry::queue_for(retry, wait_ms),
                 wait_ms,
                 waits,
+                notice: None,
             }
         }
         Outcome::DeadLetter(failure) => dead_letter(failure, history.attempts.saturating_add(1)),
@@ -161,8 +202,23 @@ impl Unsettled {
     /// What `disposition`, decided for a delivery of `history`, leaves to carry on.
     pub fn of(disposition: &Disposition, history: &History) -> Self {
         let (ids, progress, attempts) = match disposition {
+            Disposition::Report(Event::Later(event)) => {
+                (event.ids.clone(), event.progress.clone(), history.attempts)
+            }
             Disposition::Report(event) => {
                 (event_ids(event), history.progress.clone(), history.attempts)
+            }
+            // The notice may not have gone out: the next delivery finds the invitation again and
+            // announces it.
+            Disposition::Retry {
+                failure,
+                attempts,
+                notice: Some(_),
+                ..
+            } => {
+                let mut progress = failure.progress.clone();
+                progress.handshake_id = None;
+                (failure.ids.clone(), progress, *attempts)
             }
             Disposition::Retry {
                 failure, attempts, ..
@@ -188,6 +244,7 @@ impl Unsettled {
 fn event_ids(event: &Event) -> PartialIds {
     match event {
         Event::Provisioned(provisioned) => provisioned.ids.clone(),
+        Event::Later(event) => event.ids.clone(),
         Event::Failed { ids, .. } | Event::DeadLettered { ids, .. } => ids.clone(),
     }
 }

@@ -8,7 +8,7 @@ use secrecy::SecretString;
 
 use super::{
     AccountId, AwsError, AwsResult, Candidates, CreateState, CreateStatus, ExistingAccount,
-    MemberIam, NewAccount, Organizations, Retry,
+    Handshake, HandshakeState, Invitation, MemberIam, NewAccount, Organizations, Retry,
 };
 use crate::domain::arn::PolicyArn;
 use crate::domain::ids::{OuId, PolicyId};
@@ -49,6 +49,12 @@ pub struct ScriptedOrganizations {
     /// `CreateAccount` requests still to lose: each is counted, then answered with no answer
     /// (a timeout), as a request that reached AWS and whose answer was lost.
     pub lost_creates: Arc<Mutex<u32>>,
+    /// What `CloseAccount`, `RemoveAccountFromOrganization` and `InviteAccountToOrganization`
+    /// answer instead of success, by operation name.
+    pub refuse: Arc<Mutex<std::collections::BTreeMap<&'static str, AwsError>>>,
+    /// The invitations the organization lists (`ListHandshakesForOrganization`), and what
+    /// `DescribeHandshake` finds; `InviteAccountToOrganization` adds an open one.
+    pub handshakes: Arc<Mutex<Vec<Handshake>>>,
 }
 
 impl ScriptedOrganizations {
@@ -67,6 +73,16 @@ impl ScriptedOrganizations {
     /// The calls made so far, in order.
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().expect("calls").clone()
+    }
+
+    /// What `operation` answers: the refusal set for it, else success.
+    fn refused(&self, operation: &'static str) -> AwsResult<()> {
+        self.refuse
+            .lock()
+            .expect("refusals")
+            .get(operation)
+            .cloned()
+            .map_or(Ok(()), Err)
     }
 
     fn next_status(&self) -> CreateStatus {
@@ -103,6 +119,8 @@ impl Organizations for ScriptedOrganizations {
             email: "c@customer.example".into(),
             asset_id: Some("AS-1".into()),
             joined: None,
+            name: None,
+            status: "ACTIVE".into(),
         }))
     }
 
@@ -174,6 +192,83 @@ impl Organizations for ScriptedOrganizations {
         self.record(format!("MoveAccount {account} {here} {parent}"));
         *self.parent.lock().expect("parent") = parent.to_owned();
         Ok(true)
+    }
+
+    async fn detach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
+        self.record(format!("DetachPolicy {policy} {account}"));
+        Ok(())
+    }
+
+    async fn close_account(&self, account: &AccountId) -> AwsResult<()> {
+        self.record(format!("CloseAccount {account}"));
+        self.refused("CloseAccount")
+    }
+
+    async fn remove_account(&self, account: &AccountId) -> AwsResult<()> {
+        self.record(format!("RemoveAccountFromOrganization {account}"));
+        self.refused("RemoveAccountFromOrganization")
+    }
+
+    async fn invite_account(&self, invitation: &Invitation) -> AwsResult<Handshake> {
+        self.record(format!(
+            "InviteAccountToOrganization {}",
+            invitation.account
+        ));
+        self.refused("InviteAccountToOrganization")?;
+        let mut handshakes = self.handshakes.lock().expect("handshakes");
+        let handshake = Handshake {
+            id: format!("h-test{}", handshakes.len()),
+            account: Some(invitation.account.0.clone()),
+            state: HandshakeState::Open,
+            expires_at: None,
+            notes: Some(invitation.notes.clone()),
+        };
+        handshakes.push(handshake.clone());
+        Ok(handshake)
+    }
+
+    async fn describe_handshake(&self, id: &str) -> AwsResult<Handshake> {
+        self.record(format!("DescribeHandshake {id}"));
+        self.handshakes
+            .lock()
+            .expect("handshakes")
+            .iter()
+            .find(|h| h.id == id)
+            .cloned()
+            .ok_or_else(|| AwsError {
+                retry: Retry::Permanent,
+                operation: "DescribeHandshake",
+                code: Some("HandshakeNotFoundException".into()),
+                message: format!("no handshake {id}"),
+            })
+    }
+
+    async fn find_invitations(&self, account: &AccountId) -> AwsResult<Vec<Handshake>> {
+        self.record(format!("ListHandshakesForOrganization {account}"));
+        Ok(self
+            .handshakes
+            .lock()
+            .expect("handshakes")
+            .iter()
+            .filter(|h| h.account.as_deref() == Some(account.0.as_str()))
+            .cloned()
+            .collect())
+    }
+
+    async fn cancel_handshake(&self, id: &str) -> AwsResult<Handshake> {
+        self.record(format!("CancelHandshake {id}"));
+        let mut handshakes = self.handshakes.lock().expect("handshakes");
+        let handshake = handshakes
+            .iter_mut()
+            .find(|h| h.id == id)
+            .ok_or_else(|| AwsError {
+                retry: Retry::Permanent,
+                operation: "CancelHandshake",
+                code: Some("HandshakeNotFoundException".into()),
+                message: format!("no handshake {id}"),
+            })?;
+        handshake.state = HandshakeState::Canceled;
+        Ok(handshake.clone())
     }
 
     async fn member(&self, account: &AccountId) -> AwsResult<Self> {

@@ -185,6 +185,79 @@ pub struct ExistingAccount {
     /// When it joined the organization (for a created account: when it was created), as AWS
     /// says; `None` when AWS did not say.
     pub joined: Option<std::time::SystemTime>,
+    /// Its name, when AWS gave it.
+    pub name: Option<String>,
+    /// Its state as AWS writes it (`ACTIVE`, `SUSPENDED`, `PENDING_CLOSURE`, `CLOSED`, …;
+    /// `State`, else the older `Status`); empty when AWS did not say.
+    pub status: String,
+}
+
+impl ExistingAccount {
+    /// Whether the account is closed or on its way there (`PENDING_CLOSURE`, `SUSPENDED`,
+    /// `CLOSED`): a closed account stays suspended in the organization for 90 days.
+    pub fn is_closing(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "PENDING_CLOSURE" | "SUSPENDED" | "CLOSED"
+        )
+    }
+}
+
+/// An invitation of an existing account into the payer's organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// The account invited.
+    pub account: AccountId,
+    /// The handshake's notes, shown to the account's owner (at most 1,024 characters).
+    pub notes: String,
+    /// Tags AWS puts on the account when it joins (`connect:asset-id`, …).
+    pub tags: Vec<(String, String)>,
+}
+
+/// Where an invitation stands (`HandshakeState`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeState {
+    /// `REQUESTED` or `OPEN`: waiting for the account's owner.
+    Open,
+    /// `ACCEPTED`: the account joined.
+    Accepted,
+    /// `DECLINED`.
+    Declined,
+    /// `CANCELED` (by the organization).
+    Canceled,
+    /// `EXPIRED`.
+    Expired,
+    /// Anything else, as AWS wrote it.
+    Other(String),
+}
+
+impl HandshakeState {
+    /// Reads AWS's `HandshakeState`.
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "REQUESTED" | "OPEN" => Self::Open,
+            "ACCEPTED" => Self::Accepted,
+            "DECLINED" => Self::Declined,
+            "CANCELED" => Self::Canceled,
+            "EXPIRED" => Self::Expired,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+/// An invitation (handshake) as AWS describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// `h-…`.
+    pub id: String,
+    /// The invited account (the party of type `ACCOUNT`), when AWS says.
+    pub account: Option<String>,
+    /// Where it stands.
+    pub state: HandshakeState,
+    /// When it expires, as AWS says.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// Its notes (the `NOTES` resource), when it has them.
+    pub notes: Option<String>,
 }
 
 /// Which accounts of the organization may be an order's, on the gate's rare path: its email,
@@ -293,6 +366,45 @@ pub trait Organizations: Send + Sync + 'static {
         account: &AccountId,
         parent: &OuId,
     ) -> impl Future<Output = AwsResult<bool>> + Send;
+
+    /// `DetachPolicy` of an SCP from an account; one not attached counts as done.
+    fn detach_policy(
+        &self,
+        policy: &PolicyId,
+        account: &AccountId,
+    ) -> impl Future<Output = AwsResult<()>> + Send;
+
+    /// `CloseAccount`. A refusal for AWS's close quota comes back with the code
+    /// `CLOSE_ACCOUNT_QUOTA_EXCEEDED` (the `ConstraintViolationException`'s reason); an account
+    /// already closed (`AccountAlreadyClosedException`) counts as done.
+    fn close_account(&self, account: &AccountId) -> impl Future<Output = AwsResult<()>> + Send;
+
+    /// `RemoveAccountFromOrganization`. A refusal within 7 days of the account joining comes
+    /// back with the code `WAIT_PERIOD_ACTIVE` (the `ConstraintViolationException`'s reason);
+    /// other constraint reasons likewise carry their reason as the code.
+    fn remove_account(&self, account: &AccountId) -> impl Future<Output = AwsResult<()>> + Send;
+
+    /// `InviteAccountToOrganization`. A refusal comes back with the
+    /// `HandshakeConstraintViolationException`'s reason as the code
+    /// (`ALREADY_IN_AN_ORGANIZATION`, …), or `DuplicateHandshakeException` for an invitation
+    /// already open.
+    fn invite_account(
+        &self,
+        invitation: &Invitation,
+    ) -> impl Future<Output = AwsResult<Handshake>> + Send;
+
+    /// `DescribeHandshake`.
+    fn describe_handshake(&self, id: &str) -> impl Future<Output = AwsResult<Handshake>> + Send;
+
+    /// The organization's invitations of `account`, open or recently closed:
+    /// `ListHandshakesForOrganization` (action `INVITE`), every page.
+    fn find_invitations(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = AwsResult<Vec<Handshake>>> + Send;
+
+    /// `CancelHandshake`.
+    fn cancel_handshake(&self, id: &str) -> impl Future<Output = AwsResult<Handshake>> + Send;
 
     /// `AssumeRole` into the member account's access role.
     fn member(&self, account: &AccountId) -> impl Future<Output = AwsResult<Self::Member>> + Send;

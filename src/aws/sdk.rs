@@ -11,11 +11,16 @@ use aws_sdk_organizations::config::http::HttpResponse;
 use aws_sdk_organizations::config::retry::RetryConfig;
 use aws_sdk_organizations::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_organizations::operation::attach_policy::AttachPolicyError;
+use aws_sdk_organizations::operation::close_account::CloseAccountError;
 use aws_sdk_organizations::operation::create_account::CreateAccountError;
+use aws_sdk_organizations::operation::detach_policy::DetachPolicyError;
+use aws_sdk_organizations::operation::invite_account_to_organization::InviteAccountToOrganizationError;
 use aws_sdk_organizations::operation::move_account::MoveAccountError;
+use aws_sdk_organizations::operation::remove_account_from_organization::RemoveAccountFromOrganizationError;
 use aws_sdk_organizations::types::ConstraintViolationExceptionReason;
 use aws_sdk_organizations::types::{
-    CreateAccountState, CreateAccountStatus, IamUserAccessToBilling, PolicyType, Tag,
+    ActionType, CreateAccountState, CreateAccountStatus, HandshakeFilter, HandshakeParty,
+    HandshakePartyType, HandshakeResourceType, IamUserAccessToBilling, PolicyType, Tag,
 };
 use aws_sdk_sts::config::SharedCredentialsProvider;
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -35,7 +40,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::{
     ASSET_TAG, AccessToBilling, AccountId, AwsError, AwsResult, CREDENTIALS_EVENT_TAG,
     CREDENTIALS_ISSUED, CREDENTIALS_TAG, CallLimits, Candidates, CreateState, CreateStatus,
-    ExistingAccount, MemberAccess, MemberIam, NewAccount, Organizations, Retry,
+    ExistingAccount, Handshake, HandshakeState, Invitation, MemberAccess, MemberIam, NewAccount,
+    Organizations, Retry,
 };
 use crate::config::PayerSettings;
 use crate::domain::arn::{PolicyArn, RoleArn};
@@ -397,6 +403,63 @@ fn status_of(
     Ok(CreateStatus { request_id, state })
 }
 
+/// An SDK account as ours, with its asset tag.
+fn existing(
+    account: &aws_sdk_organizations::types::Account,
+    asset_id: Option<String>,
+) -> ExistingAccount {
+    let status = account
+        .state()
+        .map(|state| state.as_str().to_owned())
+        .or_else(|| account.status().map(|status| status.as_str().to_owned()))
+        .unwrap_or_default();
+    ExistingAccount {
+        id: AccountId(account.id().unwrap_or_default().to_owned()),
+        email: account.email().unwrap_or_default().to_owned(),
+        asset_id,
+        joined: account.joined_timestamp().and_then(system_time),
+        name: account.name().map(str::to_owned),
+        status,
+    }
+}
+
+/// An SDK handshake as ours.
+fn handshake_of(
+    handshake: Option<&aws_sdk_organizations::types::Handshake>,
+    operation: &'static str,
+) -> AwsResult<Handshake> {
+    let handshake = handshake.ok_or_else(|| AwsError {
+        retry: Retry::Transient,
+        operation,
+        code: None,
+        message: "the answer has no handshake".to_owned(),
+    })?;
+    Ok(Handshake {
+        id: handshake.id().unwrap_or_default().to_owned(),
+        account: handshake
+            .parties()
+            .iter()
+            .find(|party| party.r#type() == &HandshakePartyType::Account)
+            .map(|party| party.id().to_owned()),
+        state: HandshakeState::parse(handshake.state().map_or("", |s| s.as_str())),
+        expires_at: handshake.expiration_timestamp().and_then(system_time),
+        notes: handshake
+            .resources()
+            .iter()
+            .find(|resource| resource.r#type() == Some(&HandshakeResourceType::Notes))
+            .and_then(|resource| resource.value().map(str::to_owned)),
+    })
+}
+
+/// `error` with the constraint's `reason`, when it has one, as its code: the reason is what
+/// tells a quota from a wait.
+fn with_reason(mut error: AwsError, reason: Option<&str>) -> AwsError {
+    if let Some(reason) = reason {
+        error.code = Some(reason.to_owned());
+    }
+    error
+}
+
 impl SdkOrganizations {
     /// The account's `connect:asset-id` tag.
     /// The id of the first `CreateAccount` request in `state` that `wanted` picks:
@@ -457,13 +520,8 @@ impl Organizations for SdkOrganizations {
         }
         let mut found = Vec::with_capacity(picked.len());
         for account in picked {
-            let id = account.id().unwrap_or_default().to_owned();
-            found.push(ExistingAccount {
-                joined: account.joined_timestamp().and_then(system_time),
-                asset_id: self.asset_tag(&id).await?,
-                email: account.email().unwrap_or_default().to_owned(),
-                id: AccountId(id),
-            });
+            let asset_id = self.asset_tag(account.id().unwrap_or_default()).await?;
+            found.push(existing(&account, asset_id));
         }
         Ok(found)
     }
@@ -484,20 +542,18 @@ impl Organizations for SdkOrganizations {
             .send()
             .await
             .map_err(|e| classify("DescribeAccount", Target::Payer, e))?;
-        let email = output
+        let asset_id = self.asset_tag(&account.0).await?;
+        let mut found = output
             .account()
-            .and_then(|a| a.email())
-            .unwrap_or_default()
-            .to_owned();
-        Ok(ExistingAccount {
-            joined: output
-                .account()
-                .and_then(|a| a.joined_timestamp())
-                .and_then(system_time),
-            asset_id: self.asset_tag(&account.0).await?,
-            email,
-            id: account.clone(),
-        })
+            .map(|a| existing(a, asset_id.clone()))
+            .unwrap_or_else(|| {
+                existing(
+                    &aws_sdk_organizations::types::Account::builder().build(),
+                    asset_id,
+                )
+            });
+        found.id = account.clone();
+        Ok(found)
     }
 
     async fn find_creation(&self, account_name: &str) -> AwsResult<Option<String>> {
@@ -649,6 +705,180 @@ impl Organizations for SdkOrganizations {
             }
             Err(e) => Err(classify("MoveAccount", Target::Payer, e)),
         }
+    }
+
+    async fn detach_policy(&self, policy: &PolicyId, account: &AccountId) -> AwsResult<()> {
+        let _turn = self.turn().await;
+        let result = self
+            .organizations
+            .detach_policy()
+            .policy_id(policy.as_str())
+            .target_id(&account.0)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(DetachPolicyError::PolicyNotAttachedException(_))
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(classify("DetachPolicy", Target::Payer, e)),
+        }
+    }
+
+    async fn close_account(&self, account: &AccountId) -> AwsResult<()> {
+        let _turn = self.turn().await;
+        let result = self
+            .organizations
+            .close_account()
+            .account_id(&account.0)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match e.as_service_error() {
+                Some(CloseAccountError::AccountAlreadyClosedException(_)) => Ok(()),
+                Some(CloseAccountError::ConstraintViolationException(violation)) => {
+                    let reason = violation.reason().map(|r| r.as_str().to_owned());
+                    Err(with_reason(
+                        classify("CloseAccount", Target::Payer, e),
+                        reason.as_deref(),
+                    ))
+                }
+                _ => Err(classify("CloseAccount", Target::Payer, e)),
+            },
+        }
+    }
+
+    async fn remove_account(&self, account: &AccountId) -> AwsResult<()> {
+        let _turn = self.turn().await;
+        let result = self
+            .organizations
+            .remove_account_from_organization()
+            .account_id(&account.0)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let reason = match e.as_service_error() {
+                    Some(RemoveAccountFromOrganizationError::ConstraintViolationException(
+                        violation,
+                    )) => violation.reason().map(|r| r.as_str().to_owned()),
+                    _ => None,
+                };
+                Err(with_reason(
+                    classify("RemoveAccountFromOrganization", Target::Payer, e),
+                    reason.as_deref(),
+                ))
+            }
+        }
+    }
+
+    async fn invite_account(&self, invitation: &Invitation) -> AwsResult<Handshake> {
+        let _turn = self.turn().await;
+        let party = HandshakeParty::builder()
+            .id(&invitation.account.0)
+            .r#type(HandshakePartyType::Account)
+            .build()
+            .map_err(|e| AwsError {
+                retry: Retry::Permanent,
+                operation: "InviteAccountToOrganization",
+                code: None,
+                message: e.to_string(),
+            })?;
+        let mut request = self
+            .organizations
+            .invite_account_to_organization()
+            .target(party)
+            .notes(&invitation.notes);
+        for (key, value) in &invitation.tags {
+            let tag = Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| AwsError {
+                    retry: Retry::Permanent,
+                    operation: "InviteAccountToOrganization",
+                    code: None,
+                    message: e.to_string(),
+                })?;
+            request = request.tags(tag);
+        }
+        match request.send().await {
+            Ok(output) => handshake_of(output.handshake(), "InviteAccountToOrganization"),
+            Err(e) => {
+                let reason = match e.as_service_error() {
+                    Some(
+                        InviteAccountToOrganizationError::HandshakeConstraintViolationException(
+                            violation,
+                        ),
+                    ) => violation.reason().map(|r| r.as_str().to_owned()),
+                    Some(InviteAccountToOrganizationError::ConstraintViolationException(
+                        violation,
+                    )) => violation.reason().map(|r| r.as_str().to_owned()),
+                    _ => None,
+                };
+                Err(with_reason(
+                    classify("InviteAccountToOrganization", Target::Payer, e),
+                    reason.as_deref(),
+                ))
+            }
+        }
+    }
+
+    async fn describe_handshake(&self, id: &str) -> AwsResult<Handshake> {
+        let _turn = self.turn().await;
+        let output = self
+            .organizations
+            .describe_handshake()
+            .handshake_id(id)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeHandshake", Target::Payer, e))?;
+        handshake_of(output.handshake(), "DescribeHandshake")
+    }
+
+    async fn find_invitations(&self, account: &AccountId) -> AwsResult<Vec<Handshake>> {
+        let _turn = self.turn().await;
+        let mut pages = self
+            .organizations
+            .list_handshakes_for_organization()
+            .filter(
+                HandshakeFilter::builder()
+                    .action_type(ActionType::InviteAccountToOrganization)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| classify("ListHandshakesForOrganization", Target::Payer, e))?;
+            for handshake in page.handshakes() {
+                let handshake = handshake_of(Some(handshake), "ListHandshakesForOrganization")?;
+                if handshake.account.as_deref() == Some(account.0.as_str()) {
+                    found.push(handshake);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn cancel_handshake(&self, id: &str) -> AwsResult<Handshake> {
+        let _turn = self.turn().await;
+        let output = self
+            .organizations
+            .cancel_handshake()
+            .handshake_id(id)
+            .send()
+            .await
+            .map_err(|e| classify("CancelHandshake", Target::Payer, e))?;
+        handshake_of(output.handshake(), "CancelHandshake")
     }
 
     async fn member(&self, account: &AccountId) -> AwsResult<SdkMemberIam> {

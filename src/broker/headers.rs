@@ -39,6 +39,8 @@ pub const ACCOUNT_ID: &str = "x-account-id";
 /// The last step done: `create-sent` (a `CreateAccount` sent that got no answer),
 /// `create-requested`, `account-created` or `policies-attached`.
 pub const STEP: &str = "x-step";
+/// The invitation an existing-account purchase follows (`h-…`), once announced.
+pub const HANDSHAKE_ID: &str = "x-handshake-id";
 /// Times AWS refused the creation with `EMAIL_ALREADY_EXISTS` while no account with the email
 /// could be seen yet.
 pub const EMAIL_LOOKS: &str = "x-email-looks";
@@ -56,7 +58,8 @@ pub const SETTLE_FAILURES: &str = "x-settle-failures";
 pub const DELIVERY_COUNT: &str = "x-delivery-count";
 /// The worker's own headers: kept whole by [`within_budget`] (each text value is at most
 /// 1 KiB, see [`set_text`]); a header the worker adds belongs here.
-pub const OWNED: [&str; 14] = [
+pub const OWNED: [&str; 15] = [
+    HANDSHAKE_ID,
     ATTEMPTS,
     EMAIL_LOOKS,
     WAITS,
@@ -86,6 +89,8 @@ const POLICIES_ATTACHED_MAX_BYTES: usize = 1024;
 const POLICIES_ATTACHED_MAX_IDS: usize = 64;
 /// The [`STEP`] value once a `CreateAccount` was sent and got no answer.
 const CREATE_SENT: &str = "create-sent";
+/// The [`STEP`] value once a cancel removed the account from the organization.
+const REMOVED: &str = "removed";
 
 /// A string header; absent, empty or of another type is `None`.
 pub fn text(headers: &FieldTable, key: &str) -> Option<String> {
@@ -151,6 +156,8 @@ pub fn history_at(headers: Option<&FieldTable>, now: DateTime<Utc>) -> History {
             email_looks: number(headers, EMAIL_LOOKS)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
+            handshake_id: text(headers, HANDSHAKE_ID),
+            removed: text(headers, STEP).as_deref() == Some(REMOVED),
         },
     }
 }
@@ -202,6 +209,7 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
             STEP,
             POLICIES_ATTACHED,
             EMAIL_LOOKS,
+            HANDSHAKE_ID,
         ];
         if !progress_keys.contains(&key.as_str()) {
             kept.insert(key.clone(), value.clone());
@@ -224,7 +232,11 @@ pub fn set_progress(headers: &mut FieldTable, progress: &Progress) {
     if progress.email_looks > 0 {
         set_number(headers, EMAIL_LOOKS, i64::from(progress.email_looks));
     }
+    if let Some(id) = &progress.handshake_id {
+        set_text(headers, HANDSHAKE_ID, id);
+    }
     let step = match progress {
+        Progress { removed: true, .. } => REMOVED,
         Progress {
             account_id: Some(_),
             placed: true,

@@ -46,6 +46,7 @@ pub enum Settled {
 /// What a settled delivery adds to the metrics.
 enum Count {
     Provisioned,
+    Reported(&'static str),
     Failed(String),
     Retried(Reason),
     DeadLettered(Reason),
@@ -267,9 +268,10 @@ impl Settler {
                 if let Some(step) = event.take_after_confirm() {
                     self.after_confirm(step).await;
                 }
-                let count = match event.failure_code() {
-                    Some(code) => Count::Failed(code.to_owned()),
-                    None => Count::Provisioned,
+                let count = match (event.failure_code(), &event) {
+                    (Some(code), _) => Count::Failed(code.to_owned()),
+                    (None, Event::Later(later)) => Count::Reported(later.name),
+                    (None, _) => Count::Provisioned,
                 };
                 (Settled::Reported, count)
             }
@@ -279,7 +281,11 @@ impl Settler {
                 queue_ms,
                 wait_ms,
                 waits,
+                notice,
             } => {
+                if let Some(event) = &notice {
+                    self.publish_event(Stage::Event, event).await?;
+                }
                 let record = Record::new(history, &failure, (attempts, waits), None);
                 self.schedule_retry(delivery, &record, queue_ms, wait_ms)
                     .await?;
@@ -315,6 +321,7 @@ impl Settler {
             .map_err(SettleError::Ack)?;
         match count {
             Count::Provisioned => self.metrics.provisioned(),
+            Count::Reported(name) => self.metrics.reported(name),
             Count::Failed(code) => self.metrics.failed(&code),
             Count::Retried(reason) => self.metrics.retried(reason.as_str()),
             Count::DeadLettered(reason) => self.metrics.dead_lettered(reason.as_str()),

@@ -12,9 +12,12 @@ use super::ids::{AssetId, IdError, MarketplaceId, RequestId, TierAccountId};
 /// The largest body the worker reads (docs/contract.md §3).
 pub const MAX_ORDER_BYTES: usize = 1024 * 1024;
 
-/// A valid Connect purchase request, reduced to what the worker uses.
+/// A valid Connect request (a purchase, or a later request for the same asset: change,
+/// suspend, resume, cancel), reduced to what the worker uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PurchaseRequest {
+    /// `type`: what the request asks for.
+    pub kind: RequestKind,
     /// `id` (`PR-…`).
     pub request_id: RequestId,
     /// `asset.id` (`AS-…`).
@@ -38,6 +41,10 @@ pub struct PurchaseRequest {
     pub aws_account_name: Option<String>,
     /// Ordering parameter `iam_user_name`, as given (blank means absent).
     pub iam_user_name: Option<String>,
+    /// Fulfillment parameter `aws_account_id`, as given (blank means absent): the account an
+    /// existing-account purchase brings in, and the account a later request acts on. A claim:
+    /// acted on only once AWS shows the account is the asset's.
+    pub aws_account_id: Option<String>,
     /// The marketplace-level configuration parameters, unvalidated.
     pub configuration: ConfigurationParams,
 }
@@ -92,12 +99,56 @@ impl ConnectionType {
     }
 }
 
-/// What the order asks for.
+/// What a request asks for (its `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// `purchase`: a new account, or an existing one brought in ([`OrderMode`]).
+    Purchase,
+    /// `change`: nothing changes in AWS; the worker confirms it.
+    Change,
+    /// `suspend`: the account gets the deny-all SCP.
+    Suspend,
+    /// `resume`: the deny-all SCP comes off.
+    Resume,
+    /// `cancel`: the account is closed, removed or left, per `cancel_action`.
+    Cancel,
+}
+
+impl RequestKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [Self; 5] = [
+        Self::Purchase,
+        Self::Change,
+        Self::Suspend,
+        Self::Resume,
+        Self::Cancel,
+    ];
+
+    /// The `type` as Connect writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Purchase => "purchase",
+            Self::Change => "change",
+            Self::Suspend => "suspend",
+            Self::Resume => "resume",
+            Self::Cancel => "cancel",
+        }
+    }
+
+    /// Reads a `type`; `None` for one the worker does not handle.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == raw)
+    }
+}
+
+/// What a purchase asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderMode {
-    /// A new member account: the only mode this worker provisions.
+    /// A new member account.
     NewAccount,
-    /// Anything else (`existing_account`, or an unknown value), kept as sent.
+    /// An existing AWS account, invited into the payer's organization.
+    ExistingAccount,
+    /// Anything else, kept as sent.
     Other(String),
 }
 
@@ -147,9 +198,9 @@ pub enum OrderError {
     /// Not UTF-8 JSON, or JSON that is not an object.
     #[error("the message is not a JSON object: {0}")]
     NotJson(String),
-    /// `type` is not `purchase`.
-    #[error("the request type is {0:?}, not \"purchase\"")]
-    NotAPurchase(String),
+    /// `type` is none of the kinds the worker handles ([`RequestKind`]).
+    #[error("the request type is {0:?}, none of purchase, change, suspend, resume or cancel")]
+    UnknownType(String),
     /// A required field is absent or not a string.
     #[error("the required field `{0}` is missing")]
     MissingField(&'static str),
@@ -354,10 +405,9 @@ fn invalid_id(field: &'static str, source: IdError) -> OrderError {
 
 impl RawRequest {
     fn validate(self) -> Result<PurchaseRequest, OrderError> {
-        let kind = required(self.kind.as_deref(), "type")?;
-        if kind != "purchase" {
-            return Err(OrderError::NotAPurchase(quoted(kind).into_owned()));
-        }
+        let raw_kind = required(self.kind.as_deref(), "type")?;
+        let kind = RequestKind::parse(raw_kind)
+            .ok_or_else(|| OrderError::UnknownType(quoted(raw_kind).into_owned()))?;
         let request_id = id(self.id.as_deref(), "id", RequestId::parse)?;
         let asset = self.asset.ok_or(OrderError::MissingField("asset"))?;
         let asset_id = id(asset.id.as_deref(), "asset.id", AssetId::parse)?;
@@ -392,10 +442,12 @@ impl RawRequest {
         let order_mode = match param(params, "order_mode") {
             None => OrderMode::NewAccount,
             Some(mode) if mode == "new_account" => OrderMode::NewAccount,
+            Some(mode) if mode == "existing_account" => OrderMode::ExistingAccount,
             Some(other) => OrderMode::Other(other),
         };
         let config = asset.configuration.map(|c| c.params).unwrap_or_default();
         Ok(PurchaseRequest {
+            kind,
             request_id,
             asset_id,
             marketplace_id,
@@ -407,6 +459,7 @@ impl RawRequest {
             aws_account_email: param(params, "aws_account_email"),
             aws_account_name: param(params, "aws_account_name"),
             iam_user_name: param(params, "iam_user_name"),
+            aws_account_id: param(params, "aws_account_id"),
             configuration: ConfigurationParams {
                 account_model: param(&config, "awsAccountModel"),
                 provide_root_user_for_ecam: param(&config, "provideRootUserForECAM"),
@@ -505,14 +558,29 @@ mod tests {
     }
 
     #[test]
+    fn every_request_kind_parses_with_the_account_it_names() {
+        for kind in RequestKind::ALL {
+            let mut value = base();
+            value["type"] = json!(kind.as_str());
+            value["asset"]["params"] = json!([{"id": "aws_account_id", "value": "111122223333"}]);
+            let request = parse_value(&value).expect("a valid request");
+            assert_eq!(request.kind, kind);
+            assert_eq!(request.aws_account_id.as_deref(), Some("111122223333"));
+        }
+        let mut value = base();
+        value["type"] = json!("Suspend");
+        assert!(matches!(
+            parse_value(&value).expect_err("case matters").error,
+            OrderError::UnknownType(_)
+        ));
+    }
+
+    #[test]
     fn order_mode_is_strict() {
         let cases = [
             (json!("new_account"), OrderMode::NewAccount),
             (json!(""), OrderMode::NewAccount),
-            (
-                json!("existing_account"),
-                OrderMode::Other("existing_account".into()),
-            ),
+            (json!("existing_account"), OrderMode::ExistingAccount),
             (json!("New_Account"), OrderMode::Other("New_Account".into())),
         ];
         for (mode, expected) in cases {
@@ -530,7 +598,7 @@ mod tests {
     fn malformed_messages_say_why_and_keep_readable_ids() {
         let not_purchase = {
             let mut v = base();
-            v["type"] = json!("cancel");
+            v["type"] = json!("adjustment");
             v
         };
         let bad_id = {
@@ -552,7 +620,7 @@ mod tests {
             v
         };
         let cases = [
-            (not_purchase, "NOT_A_PURCHASE"),
+            (not_purchase, "UNKNOWN_REQUEST_TYPE"),
             (bad_id, "INVALID_ID"),
             (no_customer, "MISSING_FIELD"),
             (no_marketplace, "MISSING_FIELD"),
@@ -678,7 +746,7 @@ mod tests {
         let cases = [
             ("id", with("/id", json!(format!("PR-{huge}"))), "INVALID_ID"),
             ("asset id", with("/asset/id", json!(huge.clone())), "INVALID_ID"),
-            ("type", with("/type", json!(huge.clone())), "NOT_A_PURCHASE"),
+            ("type", with("/type", json!(huge.clone())), "UNKNOWN_REQUEST_TYPE"),
             // serde quotes the string it did not expect.
             ("a string for an object", with("/asset/tiers", json!(huge.clone())), "NOT_JSON"),
         ];
@@ -704,7 +772,7 @@ mod tests {
 
     fn not_purchase_ids() -> Value {
         let mut v = base();
-        v["type"] = json!("change");
+        v["type"] = json!("adjustment");
         v
     }
 

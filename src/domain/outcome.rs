@@ -17,6 +17,19 @@ pub enum FailureCode {
     ConnectionNotAllowed,
     /// A configuration parameter in the request is unusable.
     InvalidConfiguration,
+    /// A later request (or an existing-account purchase already joined) names an account that
+    /// AWS does not show as the asset's (its `connect:asset-id` tag): nothing is touched.
+    AccountNotOurs,
+    /// The account an existing-account purchase names cannot be invited: it is in another
+    /// organization, in this one under another asset, or does not exist.
+    AccountNotEligible,
+    /// The customer declined the invitation (or it was cancelled).
+    InvitationDeclined,
+    /// The invitation expired before the customer accepted it.
+    InvitationExpired,
+    /// AWS refused to close the account: the organization closed its quota of members (10%
+    /// per 30 days).
+    CloseQuotaExceeded,
     /// AWS ended the creation FAILED for this reason (as AWS spells it).
     Aws(String),
 }
@@ -31,6 +44,11 @@ impl FailureCode {
             Self::UnsupportedOrderMode => "UNSUPPORTED_ORDER_MODE",
             Self::ConnectionNotAllowed => "CONNECTION_NOT_ALLOWED",
             Self::InvalidConfiguration => "INVALID_CONFIGURATION",
+            Self::AccountNotOurs => "ACCOUNT_NOT_OURS",
+            Self::AccountNotEligible => "ACCOUNT_NOT_ELIGIBLE",
+            Self::InvitationDeclined => "INVITATION_DECLINED",
+            Self::InvitationExpired => "INVITATION_EXPIRED",
+            Self::CloseQuotaExceeded => "CLOSE_QUOTA_EXCEEDED",
             Self::Aws(reason) => reason,
         }
     }
@@ -93,6 +111,12 @@ impl Rejection {
                 (Action::Inquire, Some("aws_account_email"))
             }
             (FailureCode::InvalidIamUserName, _) => (Action::Inquire, Some("iam_user_name")),
+            (
+                FailureCode::AccountNotEligible
+                | FailureCode::InvitationDeclined
+                | FailureCode::InvitationExpired,
+                _,
+            ) => (Action::Inquire, Some("aws_account_id")),
             _ => (Action::Fail, None),
         }
     }
@@ -119,6 +143,23 @@ mod tests {
                 (Action::Inquire, Some("iam_user_name")),
             ),
             (FailureCode::UnsupportedOrderMode, None, fail),
+            (FailureCode::AccountNotOurs, Some(Spam), fail),
+            (FailureCode::CloseQuotaExceeded, None, fail),
+            (
+                FailureCode::AccountNotEligible,
+                None,
+                (Action::Inquire, Some("aws_account_id")),
+            ),
+            (
+                FailureCode::InvitationDeclined,
+                Some(Ecam),
+                (Action::Inquire, Some("aws_account_id")),
+            ),
+            (
+                FailureCode::InvitationExpired,
+                None,
+                (Action::Inquire, Some("aws_account_id")),
+            ),
             (FailureCode::ConnectionNotAllowed, None, fail),
             (FailureCode::InvalidConfiguration, Some(Ecam), fail),
             (

@@ -34,6 +34,13 @@ pub struct Progress {
     /// How often AWS refused the order's creation with `EMAIL_ALREADY_EXISTS` while no
     /// account with its email could be seen yet (looked at again a bounded number of times).
     pub email_looks: u32,
+    /// The invitation (`h-…`) an existing-account purchase follows, once its
+    /// `aws.account.invited` event went out (`x-handshake-id`). A hint: followed only once
+    /// `DescribeHandshake` shows it invites the request's account for its asset.
+    pub handshake_id: Option<String>,
+    /// A cancel removed the account from the organization (`x-step: removed`): a delivery
+    /// that finds it gone reports it removed.
+    pub removed: bool,
 }
 
 /// A provisioned order.

@@ -319,6 +319,8 @@ mod tests {
                 refuse_user: Some(refusal(Retry::WhileNew)),
                 described: Some(ExistingAccount {
                     joined: joined(ago),
+                    name: None,
+                    status: "ACTIVE".into(),
                     ..account(Some("AS-1"))
                 }),
                 ..ScriptedOrganizations::default()

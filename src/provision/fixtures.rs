@@ -98,6 +98,8 @@ pub(super) fn account(asset_id: Option<&str>) -> ExistingAccount {
         email: "C@Customer.example".into(),
         asset_id: asset_id.map(str::to_owned),
         joined: None,
+        name: None,
+        status: "ACTIVE".into(),
     }
 }
 

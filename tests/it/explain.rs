@@ -228,7 +228,7 @@ fn connection_routing_and_an_order_that_would_fail() {
 fn a_file_that_is_not_an_order_exits_2() {
     let config = path("examples/demo.toml");
     let not_json = write_config("not json");
-    let not_purchase = order_file(&json!({"id": "PR-1-2", "type": "cancel"}));
+    let not_purchase = order_file(&json!({"id": "PR-1-2", "type": "adjustment"}));
     let mut no_asset_id = fixture("purchase_tier2_opco.json");
     no_asset_id["asset"]
         .as_object_mut()
@@ -239,7 +239,7 @@ fn a_file_that_is_not_an_order_exits_2() {
         (not_json.path().to_str().expect("path"), "NOT_JSON"),
         (
             not_purchase.path().to_str().expect("path"),
-            "NOT_A_PURCHASE",
+            "UNKNOWN_REQUEST_TYPE",
         ),
         (no_asset_id.path().to_str().expect("path"), "MISSING_FIELD"),
         ("/nonexistent/order.json", "cannot read"),

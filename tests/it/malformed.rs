@@ -16,7 +16,7 @@ async fn malformed_messages_are_dead_lettered_and_the_next_order_is_processed() 
 
     let not_a_purchase = {
         let mut o = order(&[], &[]);
-        o["type"] = json!("cancel");
+        o["type"] = json!("adjustment");
         o
     };
     let missing_asset_id = {
@@ -32,7 +32,10 @@ async fn malformed_messages_are_dead_lettered_and_the_next_order_is_processed() 
     // reason → body
     let bad: BTreeMap<&str, Vec<u8>> = BTreeMap::from([
         ("NOT_JSON", b"this is { not json".to_vec()),
-        ("NOT_A_PURCHASE", not_a_purchase.to_string().into_bytes()),
+        (
+            "UNKNOWN_REQUEST_TYPE",
+            not_a_purchase.to_string().into_bytes(),
+        ),
         ("MISSING_FIELD", missing_asset_id.to_string().into_bytes()),
         ("MESSAGE_TOO_LARGE", too_large.to_string().into_bytes()),
     ]);
@@ -65,7 +68,7 @@ async fn malformed_messages_are_dead_lettered_and_the_next_order_is_processed() 
         "the good order after the bad ones is provisioned"
     );
     assert_eq!(provisioned[0]["request_id"], good["id"]);
-    let not_purchase_event = &dead_lettered["NOT_A_PURCHASE"];
+    let not_purchase_event = &dead_lettered["UNKNOWN_REQUEST_TYPE"];
     assert_eq!(
         not_purchase_event["request_id"], not_a_purchase["id"],
         "readable ids are kept"

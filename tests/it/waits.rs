@@ -10,7 +10,7 @@ use aws_account_worker::broker::lease::{Lease, Leases};
 use aws_account_worker::config::Settings;
 use aws_account_worker::domain::order::PartialIds;
 use aws_account_worker::observability::{self, Metrics, Readiness};
-use aws_account_worker::pipeline::{Resolution, Resolved, resolve_body};
+use aws_account_worker::pipeline::{Resolution, Resolved, Trip, resolve_body};
 use aws_account_worker::replay::{self, Request};
 use chrono::{DateTime, Utc};
 use lapin::options::ConfirmSelectOptions;
@@ -51,7 +51,7 @@ impl Other {
         let ids = PartialIds::of(&request);
         let resolved = Resolved {
             request,
-            plan: *plan,
+            trip: Trip::New(plan),
             ids,
             span: Span::none(),
         };

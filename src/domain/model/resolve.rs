@@ -128,7 +128,7 @@ pub struct Rules {
     pub connections: Connections,
 }
 
-fn invalid_configuration(message: String) -> Rejection {
+pub(super) fn invalid_configuration(message: String) -> Rejection {
     Rejection::new(FailureCode::InvalidConfiguration, message)
 }
 
@@ -143,7 +143,7 @@ fn parse_yes_no(raw: &str) -> Option<bool> {
 
 /// A typed value picked from the layers: start-up validation refused every malformed value,
 /// so an error here means the rules did not come from validated settings.
-fn typed<T>(
+pub(super) fn typed<T>(
     picked: Option<(Result<T, SettingsIssue>, Origin)>,
 ) -> Result<Option<(T, Origin)>, Rejection> {
     match picked {
@@ -172,29 +172,21 @@ impl Rules {
     /// type with no payer, an unusable configuration parameter, a bad ECAM email or IAM user
     /// name.
     pub fn resolve(&self, order: &PurchaseRequest) -> Result<Plan, Rejection> {
-        if let OrderMode::Other(mode) = &order.order_mode {
+        let mode = match &order.order_mode {
+            OrderMode::NewAccount => None,
+            // Resolved by `resolve_later`; here only if a caller mixed the two up.
+            OrderMode::ExistingAccount => Some("existing_account"),
+            OrderMode::Other(mode) => Some(mode.as_str()),
+        };
+        if let Some(mode) = mode {
             return Err(Rejection::new(
                 FailureCode::UnsupportedOrderMode,
                 format!(
-                    "order_mode `{mode}` is not supported: this worker only provisions new_account orders"
+                    "order_mode `{mode}` is not supported: this worker provisions new_account and existing_account orders"
                 ),
             ));
         }
-        let routing = self.connections.route(&order.connection);
-        if routing == Routing::Refused {
-            let message = match &order.connection {
-                // The type is input: at most 64 characters of it go into the event.
-                ConnectionType::Other(kind) => format!(
-                    "connection type `{}` is neither production, test nor preview; no account is created",
-                    kind.chars().take(64).collect::<String>()
-                ),
-                kind => format!(
-                    "a {kind} order is provisioned only in the payer that connections.{kind} names, and none is configured; no account is created",
-                    kind = kind.as_str()
-                ),
-            };
-            return Err(Rejection::new(FailureCode::ConnectionNotAllowed, message));
-        }
+        let routing = self.route(order)?;
         let tiers = [
             (Tier::Tier1, order.tier1_id.as_ref().map(|id| id.as_str())),
             (Tier::Tier2, order.tier2_id.as_ref().map(|id| id.as_str())),
@@ -202,22 +194,7 @@ impl Rules {
         let layers = self
             .layers()
             .applicable(order.marketplace_id.as_str(), tiers);
-        let params = &order.configuration;
-
-        let requested_model = match params.account_model.as_deref() {
-            Some(raw) => Some((
-                AccountModel::parse(raw).ok_or_else(|| {
-                    invalid_configuration(format!(
-                        "awsAccountModel `{raw}` is neither SPAM nor ECAM"
-                    ))
-                })?,
-                "awsAccountModel",
-            )),
-            None => None,
-        };
-        let (model, origin) = layers
-            .pick_with_request(requested_model, |s| s.account_model)
-            .ok_or_else(|| invalid_configuration("no account model is configured".into()))?;
+        let (model, origin) = model_for(order, &layers)?;
 
         let mut plan =
             plan_for(order, &layers, model).map_err(|rejection| rejection.under(model))?;
@@ -239,6 +216,52 @@ impl Rules {
         }
         Ok(plan)
     }
+
+    /// Where `order` goes by its connection type.
+    ///
+    /// # Errors
+    /// `CONNECTION_NOT_ALLOWED` for a connection type with no payer.
+    pub(super) fn route(&self, order: &PurchaseRequest) -> Result<Routing<'_>, Rejection> {
+        let routing = self.connections.route(&order.connection);
+        if routing == Routing::Refused {
+            let message = match &order.connection {
+                // The type is input: at most 64 characters of it go into the event.
+                ConnectionType::Other(kind) => format!(
+                    "connection type `{}` is neither production, test nor preview; no account is created",
+                    kind.chars().take(64).collect::<String>()
+                ),
+                kind => format!(
+                    "a {kind} order is provisioned only in the payer that connections.{kind} names, and none is configured; no account is created",
+                    kind = kind.as_str()
+                ),
+            };
+            return Err(Rejection::new(FailureCode::ConnectionNotAllowed, message));
+        }
+        Ok(routing)
+    }
+}
+
+/// The account model: the request's `awsAccountModel`, else the layers'.
+///
+/// # Errors
+/// `INVALID_CONFIGURATION` for an unknown model, or none configured.
+pub(super) fn model_for(
+    order: &PurchaseRequest,
+    layers: &Applicable<'_>,
+) -> Result<(AccountModel, Origin), Rejection> {
+    let params = &order.configuration;
+    let requested_model = match params.account_model.as_deref() {
+        Some(raw) => Some((
+            AccountModel::parse(raw).ok_or_else(|| {
+                invalid_configuration(format!("awsAccountModel `{raw}` is neither SPAM nor ECAM"))
+            })?,
+            "awsAccountModel",
+        )),
+        None => None,
+    };
+    layers
+        .pick_with_request(requested_model, |s| s.account_model)
+        .ok_or_else(|| invalid_configuration("no account model is configured".into()))
 }
 
 /// The rest of the plan, once the model is known.
@@ -315,7 +338,7 @@ fn plan_for(
 
 /// The SCPs: the request's `provisionServiceControlPolicies` (a malformed one rejects the
 /// order), between the OPCO and the marketplace layers.
-fn scps_for(
+pub(super) fn scps_for(
     order: &PurchaseRequest,
     layers: &Applicable<'_>,
 ) -> Result<(Vec<PolicyId>, Origin), Rejection> {

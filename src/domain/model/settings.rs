@@ -40,6 +40,48 @@ pub struct ModelSettings {
     pub iam_user_template_id: Option<String>,
     /// Connect template id sent with a root-user result (a [`TemplateId`]).
     pub root_user_template_id: Option<String>,
+    /// Connect template id sent with an existing account brought in (a [`TemplateId`]).
+    pub existing_account_template_id: Option<String>,
+    /// The deny-all SCP a suspended account gets (a [`PolicyId`]).
+    pub suspend_policy_id: Option<String>,
+    /// What a cancel does to the account ([`CancelAction`]: `close`, `remove` or `none`).
+    pub cancel_action: Option<String>,
+}
+
+/// What a cancel request does to the account (`cancel_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelAction {
+    /// `CloseAccount`: the account is closed (AWS keeps it suspended for 90 days).
+    Close,
+    /// `RemoveAccountFromOrganization`: the customer keeps the account, outside the
+    /// organization (for ECAM customers).
+    Remove,
+    /// Nothing in AWS: the cancel is only reported.
+    None,
+}
+
+impl CancelAction {
+    /// The value as the configuration writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Close => "close",
+            Self::Remove => "remove",
+            Self::None => "none",
+        }
+    }
+
+    /// Reads `close`, `remove` or `none`.
+    ///
+    /// # Errors
+    /// A message for any other value.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "close" => Ok(Self::Close),
+            "remove" => Ok(Self::Remove),
+            "none" => Ok(Self::None),
+            other => Err(format!("`{other}` is none of close, remove or none")),
+        }
+    }
 }
 
 /// A `[marketplaces."MP-…"]` section: its own settings plus per-OPCO overrides.
@@ -146,6 +188,33 @@ impl ModelSettings {
         )
     }
 
+    /// `existing_account_template_id`, parsed.
+    pub fn existing_account_template_id(&self) -> Setting<TemplateId> {
+        parse_one(
+            "existing_account_template_id",
+            self.existing_account_template_id.as_ref(),
+            TemplateId::parse,
+        )
+    }
+
+    /// `suspend_policy_id`, parsed.
+    pub fn suspend_policy_id(&self) -> Setting<PolicyId> {
+        parse_one(
+            "suspend_policy_id",
+            self.suspend_policy_id.as_ref(),
+            PolicyId::parse,
+        )
+    }
+
+    /// `cancel_action`, parsed.
+    pub fn cancel_action(&self) -> Setting<CancelAction> {
+        parse_one(
+            "cancel_action",
+            self.cancel_action.as_ref(),
+            CancelAction::parse,
+        )
+    }
+
     /// Checks every field of this layer that is set, on its own; returns the first problem.
     /// (What needs several layers, the SPAM email rendered on the provider's domain and the
     /// payer's entry, is checked by the configuration over the layers that apply together.)
@@ -180,6 +249,15 @@ impl ModelSettings {
             return Err(issue);
         }
         if let Some(Err(issue)) = self.root_user_template_id() {
+            return Err(issue);
+        }
+        if let Some(Err(issue)) = self.existing_account_template_id() {
+            return Err(issue);
+        }
+        if let Some(Err(issue)) = self.suspend_policy_id() {
+            return Err(issue);
+        }
+        if let Some(Err(issue)) = self.cancel_action() {
             return Err(issue);
         }
         Ok(())
@@ -248,6 +326,27 @@ mod tests {
                     ..ModelSettings::default()
                 },
                 "root_user_template_id",
+            ),
+            (
+                ModelSettings {
+                    existing_account_template_id: Some("TL-x".into()),
+                    ..ModelSettings::default()
+                },
+                "existing_account_template_id",
+            ),
+            (
+                ModelSettings {
+                    suspend_policy_id: Some("deny-all".into()),
+                    ..ModelSettings::default()
+                },
+                "suspend_policy_id",
+            ),
+            (
+                ModelSettings {
+                    cancel_action: Some("delete".into()),
+                    ..ModelSettings::default()
+                },
+                "cancel_action",
             ),
         ];
         for (settings, key) in cases {
