@@ -1161,6 +1161,7 @@ fn exported_metrics() -> BTreeSet<String> {
     metrics.failed("INVALID_EMAIL");
     metrics.retried("ORDER_BUSY");
     metrics.dead_lettered("AWS_UNREACHABLE");
+    metrics.settle_failure("event");
     metrics.aws_call("CreateAccount", "ok");
     // Labelled gauges show once they have a series.
     let _held = metrics.slot_held("default");
