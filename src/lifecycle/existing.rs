@@ -98,7 +98,7 @@ async fn bring_in<O: Organizations>(
             account,
             "is a member of the payer's organization under another asset",
         )),
-        Owned::NotOurs(mut found) => {
+        Owned::NotOurs(found) => {
             // Joined by this asset's invitation, whose tags AWS did not put on it: tag it. An
             // untagged member without one may be the provider's own account: never adopted.
             if accepted_invitation(aws, request, account, progress)
@@ -111,14 +111,26 @@ async fn bring_in<O: Organizations>(
                     "is a member of the payer's organization that no invitation of this asset brought in",
                 ));
             }
-            warn!(account = %account, "the account joined by this asset's invitation without its tags: tagging it");
-            aws.tag_account(account, &account_tags(request.order))
-                .await?;
-            found.asset_id = Some(request.order.asset_id.to_string());
-            Ok(place_and_report(aws, request, found, placement, progress).await)
+            tag_place_and_report(aws, request, found, placement, progress).await
         }
-        Owned::NotMember => follow_or_invite(aws, request, account, progress).await,
+        Owned::NotMember => follow_or_invite(aws, request, account, placement, progress).await,
     }
+}
+
+/// An account that joined by this asset's invitation without the invitation's tags: tagged,
+/// then placed and reported.
+async fn tag_place_and_report<O: Organizations>(
+    aws: &O,
+    request: &Request<'_>,
+    mut found: ExistingAccount,
+    placement: Placement<'_>,
+    progress: &Progress,
+) -> Result<Step, AwsError> {
+    warn!(account = %found.id, "the account joined by this asset's invitation without its tags: tagging it");
+    aws.tag_account(&found.id, &account_tags(request.order))
+        .await?;
+    found.asset_id = Some(request.order.asset_id.to_string());
+    Ok(place_and_report(aws, request, found, placement, progress).await)
 }
 
 /// Whether `handshake` is this asset's invitation of `account`: it invites that account and its
@@ -201,6 +213,7 @@ async fn follow_or_invite<O: Organizations>(
     aws: &O,
     request: &Request<'_>,
     account: &AccountId,
+    placement: Placement<'_>,
     progress: &Progress,
 ) -> Result<Step, AwsError> {
     if let Some(handshake) = hinted(aws, request, account, progress).await? {
@@ -208,16 +221,29 @@ async fn follow_or_invite<O: Organizations>(
             HandshakeState::Open | HandshakeState::Other(_) => {
                 Ok(pending(request, account, &handshake, progress))
             }
-            // AWS says it joined, DescribeAccount does not show it yet: look again later.
-            HandshakeState::Accepted => Err(AwsError {
-                retry: Retry::Transient,
-                operation: "DescribeAccount",
-                code: Some("AccountNotFoundException".into()),
-                message: format!(
-                    "invitation {} was accepted, but account {account} is not visible in the organization yet",
-                    handshake.id
-                ),
-            }),
+            // Accepted since the account was looked at: look again.
+            HandshakeState::Accepted => match ownership(aws, request, account).await? {
+                Owned::NotMember => Err(AwsError {
+                    retry: Retry::Transient,
+                    operation: "DescribeAccount",
+                    code: Some("AccountNotFoundException".into()),
+                    message: format!(
+                        "invitation {} was accepted, but account {account} is not visible in the organization yet",
+                        handshake.id
+                    ),
+                }),
+                Owned::Ours(found) => {
+                    Ok(place_and_report(aws, request, found, placement, progress).await)
+                }
+                Owned::NotOurs(found) if found.asset_id.is_some() => Ok(not_eligible(
+                    request,
+                    account,
+                    "is a member of the payer's organization under another asset",
+                )),
+                Owned::NotOurs(found) => {
+                    Ok(tag_place_and_report(aws, request, found, placement, progress).await?)
+                }
+            },
             HandshakeState::Declined | HandshakeState::Canceled => Ok(ended(
                 request,
                 account,
