@@ -55,6 +55,9 @@ pub struct ScriptedOrganizations {
     /// The invitations the organization lists (`ListHandshakesForOrganization`), and what
     /// `DescribeHandshake` finds; `InviteAccountToOrganization` adds an open one.
     pub handshakes: Arc<Mutex<Vec<Handshake>>>,
+    /// Whether `DescribeAccount` answers `AccountNotFoundException` (the account is not a
+    /// member of the organization) instead of [`Self::described`].
+    pub not_member: Arc<Mutex<bool>>,
 }
 
 impl ScriptedOrganizations {
@@ -114,6 +117,14 @@ impl Organizations for ScriptedOrganizations {
 
     async fn describe_account(&self, account: &AccountId) -> AwsResult<ExistingAccount> {
         self.record(format!("DescribeAccount {account}"));
+        if *self.not_member.lock().expect("membership") {
+            return Err(AwsError {
+                retry: Retry::Permanent,
+                operation: "DescribeAccount",
+                code: Some("AccountNotFoundException".into()),
+                message: format!("no account {account} in the organization"),
+            });
+        }
         Ok(self.described.clone().unwrap_or_else(|| ExistingAccount {
             id: account.clone(),
             email: "c@customer.example".into(),
@@ -269,6 +280,12 @@ impl Organizations for ScriptedOrganizations {
             })?;
         handshake.state = HandshakeState::Canceled;
         Ok(handshake.clone())
+    }
+
+    async fn tag_account(&self, account: &AccountId, tags: &[(String, String)]) -> AwsResult<()> {
+        let keys: Vec<&str> = tags.iter().map(|(key, _)| key.as_str()).collect();
+        self.record(format!("TagResource {account} {}", keys.join(",")));
+        Ok(())
     }
 
     async fn member(&self, account: &AccountId) -> AwsResult<Self> {

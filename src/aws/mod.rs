@@ -406,6 +406,14 @@ pub trait Organizations: Send + Sync + 'static {
     /// `CancelHandshake`.
     fn cancel_handshake(&self, id: &str) -> impl Future<Output = AwsResult<Handshake>> + Send;
 
+    /// `TagResource` of a member account: adds `tags` (an account that joined by invitation
+    /// whose invitation's tags are missing).
+    fn tag_account(
+        &self,
+        account: &AccountId,
+        tags: &[(String, String)],
+    ) -> impl Future<Output = AwsResult<()>> + Send;
+
     /// `AssumeRole` into the member account's access role.
     fn member(&self, account: &AccountId) -> impl Future<Output = AwsResult<Self::Member>> + Send;
 }

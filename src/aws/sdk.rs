@@ -881,6 +881,29 @@ impl Organizations for SdkOrganizations {
         handshake_of(output.handshake(), "CancelHandshake")
     }
 
+    async fn tag_account(&self, account: &AccountId, tags: &[(String, String)]) -> AwsResult<()> {
+        let _turn = self.turn().await;
+        let mut request = self.organizations.tag_resource().resource_id(&account.0);
+        for (key, value) in tags {
+            let tag = Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| AwsError {
+                    retry: Retry::Permanent,
+                    operation: "TagResource",
+                    code: None,
+                    message: e.to_string(),
+                })?;
+            request = request.tags(tag);
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| classify("TagResource", Target::Payer, e))?;
+        Ok(())
+    }
+
     async fn member(&self, account: &AccountId) -> AwsResult<SdkMemberIam> {
         let _turn = self.turn().await;
         let role_arn = format!("arn:aws:iam::{account}:role/{}", self.member.role_name);

@@ -79,7 +79,18 @@ pub async fn run<O: Organizations>(aws: &O, request: &Request<'_>, progress: Pro
     };
     match &request.plan.kind {
         LaterKind::Change => change::run(request, Some(&account_id)),
-        LaterKind::Existing { .. } => existing::run(aws, request, &account_id, progress).await,
+        LaterKind::Existing {
+            service_control_policies,
+            organizational_unit_id,
+            template_id,
+        } => {
+            let placement = existing::Placement {
+                service_control_policies,
+                organizational_unit_id: organizational_unit_id.as_ref(),
+                template_id: template_id.as_ref(),
+            };
+            existing::run(aws, request, &account_id, placement, progress).await
+        }
         LaterKind::Suspend { policy } => {
             suspend::suspend(aws, request, &account_id, policy, progress).await
         }

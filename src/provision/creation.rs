@@ -20,7 +20,8 @@ use crate::observability::Metrics;
 use crate::slots::{CreationSlots, Slot};
 
 /// Tags that tie the account to its Connect order; the idempotency gate reads the asset id.
-fn tags(order: &PurchaseRequest) -> Vec<(String, String)> {
+/// An existing account's invitation carries the same.
+pub(crate) fn tags(order: &PurchaseRequest) -> Vec<(String, String)> {
     vec![
         ("connect:request-id".into(), order.request_id.to_string()),
         (ASSET_TAG.into(), order.asset_id.to_string()),

@@ -28,7 +28,9 @@ use crate::observability::Metrics;
 use crate::slots::{CreationSlots, NoSlot};
 
 pub use access::{mark_credentials_issued, member_refusal};
+pub(crate) use creation::tags as account_tags;
 pub use creation::{EMAIL_LOOKS, keep_until_done};
+pub(crate) use placement::place_in;
 
 /// How long provisioning waits on AWS: for a creation in progress, and for a new account.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use tracing::{debug, info};
 
 use crate::aws::{AccountId, AwsResult, Organizations};
-use crate::domain::ids::PolicyId;
+use crate::domain::ids::{OuId, PolicyId};
 use crate::domain::model::Plan;
 
 /// Moves `account` to the plan's OU (if it names one and the account is elsewhere: the move
@@ -24,18 +24,41 @@ pub(super) async fn place<O: Organizations>(
     plan: &Plan,
     attached: &mut BTreeSet<PolicyId>,
 ) -> AwsResult<()> {
-    attached.retain(|id| plan.service_control_policies.contains(id));
+    place_in(
+        aws,
+        account,
+        (
+            plan.organizational_unit_id.as_ref(),
+            &plan.service_control_policies,
+        ),
+        attached,
+    )
+    .await
+}
+
+/// [`place`] with its OU and SCPs given as `(organizational_unit_id, service_control_policies)`
+/// rather than by a new account's plan (an existing account brought in places itself so too).
+///
+/// # Errors
+/// The first AWS call that fails; `attached` then holds what was attached before it.
+pub(crate) async fn place_in<O: Organizations>(
+    aws: &O,
+    account: &AccountId,
+    (organizational_unit_id, service_control_policies): (Option<&OuId>, &[PolicyId]),
+    attached: &mut BTreeSet<PolicyId>,
+) -> AwsResult<()> {
+    attached.retain(|id| service_control_policies.contains(id));
     if !attached.is_empty() {
         let on_aws = aws.attached_policies(account).await?;
         attached.retain(|id| on_aws.iter().any(|listed| listed == id.as_str()));
     }
-    if let Some(parent) = &plan.organizational_unit_id {
+    if let Some(parent) = organizational_unit_id {
         let moved = aws.place_account(account, parent).await?;
         if moved {
             info!(organizational_unit_id = %parent, "account moved to its organizational unit");
         }
     }
-    for policy in &plan.service_control_policies {
+    for policy in service_control_policies {
         if attached.contains(policy) {
             continue;
         }

@@ -74,6 +74,43 @@ pub struct Faults {
     /// `CreateAccount` requests whose answer is lost: forwarded (the account is made), then
     /// answered with a 500 that carries no error code, as a timeout after sending would.
     pub lost_create_answers: u32,
+    /// How the invitations the proxy answers for (moto has no handshakes) end.
+    pub invitations: Invitations,
+    /// Accounts "in another organization": `InviteAccountToOrganization` refuses them with
+    /// `HandshakeConstraintViolationException` reason `ALREADY_IN_AN_ORGANIZATION`.
+    pub in_another_organization: Vec<String>,
+}
+
+/// How an invitation the proxy answers for behaves (moto has no handshakes): OPEN, then an
+/// end. Each invitation follows the script in force when it was sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invitations {
+    /// OPEN for this many `DescribeHandshake` calls of it, then `then`.
+    OpenFor { describes: u32, then: Answer },
+    /// OPEN until this long after it was sent, then `then`.
+    Takes { duration: Duration, then: Answer },
+}
+
+/// How the account's owner answers an invitation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// ACCEPTED: the account joins with the invitation's tags (the proxy tags it in moto and
+    /// stops hiding it).
+    Accepted,
+    /// DECLINED.
+    Declined,
+    /// EXPIRED.
+    Expired,
+}
+
+impl Answer {
+    fn state(self) -> &'static str {
+        match self {
+            Self::Accepted => "ACCEPTED",
+            Self::Declined => "DECLINED",
+            Self::Expired => "EXPIRED",
+        }
+    }
 }
 
 impl Default for Faults {
@@ -88,6 +125,12 @@ impl Default for Faults {
             deny_iam_actions: Vec::new(),
             allow_duplicate_emails: false,
             lost_create_answers: 0,
+            // As AWS: open for 15 days, then expired.
+            invitations: Invitations::Takes {
+                duration: Duration::from_secs(15 * 24 * 3600),
+                then: Answer::Expired,
+            },
+            in_another_organization: Vec::new(),
         }
     }
 }
@@ -183,6 +226,67 @@ struct Book {
     refused: HashMap<String, String>,
     /// `CreateAccount` answers lost so far.
     lost: u32,
+    /// The invitations sent through the proxy, in order.
+    handshakes: Vec<Invited>,
+    /// Member accounts the worker must not see (an existing account before it joins).
+    hidden: std::collections::HashSet<String>,
+}
+
+/// An invitation the proxy answers for.
+struct Invited {
+    id: String,
+    account: String,
+    notes: String,
+    tags: Value,
+    state: &'static str,
+    requested: f64,
+    expires: f64,
+    sent: Instant,
+    describes: u32,
+    script: Invitations,
+    /// Whether its ACCEPTED was carried out in moto (tags put on, the account shown).
+    joined: bool,
+}
+
+impl Invited {
+    /// Moves it along its script: one more `DescribeHandshake` if `described`.
+    fn advance(&mut self, described: bool) {
+        if self.state != "OPEN" {
+            return;
+        }
+        if described {
+            self.describes += 1;
+        }
+        match &self.script {
+            Invitations::OpenFor { describes, then } if self.describes > *describes => {
+                self.state = then.state();
+            }
+            Invitations::Takes { duration, then } if self.sent.elapsed() >= *duration => {
+                self.state = then.state();
+            }
+            _ => {}
+        }
+    }
+
+    /// As AWS writes a handshake.
+    fn json(&self, org: &str) -> Value {
+        json!({
+            "Id": self.id,
+            "Arn": format!("arn:aws:organizations::000000000000:handshake/{org}/invite/{}", self.id),
+            "Parties": [
+                {"Id": self.account, "Type": "ACCOUNT"},
+                {"Id": org, "Type": "ORGANIZATION"},
+            ],
+            "State": self.state,
+            "RequestedTimestamp": self.requested,
+            "ExpirationTimestamp": self.expires,
+            "Action": "INVITE",
+            "Resources": [
+                {"Type": "NOTES", "Value": self.notes},
+                {"Type": "ORGANIZATION", "Value": org},
+            ],
+        })
+    }
 }
 
 struct State {
@@ -250,6 +354,22 @@ impl FaultProxy {
     /// What the proxy saw so far.
     pub fn stats(&self) -> Stats {
         lock(&self.state.book).stats.clone()
+    }
+
+    /// Hides a member account from the worker until its invitation is accepted:
+    /// `DescribeAccount` and the calls naming it answer as for an account outside the
+    /// organization, `ListAccounts` leaves it out.
+    pub fn hide(&self, account: &str) {
+        lock(&self.state.book).hidden.insert(account.to_owned());
+    }
+
+    /// The invitations sent so far, as (id, account, state).
+    pub fn invitations(&self) -> Vec<(String, String, String)> {
+        lock(&self.state.book)
+            .handshakes
+            .iter()
+            .map(|h| (h.id.clone(), h.account.clone(), h.state.to_owned()))
+            .collect()
     }
 
     /// Scripted creations in progress now.
@@ -485,6 +605,16 @@ impl State {
             ("CreateAccount", scripted) => self.create_scripted(&parts, body, scripted).await,
             ("DescribeCreateAccountStatus", _) => self.describe(&parts, body).await,
             ("ListCreateAccountStatus", _) => self.list_in_progress(&parts, body).await,
+            (
+                "InviteAccountToOrganization"
+                | "DescribeHandshake"
+                | "ListHandshakesForOrganization"
+                | "CancelHandshake",
+                _,
+            ) => self.handshake(&op, &parts, &body, &faults).await,
+            _ if json && !lock(&self.book).hidden.is_empty() => {
+                self.hiding(&op, &parts, body).await
+            }
             _ => self.forward(&parts, body).await,
         };
         if !faults.delay.is_zero() {
@@ -757,5 +887,226 @@ impl State {
             })
             .collect();
         json_answer(StatusCode::OK, &json!({"CreateAccountStatuses": statuses}))
+    }
+}
+
+/// An AWS error answer with a constraint's `Reason` (JSON protocol).
+fn refusal(code: &str, reason: &str, message: &str) -> Response<Full<Bytes>> {
+    let mut response = json_answer(
+        StatusCode::BAD_REQUEST,
+        &json!({"__type": code, "Message": message, "Reason": reason}),
+    );
+    if let Ok(value) = code.parse() {
+        response.headers_mut().insert("x-amzn-errortype", value);
+    }
+    response
+}
+
+/// Seconds since the epoch, as AWS's JSON timestamps.
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The error an Organizations call naming an account outside the organization gets.
+fn not_found_code(op: &str) -> &'static str {
+    match op {
+        "ListParents" => "ChildNotFoundException",
+        "ListTagsForResource"
+        | "TagResource"
+        | "UntagResource"
+        | "ListPoliciesForTarget"
+        | "AttachPolicy"
+        | "DetachPolicy" => "TargetNotFoundException",
+        _ => "AccountNotFoundException",
+    }
+}
+
+impl State {
+    /// Calls moto's Organizations `operation` with `body`, signed as the caller's request was
+    /// (moto reads the account from it); the answer, if it was a JSON success.
+    async fn call_moto(
+        &self,
+        parts: &hyper::http::request::Parts,
+        operation: &str,
+        body: &Value,
+    ) -> Option<Value> {
+        let mut builder = Request::builder()
+            .method(hyper::Method::POST)
+            .uri(format!("{}/", self.upstream));
+        for (name, value) in &parts.headers {
+            if name != HOST
+                && name != CONNECTION
+                && name != CONTENT_LENGTH
+                && name != "x-amz-target"
+            {
+                builder = builder.header(name, value);
+            }
+        }
+        let builder = builder.header(
+            "x-amz-target",
+            format!("AWSOrganizationsV20161128.{operation}"),
+        );
+        let request = builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .ok()?;
+        let answer = self.client.request(request).await.ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let collected = answer.into_body().collect().await.ok()?;
+        serde_json::from_slice(&collected.to_bytes()).ok()
+    }
+
+    /// An Organizations call while some accounts are hidden: one naming a hidden account
+    /// answers as AWS does for an account outside the organization; `ListAccounts` (and
+    /// `ListAccountsForParent`) leave them out.
+    async fn hiding(
+        &self,
+        op: &str,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let hidden = lock(&self.book).hidden.clone();
+        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let names_hidden = ["AccountId", "ChildId", "TargetId", "ResourceId"]
+            .iter()
+            .filter_map(|key| request[*key].as_str())
+            .any(|id| hidden.contains(id));
+        if names_hidden {
+            return error(
+                true,
+                not_found_code(op),
+                "You specified an account that doesn't exist.",
+            );
+        }
+        if !matches!(op, "ListAccounts" | "ListAccountsForParent") {
+            return self.forward(parts, body).await;
+        }
+        let answer = self.forward(parts, body).await;
+        if !answer.status().is_success() {
+            return answer;
+        }
+        let Ok(collected) = answer.into_body().collect().await;
+        let mut page: Value = serde_json::from_slice(&collected.to_bytes()).unwrap_or_default();
+        if let Some(accounts) = page["Accounts"].as_array_mut() {
+            accounts.retain(|a| a["Id"].as_str().is_none_or(|id| !hidden.contains(id)));
+        }
+        json_answer(StatusCode::OK, &page)
+    }
+
+    /// `InviteAccountToOrganization`, `DescribeHandshake`, `ListHandshakesForOrganization` and
+    /// `CancelHandshake`, answered as AWS does (moto has none of them).
+    async fn handshake(
+        &self,
+        op: &str,
+        parts: &hyper::http::request::Parts,
+        body: &Bytes,
+        faults: &Faults,
+    ) -> Response<Full<Bytes>> {
+        let request: Value = serde_json::from_slice(body).unwrap_or_default();
+        let org = self
+            .call_moto(parts, "DescribeOrganization", &json!({}))
+            .await
+            .and_then(|o| o["Organization"]["Id"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "o-proxy".to_owned());
+        let answer = {
+            let mut book = lock(&self.book);
+            for invited in &mut book.handshakes {
+                let described = op == "DescribeHandshake"
+                    && request["HandshakeId"].as_str() == Some(invited.id.as_str());
+                invited.advance(described);
+            }
+            match op {
+                "InviteAccountToOrganization" => {
+                    let account = request["Target"]["Id"].as_str().unwrap_or_default();
+                    if faults.in_another_organization.iter().any(|a| a == account) {
+                        return refusal(
+                            "HandshakeConstraintViolationException",
+                            "ALREADY_IN_AN_ORGANIZATION",
+                            "The account is already a member of an organization.",
+                        );
+                    }
+                    if book
+                        .handshakes
+                        .iter()
+                        .any(|h| h.account == account && h.state == "OPEN")
+                    {
+                        return error(
+                            true,
+                            "DuplicateHandshakeException",
+                            "A handshake with the same action and target already exists.",
+                        );
+                    }
+                    let now = epoch_now();
+                    let invited = Invited {
+                        id: format!("h-{}", crate::support::digits(10)),
+                        account: account.to_owned(),
+                        notes: request["Notes"].as_str().unwrap_or_default().to_owned(),
+                        tags: request["Tags"].clone(),
+                        state: "OPEN",
+                        requested: now,
+                        expires: now + 15.0 * 24.0 * 3600.0,
+                        sent: Instant::now(),
+                        describes: 0,
+                        script: faults.invitations.clone(),
+                        joined: false,
+                    };
+                    let answer = json!({"Handshake": invited.json(&org)});
+                    book.handshakes.push(invited);
+                    answer
+                }
+                "ListHandshakesForOrganization" => {
+                    let all: Vec<Value> = book.handshakes.iter().map(|h| h.json(&org)).collect();
+                    json!({"Handshakes": all})
+                }
+                _ => {
+                    let id = request["HandshakeId"].as_str().unwrap_or_default();
+                    let Some(invited) = book.handshakes.iter_mut().find(|h| h.id == id) else {
+                        return error(
+                            true,
+                            "HandshakeNotFoundException",
+                            "We can't find a handshake with the HandshakeId that you specified.",
+                        );
+                    };
+                    if op == "CancelHandshake" && invited.state == "OPEN" {
+                        invited.state = "CANCELED";
+                    }
+                    json!({"Handshake": invited.json(&org)})
+                }
+            }
+        };
+        self.join_accepted(parts).await;
+        json_answer(StatusCode::OK, &answer)
+    }
+
+    /// Carries out in moto what an ACCEPTED invitation does at AWS: the invitation's tags are
+    /// put on the account (`TagResource`, by the proxy itself), then it is no longer hidden.
+    async fn join_accepted(&self, parts: &hyper::http::request::Parts) {
+        let joining: Vec<(String, Value)> = {
+            let mut book = lock(&self.book);
+            book.handshakes
+                .iter_mut()
+                .filter(|h| h.state == "ACCEPTED" && !h.joined)
+                .map(|h| {
+                    h.joined = true;
+                    (h.account.clone(), h.tags.clone())
+                })
+                .collect()
+        };
+        for (account, tags) in joining {
+            if tags.as_array().is_some_and(|t| !t.is_empty()) {
+                let tagged = self
+                    .call_moto(
+                        parts,
+                        "TagResource",
+                        &json!({"ResourceId": account, "Tags": tags}),
+                    )
+                    .await;
+                assert!(tagged.is_some(), "moto tags the account {account}");
+            }
+            lock(&self.book).hidden.remove(&account);
+        }
     }
 }

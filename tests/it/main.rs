@@ -12,6 +12,7 @@ mod credentials;
 mod deploy;
 mod disruptive;
 mod docs;
+mod existing;
 mod explain;
 mod faults;
 mod fixtures;

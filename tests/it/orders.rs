@@ -301,10 +301,10 @@ async fn ecam_email_on_the_provider_domain_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn existing_account_mode_is_unsupported_and_creates_nothing() {
+async fn an_unknown_order_mode_is_unsupported_and_creates_nothing() {
     let mut env = TestEnv::new("").await;
     let worker = env.spawn_worker().await;
-    let order = order(&[("order_mode", "existing_account")], &[]);
+    let order = order(&[("order_mode", "transfer_account")], &[]);
     env.publish_json(&order).await;
 
     let event = env.next_event().await;
