@@ -17,6 +17,7 @@ mod faults;
 mod fixtures;
 mod gate;
 mod layers;
+mod lifecycle;
 mod malformed;
 mod observability;
 mod orders;
