@@ -354,25 +354,58 @@ async fn a_worker_killed_in_the_middle_of_a_suspend_or_a_cancel_ends_each_once()
     let mut env = TestEnv::new(&settings("close")).await;
     let deny = env.payer.scp_id.clone();
     let endpoint = proxy(&env).endpoint.clone();
-    let config = write_config(&env.toml);
+    let closing = write_config(&env.toml);
+    let removing = write_config(
+        &env.toml
+            .replace("cancel_action = \"close\"", "cancel_action = \"remove\""),
+    );
     let asset = new_asset();
     let account = member(&env, &asset).await;
+    let other_asset = new_asset();
+    let other = member(&env, &other_asset).await;
 
-    for (kind, name, operation) in [
-        ("suspend", "aws.account.suspended", "AttachPolicy"),
-        ("cancel", "aws.account.closed", "CloseAccount"),
+    for (kind, name, operation, config, asset, account) in [
+        (
+            "suspend",
+            "aws.account.suspended",
+            "AttachPolicy",
+            &closing,
+            &asset,
+            &account,
+        ),
+        (
+            "cancel",
+            "aws.account.closed",
+            "CloseAccount",
+            &closing,
+            &asset,
+            &account,
+        ),
+        (
+            "cancel",
+            "aws.account.removed",
+            "RemoveAccountFromOrganization",
+            &removing,
+            &other_asset,
+            &other,
+        ),
     ] {
         // Every answer comes late: the worker is killed once AWS did the change and before
         // it heard of it (so before its event could go out).
         proxy(&env).update(|f| f.delay = Duration::from_millis(1500));
-        let mut first = WorkerProcess::spawn(&env, &config, &endpoint).await;
-        let request = later(kind, &asset, &account);
+        let mut first = WorkerProcess::spawn(&env, config, &endpoint).await;
+        let request = later(kind, asset, account);
         publish(&env, &request).await;
         let payer = &env.payer;
-        until(&first, &format!("{kind} done in moto"), || async {
-            match kind {
-                "suspend" => payer.scps_of(&account).await.contains(&deny),
-                _ => status(&env, &account).await == "SUSPENDED",
+        until(&first, &format!("{operation} done in moto"), || async {
+            match operation {
+                "AttachPolicy" => payer.scps_of(account).await.contains(&deny),
+                "CloseAccount" => status(&env, account).await == "SUSPENDED",
+                _ => payer
+                    .member_accounts()
+                    .await
+                    .iter()
+                    .all(|(id, _)| id != account),
             }
         })
         .await;
@@ -381,7 +414,7 @@ async fn a_worker_killed_in_the_middle_of_a_suspend_or_a_cancel_ends_each_once()
         assert_eq!(calls(&env, operation), 1, "{operation} sent once");
 
         proxy(&env).update(|f| f.delay = Duration::ZERO);
-        let mut second = WorkerProcess::spawn(&env, &config, &endpoint).await;
+        let mut second = WorkerProcess::spawn(&env, config, &endpoint).await;
         let Some(event) = env.next_event_within(DEADLINE).await else {
             panic!("no event after the kill: {}", second.log_tail());
         };
