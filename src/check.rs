@@ -674,7 +674,8 @@ fn combined(check: &'static str, lines: Vec<(&str, Line)>) -> Line {
     Line::new(status, check, &text.join(" | "))
 }
 
-/// Every distinct SCP id an order can get from the configuration, by the payer whose
+/// Every distinct SCP id an order can get from the configuration (`service_control_policies`
+/// and the deny-all `suspend_policy_id`), by the payer whose
 /// organization it must exist in, with the keys that name it. Each place an order can resolve
 /// at (the global defaults, each marketplace, each OPCO) takes its SCPs and its payer from the
 /// layers that apply there, as resolution does (the same [`LayerTree`] walk: an OPCO override
@@ -687,18 +688,29 @@ fn configured_scps(settings: &Settings) -> BTreeMap<String, BTreeMap<String, Vec
         let payer = applicable
             .pick(|s| s.payer.clone())
             .map_or_else(|| "default".to_owned(), |(payer, _)| payer);
-        let Some((ids, layer)) = applicable.find(|s| s.service_control_policies.as_ref()) else {
-            continue;
-        };
-        let key = format!("{}.service_control_policies", layer.place.key());
-        for id in ids {
-            let keys = by_payer
-                .entry(payer.clone())
-                .or_default()
-                .entry(id.clone())
-                .or_default();
-            if !keys.contains(&key) {
-                keys.push(key.clone());
+        let attached = applicable
+            .find(|s| s.service_control_policies.as_ref())
+            .map(|(ids, layer)| {
+                let key = format!("{}.service_control_policies", layer.place.key());
+                (ids.clone(), key)
+            });
+        // The deny-all SCP of suspended accounts must be one too (section 10).
+        let suspend = applicable
+            .find(|s| s.suspend_policy_id.as_ref())
+            .map(|(id, layer)| {
+                let key = format!("{}.suspend_policy_id", layer.place.key());
+                (vec![id.clone()], key)
+            });
+        for (ids, key) in attached.into_iter().chain(suspend) {
+            for id in ids {
+                let keys = by_payer
+                    .entry(payer.clone())
+                    .or_default()
+                    .entry(id)
+                    .or_default();
+                if !keys.contains(&key) {
+                    keys.push(key.clone());
+                }
             }
         }
     }
@@ -954,6 +966,31 @@ mod tests {
             ["marketplaces.\"MP-1\".opcos.\"TA-1\".service_control_policies"]
         );
         assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn the_suspend_policy_is_checked_as_an_scp_of_every_payer_that_uses_it() {
+        let settings = settings(
+            "service_control_policies = [\"p-aaaaaaaa\"]\nsuspend_policy_id = \"p-deny0001\"\n\
+             [payers.b]\nrole_arn = \"arn:aws:iam::111122223333:role/AccountVending\"\n\
+             [marketplaces.\"MP-1\"]\npayer = \"b\"\nsuspend_policy_id = \"p-aaaaaaaa\"\n",
+        );
+        let by_payer = configured_scps(&settings);
+        assert_eq!(
+            by_payer["default"]["p-deny0001"],
+            ["business_model.suspend_policy_id"]
+        );
+        assert_eq!(
+            by_payer["b"]["p-aaaaaaaa"],
+            [
+                "business_model.service_control_policies",
+                "marketplaces.\"MP-1\".suspend_policy_id"
+            ]
+        );
+        assert!(
+            !by_payer["b"].contains_key("p-deny0001"),
+            "MP-1 suspends with its own policy"
+        );
     }
 
     #[test]

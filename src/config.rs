@@ -105,8 +105,16 @@ pub struct AmqpSettings {
     pub url: SecretString,
     /// Topic exchange the orders arrive on.
     pub orders_exchange: String,
-    /// Routing key of new-account orders.
+    /// Routing key of new-account orders (`purchase`).
     pub orders_routing_key: String,
+    /// Routing key of `change` requests, bound to the orders queue too.
+    pub change_routing_key: String,
+    /// Routing key of `suspend` requests, bound to the orders queue too.
+    pub suspend_routing_key: String,
+    /// Routing key of `resume` requests, bound to the orders queue too.
+    pub resume_routing_key: String,
+    /// Routing key of `cancel` requests, bound to the orders queue too.
+    pub cancel_routing_key: String,
     /// The orders quorum queue.
     pub orders_queue: String,
     /// Exchange leading to the dead-letter queue.
@@ -232,6 +240,25 @@ pub const QUEUE_NAME_MAX_BYTES: usize = 255;
 pub const LOCK_KEY_MAX_BYTES: usize = 64;
 
 impl AmqpSettings {
+    /// Every routing key bound to the orders queue: the purchase's, then those of `change`,
+    /// `suspend`, `resume` and `cancel`, each once (the request's `type`, not its routing key,
+    /// decides what is done).
+    pub fn order_routing_keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = Vec::new();
+        for key in [
+            &self.orders_routing_key,
+            &self.change_routing_key,
+            &self.suspend_routing_key,
+            &self.resume_routing_key,
+            &self.cancel_routing_key,
+        ] {
+            if !keys.contains(&key.as_str()) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
     /// The name of the queue where orders wait `delay_ms` before their next attempt:
     /// `<retry_queue_prefix>.<delay>ms`.
     pub fn retry_queue(&self, delay_ms: u64) -> String {
@@ -414,6 +441,10 @@ impl Settings {
         for (key, name) in [
             ("orders_exchange", &amqp.orders_exchange),
             ("orders_routing_key", &amqp.orders_routing_key),
+            ("change_routing_key", &amqp.change_routing_key),
+            ("suspend_routing_key", &amqp.suspend_routing_key),
+            ("resume_routing_key", &amqp.resume_routing_key),
+            ("cancel_routing_key", &amqp.cancel_routing_key),
             ("orders_queue", &amqp.orders_queue),
             ("dead_letter_exchange", &amqp.dead_letter_exchange),
             ("dead_letter_queue", &amqp.dead_letter_queue),

@@ -49,8 +49,8 @@ pub struct ScriptedOrganizations {
     /// `CreateAccount` requests still to lose: each is counted, then answered with no answer
     /// (a timeout), as a request that reached AWS and whose answer was lost.
     pub lost_creates: Arc<Mutex<u32>>,
-    /// What `CloseAccount`, `RemoveAccountFromOrganization` and `InviteAccountToOrganization`
-    /// answer instead of success, by operation name.
+    /// What `DescribeAccount`, `CloseAccount`, `RemoveAccountFromOrganization` and
+    /// `InviteAccountToOrganization` answer instead of success, by operation name.
     pub refuse: Arc<Mutex<std::collections::BTreeMap<&'static str, AwsError>>>,
     /// The invitations the organization lists (`ListHandshakesForOrganization`), and what
     /// `DescribeHandshake` finds; `InviteAccountToOrganization` adds an open one.
@@ -58,6 +58,9 @@ pub struct ScriptedOrganizations {
     /// Whether `DescribeAccount` answers `AccountNotFoundException` (the account is not a
     /// member of the organization) instead of [`Self::described`].
     pub not_member: Arc<Mutex<bool>>,
+    /// The state `DescribeAccount` shows once a `CloseAccount` of the account succeeded;
+    /// unset, `SUSPENDED` (closed at once, as moto does).
+    pub status_after_close: Option<String>,
 }
 
 impl ScriptedOrganizations {
@@ -117,22 +120,34 @@ impl Organizations for ScriptedOrganizations {
 
     async fn describe_account(&self, account: &AccountId) -> AwsResult<ExistingAccount> {
         self.record(format!("DescribeAccount {account}"));
-        if *self.not_member.lock().expect("membership") {
+        self.refused("DescribeAccount")?;
+        let calls = self.calls();
+        let done = |operation: &'static str| {
+            self.refused(operation).is_ok() && calls.contains(&format!("{operation} {account}"))
+        };
+        if *self.not_member.lock().expect("membership") || done("RemoveAccountFromOrganization") {
             return Err(AwsError {
                 retry: Retry::Permanent,
                 operation: "DescribeAccount",
                 code: Some("AccountNotFoundException".into()),
-                message: format!("no account {account} in the organization"),
+                message: format!("{account} is not a member of the organization"),
             });
         }
-        Ok(self.described.clone().unwrap_or_else(|| ExistingAccount {
+        let mut found = self.described.clone().unwrap_or_else(|| ExistingAccount {
             id: account.clone(),
             email: "c@customer.example".into(),
             asset_id: Some("AS-1".into()),
             joined: None,
             name: None,
             status: "ACTIVE".into(),
-        }))
+        });
+        if done("CloseAccount") {
+            found.status = self
+                .status_after_close
+                .clone()
+                .unwrap_or_else(|| "SUSPENDED".into());
+        }
+        Ok(found)
     }
 
     async fn find_creation(&self, name: &str) -> AwsResult<Option<String>> {
@@ -182,14 +197,23 @@ impl Organizations for ScriptedOrganizations {
 
     async fn attached_policies(&self, account: &AccountId) -> AwsResult<Vec<String>> {
         self.record(format!("ListPoliciesForTarget {account}"));
-        let attached = self
-            .calls()
-            .iter()
-            .filter_map(|call| call.strip_prefix("AttachPolicy "))
-            .filter_map(|rest| rest.strip_suffix(&format!(" {account}")))
-            .map(str::to_owned)
-            .chain(self.attached_before.iter().cloned())
-            .collect();
+        let suffix = format!(" {account}");
+        let mut attached = self.attached_before.clone();
+        for call in self.calls() {
+            if let Some(policy) = call
+                .strip_prefix("AttachPolicy ")
+                .and_then(|rest| rest.strip_suffix(&suffix))
+                && !attached.iter().any(|p| p == policy)
+            {
+                attached.push(policy.to_owned());
+            }
+            if let Some(policy) = call
+                .strip_prefix("DetachPolicy ")
+                .and_then(|rest| rest.strip_suffix(&suffix))
+            {
+                attached.retain(|p| p != policy);
+            }
+        }
         Ok(attached)
     }
 

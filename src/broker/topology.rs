@@ -271,13 +271,9 @@ pub async fn declare(
         )),
     )
     .await?;
-    bind(
-        &channel,
-        &amqp.orders_queue,
-        &amqp.orders_exchange,
-        &amqp.orders_routing_key,
-    )
-    .await?;
+    for key in amqp.order_routing_keys() {
+        bind(&channel, &amqp.orders_queue, &amqp.orders_exchange, key).await?;
+    }
 
     for delay in crate::retry::delays(retry) {
         let name = retry_queue(amqp, delay);

@@ -8,6 +8,8 @@ mod cancel;
 mod change;
 mod existing;
 mod suspend;
+#[cfg(test)]
+mod testing;
 
 use std::time::Duration;
 

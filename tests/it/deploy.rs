@@ -577,15 +577,22 @@ fn declared_topology(settings: &Settings) -> (Vec<Value>, Vec<Value>, Vec<Value>
             "x-message-ttl": UNROUTED_MESSAGE_TTL_CEILING_MS,
         })),
     ));
-    let bindings = vec![
-        binding(&amqp.dead_letter_exchange, &amqp.dead_letter_queue, ""),
-        binding(
-            &amqp.orders_exchange,
-            &amqp.orders_queue,
-            &amqp.orders_routing_key,
-        ),
-        binding(&amqp.unrouted_exchange, &amqp.unrouted_queue, ""),
-    ];
+    let mut bindings = vec![binding(
+        &amqp.dead_letter_exchange,
+        &amqp.dead_letter_queue,
+        "",
+    )];
+    // Purchases and the later requests of a subscription (change, suspend, resume, cancel).
+    for key in [
+        &amqp.orders_routing_key,
+        &amqp.change_routing_key,
+        &amqp.suspend_routing_key,
+        &amqp.resume_routing_key,
+        &amqp.cancel_routing_key,
+    ] {
+        bindings.push(binding(&amqp.orders_exchange, &amqp.orders_queue, key));
+    }
+    bindings.push(binding(&amqp.unrouted_exchange, &amqp.unrouted_queue, ""));
     (exchanges, queues, bindings)
 }
 

@@ -5,7 +5,9 @@
 //! SCP that denies IAM actions in a member account would: moto evaluates no SCP), and losing the
 //! answer of a `CreateAccount` it forwarded. Like AWS and unlike moto, it refuses a second
 //! account with an email in use (`CreateAccount` answers IN_PROGRESS, its status ends FAILED
-//! `EMAIL_ALREADY_EXISTS`). It counts the calls per operation and the creations in progress at
+//! `EMAIL_ALREADY_EXISTS`). For cancels, it refuses `CloseAccount` for the close quota and
+//! `RemoveAccountFromOrganization` within the 7-day wait, and shows a closed account
+//! `PENDING_CLOSURE` for a while, as AWS does. It counts the calls per operation and the creations in progress at
 //! once, and records the roles assumed and the login-profile calls. The worker reaches it
 //! through `AWS_ENDPOINT_URL` (or the SDK config's endpoint), exactly as it would reach AWS.
 
@@ -79,6 +81,16 @@ pub struct Faults {
     /// Accounts "in another organization": `InviteAccountToOrganization` refuses them with
     /// `HandshakeConstraintViolationException` reason `ALREADY_IN_AN_ORGANIZATION`.
     pub in_another_organization: Vec<String>,
+    /// Answer `CloseAccount` with AWS's close quota refusal (`ConstraintViolationException`,
+    /// reason `CLOSE_ACCOUNT_QUOTA_EXCEEDED`), not forwarded.
+    pub close_quota_exceeded: bool,
+    /// Answer this many `RemoveAccountFromOrganization` calls with AWS's refusal within 7 days
+    /// of joining (`ConstraintViolationException`, reason `WAIT_PERIOD_ACTIVE`), not forwarded;
+    /// the ones after are forwarded.
+    pub removal_wait_period_refusals: u32,
+    /// After a `CloseAccount` forwarded, show the account `PENDING_CLOSURE` in this many
+    /// `DescribeAccount` answers, as AWS does for a while (moto closes it at once).
+    pub pending_closure_describes: u32,
 }
 
 /// How an invitation the proxy answers for behaves (moto has no handshakes): OPEN, then an
@@ -131,6 +143,9 @@ impl Default for Faults {
                 then: Answer::Expired,
             },
             in_another_organization: Vec::new(),
+            close_quota_exceeded: false,
+            removal_wait_period_refusals: 0,
+            pending_closure_describes: 0,
         }
     }
 }
@@ -230,6 +245,10 @@ struct Book {
     handshakes: Vec<Invited>,
     /// Member accounts the worker must not see (an existing account before it joins).
     hidden: std::collections::HashSet<String>,
+    /// `RemoveAccountFromOrganization` calls refused for the wait period so far.
+    removals_refused: u32,
+    /// `DescribeAccount` answers still to show `PENDING_CLOSURE`, by account.
+    pending_closure: HashMap<String, u32>,
 }
 
 /// An invitation the proxy answers for.
@@ -583,6 +602,9 @@ impl State {
         {
             return refused;
         }
+        if let Some(answer) = self.lifecycle(&faults, &op, &parts, &body).await {
+            return answer;
+        }
         let answer = match (op.as_str(), &faults.creation) {
             ("CreateAccount", _) if self.lose_answer(faults.lost_create_answers) => {
                 let answer = self.forward(&parts, body).await;
@@ -621,6 +643,94 @@ impl State {
             tokio::time::sleep(faults.delay).await;
         }
         answer
+    }
+
+    /// What AWS answers to a cancel's calls and moto does not: the close quota, the 7-day
+    /// wait before a removal, an account `PENDING_CLOSURE` for a while after `CloseAccount`.
+    /// `None`: not one of those; handled as any other call.
+    async fn lifecycle(
+        &self,
+        faults: &Faults,
+        op: &str,
+        parts: &hyper::http::request::Parts,
+        body: &Bytes,
+    ) -> Option<Response<Full<Bytes>>> {
+        let account = || {
+            serde_json::from_slice::<Value>(body).unwrap_or_default()["AccountId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let constraint = |reason: &str, message: &str| {
+            let mut response = json_answer(
+                StatusCode::BAD_REQUEST,
+                &json!({"__type": "ConstraintViolationException", "Message": message, "Reason": reason}),
+            );
+            response.headers_mut().insert(
+                "x-amzn-errortype",
+                hyper::header::HeaderValue::from_static("ConstraintViolationException"),
+            );
+            response
+        };
+        match op {
+            "CloseAccount" if faults.close_quota_exceeded => Some(constraint(
+                "CLOSE_ACCOUNT_QUOTA_EXCEEDED",
+                "You have exceeded close account quota for the past 30 days.",
+            )),
+            "CloseAccount" if faults.pending_closure_describes > 0 => {
+                let answer = self.forward(parts, body.clone()).await;
+                if answer.status().is_success() {
+                    lock(&self.book)
+                        .pending_closure
+                        .insert(account(), faults.pending_closure_describes);
+                }
+                Some(answer)
+            }
+            "RemoveAccountFromOrganization" => {
+                let refuse = {
+                    let mut book = lock(&self.book);
+                    let refuse = book.removals_refused < faults.removal_wait_period_refusals;
+                    if refuse {
+                        book.removals_refused += 1;
+                    }
+                    refuse
+                };
+                refuse.then(|| {
+                    constraint(
+                        "WAIT_PERIOD_ACTIVE",
+                        "You cannot remove an account from the organization within 7 days of its joining.",
+                    )
+                })
+            }
+            "DescribeAccount" => {
+                let id = account();
+                let pending = {
+                    let mut book = lock(&self.book);
+                    match book.pending_closure.get_mut(&id) {
+                        Some(left) if *left > 0 => {
+                            *left -= 1;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if !pending {
+                    return None;
+                }
+                let answer = self.forward(parts, body.clone()).await;
+                if !answer.status().is_success() {
+                    return Some(answer);
+                }
+                let Ok(collected) = answer.into_body().collect().await;
+                let mut described: Value =
+                    serde_json::from_slice(&collected.to_bytes()).unwrap_or_default();
+                for key in ["Status", "State"] {
+                    described["Account"][key] = json!("PENDING_CLOSURE");
+                }
+                Some(json_answer(StatusCode::OK, &described))
+            }
+            _ => None,
+        }
     }
 
     async fn forward(

@@ -47,6 +47,8 @@ const LAYERS: &[&str] = &[
     "provision/fixtures",
     "provision",
     "report",
+    // The later requests of a subscription: one module per kind over the shared ownership check.
+    "lifecycle/testing",
     "lifecycle/change",
     "lifecycle/suspend",
     "lifecycle/cancel",

@@ -18,6 +18,7 @@ mod faults;
 mod fixtures;
 mod gate;
 mod layers;
+mod lifecycle;
 mod malformed;
 mod observability;
 mod orders;

@@ -391,6 +391,21 @@ impl TestEnv {
         assert!(confirm.is_ack(), "order publish not confirmed");
     }
 
+    /// Publishes `request` to the orders exchange with `routing_key` (a later request's, e.g.
+    /// `aws.account.suspend`), with confirm.
+    pub async fn publish_routed(&self, routing_key: &str, request: &Value) {
+        let confirm = publish_order(
+            &self.channel,
+            (&self.settings.amqp.orders_exchange, routing_key),
+            request.to_string().as_bytes(),
+            FieldTable::default(),
+        )
+        .await
+        .await
+        .expect("confirm");
+        assert!(confirm.is_ack(), "request publish not confirmed");
+    }
+
     pub async fn publish_json(&self, order: &Value) {
         self.publish(order.to_string().as_bytes()).await;
     }
