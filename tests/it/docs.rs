@@ -13,8 +13,9 @@ use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The README's budget: what it is, the picture, the two commands, compose, links.
-const README_MAX_BYTES: u64 = 12 * 1024;
+/// The README's budget: what it is, the picture, one real event of each later request, the two
+/// commands, compose, links.
+const README_MAX_BYTES: u64 = 16 * 1024;
 
 fn read(relative: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(relative))
@@ -105,7 +106,7 @@ fn the_multi_payer_example_is_a_valid_configuration() {
 }
 
 #[test]
-fn the_readme_fits_in_12_kib() {
+fn the_readme_fits_in_16_kib() {
     let size = std::fs::metadata(format!("{ROOT}/README.md"))
         .expect("README.md")
         .len();
@@ -381,6 +382,13 @@ fn the_event_tables_match_their_examples() {
         "aws.account.provisioned",
         "aws.account.failed",
         "aws.account.dead-lettered",
+        "aws.account.invited",
+        "aws.account.suspended",
+        "aws.account.resumed",
+        "aws.account.closed",
+        "aws.account.removed",
+        "aws.account.cancelled",
+        "aws.account.changed",
     ] {
         let part = section(&doc, event);
         let fields = field_rows(part);
