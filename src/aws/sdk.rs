@@ -451,6 +451,24 @@ fn handshake_of(
     })
 }
 
+/// A payer call whose effect may already be there: done when it succeeded, and when it failed
+/// with an error that `already` says means the effect was there before (an SCP already
+/// attached, one not attached to detach).
+fn done_unless<O, E>(
+    result: Result<O, SdkError<E, HttpResponse>>,
+    operation: &'static str,
+    already: impl Fn(&E) -> bool,
+) -> AwsResult<()>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(&already) => Ok(()),
+        Err(e) => Err(classify(operation, Target::Payer, e)),
+    }
+}
+
 /// `error` with the constraint's `reason`, when it has one, as its code: the reason is what
 /// tells a quota from a wait.
 fn with_reason(mut error: AwsError, reason: Option<&str>) -> AwsError {
@@ -628,18 +646,9 @@ impl Organizations for SdkOrganizations {
             .target_id(&account.0)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(AttachPolicyError::DuplicatePolicyAttachmentException(_))
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(classify("AttachPolicy", Target::Payer, e)),
-        }
+        done_unless(result, "AttachPolicy", |e| {
+            matches!(e, AttachPolicyError::DuplicatePolicyAttachmentException(_))
+        })
     }
 
     async fn attached_policies(&self, account: &AccountId) -> AwsResult<Vec<String>> {
@@ -716,18 +725,9 @@ impl Organizations for SdkOrganizations {
             .target_id(&account.0)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(DetachPolicyError::PolicyNotAttachedException(_))
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(classify("DetachPolicy", Target::Payer, e)),
-        }
+        done_unless(result, "DetachPolicy", |e| {
+            matches!(e, DetachPolicyError::PolicyNotAttachedException(_))
+        })
     }
 
     async fn close_account(&self, account: &AccountId) -> AwsResult<()> {
