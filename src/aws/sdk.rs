@@ -279,9 +279,27 @@ fn create_account_error(err: SdkError<CreateAccountError, HttpResponse>) -> AwsE
 #[derive(Debug)]
 struct CountCalls(Metrics);
 
+/// When the call `CountCalls` counts began, for the delivery's time outside the worker.
+#[derive(Debug, Clone, Copy)]
+struct CallStarted(std::time::Instant);
+
+impl aws_smithy_types::config_bag::Storable for CallStarted {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
 impl Intercept for CountCalls {
     fn name(&self) -> &'static str {
         "CountCalls"
+    }
+
+    fn read_before_execution(
+        &self,
+        _: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(CallStarted(std::time::Instant::now()));
+        Ok(())
     }
 
     fn read_after_execution(
@@ -298,6 +316,9 @@ impl Intercept for CountCalls {
             (_, None) => "no_response",
         };
         self.0.aws_call(operation, outcome);
+        if let Some(CallStarted(started)) = cfg.load::<CallStarted>() {
+            crate::observability::spent_outside(started.elapsed());
+        }
         Ok(())
     }
 }
@@ -354,8 +375,12 @@ impl SdkOrganizations {
 
     /// Waits for a turn to call AWS; the turn ends when the permit is dropped.
     async fn turn(&self) -> Option<SemaphorePermit<'_>> {
-        // The semaphore is never closed, so this always yields a permit.
-        self.calls.acquire().await.ok()
+        // The semaphore is never closed, so this always yields a permit. The wait is the
+        // delivery's time outside the worker: it waits for other orders' AWS round trips.
+        let started = std::time::Instant::now();
+        let permit = self.calls.acquire().await.ok();
+        crate::observability::spent_outside(started.elapsed());
+        permit
     }
 }
 
