@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
+// Every call's `send()` future is boxed: an SDK call future is several kilobytes, and inline it
+// sized every order's task for it, a thousand orders waiting for a slot included (heaptrack,
+// docs/perf/rss.md). Boxed, it exists only while the call does.
 use aws_sdk_iam::operation::create_login_profile::CreateLoginProfileError;
 use aws_sdk_iam::operation::create_user::CreateUserError;
 use aws_sdk_organizations::config::http::HttpResponse;
@@ -29,6 +32,7 @@ use aws_smithy_runtime_api::client::retries::classifiers::{
 };
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use futures_lite::FutureExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -507,6 +511,7 @@ impl Organizations for SdkOrganizations {
             .describe_account()
             .account_id(&account.0)
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("DescribeAccount", Target::Payer, e))?;
         let email = output
@@ -568,6 +573,7 @@ impl Organizations for SdkOrganizations {
                     .retry_config(RetryConfig::disabled()),
             )
             .send()
+            .boxed()
             .await
             .map_err(create_account_error)?;
         status_of(output.create_account_status(), "CreateAccount")
@@ -580,6 +586,7 @@ impl Organizations for SdkOrganizations {
             .describe_create_account_status()
             .create_account_request_id(request_id)
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("DescribeCreateAccountStatus", Target::Payer, e))?;
         status_of(
@@ -596,6 +603,7 @@ impl Organizations for SdkOrganizations {
             .policy_id(policy.as_str())
             .target_id(&account.0)
             .send()
+            .boxed()
             .await;
         match result {
             Ok(_) => Ok(()),
@@ -640,6 +648,7 @@ impl Organizations for SdkOrganizations {
             .list_parents()
             .child_id(&account.0)
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("ListParents", Target::Payer, e))?;
         let Some(current) = parents.parents().first().and_then(|p| p.id()) else {
@@ -660,6 +669,7 @@ impl Organizations for SdkOrganizations {
             .source_parent_id(current)
             .destination_parent_id(parent)
             .send()
+            .boxed()
             .await;
         match moved {
             Ok(_) => Ok(true),
@@ -685,6 +695,7 @@ impl Organizations for SdkOrganizations {
             .role_arn(role_arn)
             .role_session_name("aws-account-worker")
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("AssumeRole", Target::Member, e))?;
         let credentials = output.credentials().ok_or_else(|| AwsError {
@@ -720,7 +731,14 @@ pub struct SdkMemberIam {
 
 impl MemberIam for SdkMemberIam {
     async fn create_user(&self, name: &IamUserName) -> AwsResult<()> {
-        match self.iam.create_user().user_name(name.as_str()).send().await {
+        match self
+            .iam
+            .create_user()
+            .user_name(name.as_str())
+            .send()
+            .boxed()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(
@@ -746,6 +764,7 @@ impl MemberIam for SdkMemberIam {
             .password(password.expose_secret())
             .password_reset_required(true)
             .send()
+            .boxed()
             .await;
         match created {
             Ok(_) => Ok(()),
@@ -761,6 +780,7 @@ impl MemberIam for SdkMemberIam {
                     .password(password.expose_secret())
                     .password_reset_required(true)
                     .send()
+                    .boxed()
                     .await
                     .map(|_| ())
                     .map_err(|e| classify("UpdateLoginProfile", Target::Member, e))
@@ -779,6 +799,7 @@ impl MemberIam for SdkMemberIam {
             .user_name(name.as_str())
             .policy_arn(policy_arn.as_str())
             .send()
+            .boxed()
             .await
             .map(|_| ())
             .map_err(|e| classify("AttachUserPolicy", Target::Member, e))
@@ -792,6 +813,7 @@ impl MemberIam for SdkMemberIam {
             .user_name(name.as_str())
             .max_items(100)
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("ListUserTags", Target::Member, e))?;
         Ok(listed
@@ -819,6 +841,7 @@ impl MemberIam for SdkMemberIam {
             .tags(tag(CREDENTIALS_TAG, CREDENTIALS_ISSUED)?)
             .tags(tag(CREDENTIALS_EVENT_TAG, event_id)?)
             .send()
+            .boxed()
             .await
             .map(|_| ())
             .map_err(|e| classify("TagUser", Target::Member, e))
