@@ -279,6 +279,14 @@ provider_email_domain = "provider.example"
                 .arg("--")
                 .arg(worker_binary());
             perf
+        } else if std::env::var_os("BENCH_HEAPTRACK").is_some() {
+            // BENCH_HEAPTRACK=1: a heap profile of each worker (target/bench/<name>.heaptrack.*).
+            let mut heaptrack = Command::new("heaptrack");
+            heaptrack
+                .arg("-o")
+                .arg(format!("target/bench/{name}.heaptrack"))
+                .arg(worker_binary());
+            heaptrack
         } else {
             Command::new(worker_binary())
         };
