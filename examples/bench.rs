@@ -272,11 +272,21 @@ provider_email_domain = "provider.example"
         // BENCH_PERF=1 records a CPU profile of each worker (target/bench/<name>.perf).
         let mut command = if std::env::var_os("BENCH_PERF").is_some() {
             let mut perf = Command::new("perf");
-            perf.args(["record", "-F", "999", "-g", "-o"])
+            // DWARF call graphs: the release build keeps no frame pointers, so `-g` alone
+            // loses every user-space caller.
+            perf.args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o"])
                 .arg(format!("target/bench/{name}.perf"))
                 .arg("--")
                 .arg(worker_binary());
             perf
+        } else if std::env::var_os("BENCH_HEAPTRACK").is_some() {
+            // BENCH_HEAPTRACK=1: a heap profile of each worker (target/bench/<name>.heaptrack.*).
+            let mut heaptrack = Command::new("heaptrack");
+            heaptrack
+                .arg("-o")
+                .arg(format!("target/bench/{name}.heaptrack"))
+                .arg(worker_binary());
+            heaptrack
         } else {
             Command::new(worker_binary())
         };
@@ -486,16 +496,8 @@ async fn throughput(workers: usize, orders: usize) -> anyhow::Result<Option<(f64
             calls.insert(labels, value);
         }
         for (labels, value) in calls {
-            let operation = labels
-                .split("operation=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("?");
-            let outcome = labels
-                .split("outcome=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("?");
+            let operation = label(&labels, "operation");
+            let outcome = label(&labels, "outcome");
             figure(
                 &format!("aws_calls_per_order_{operation}_{outcome}"),
                 value / orders as f64,
@@ -510,6 +512,139 @@ async fn throughput(workers: usize, orders: usize) -> anyhow::Result<Option<(f64
     }
     run.cleanup().await;
     Ok(per_order)
+}
+
+/// The value of `name` in a metric line's labels (`{a="x",b="y"}`), `?` if absent.
+fn label<'a>(labels: &'a str, name: &str) -> &'a str {
+    labels
+        .split(&format!("{name}=\""))
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("?")
+}
+
+/// Creates `count` accounts in the organization of `credentials` straight in moto, 16 at a
+/// time, so that the worker meets an organization of that size.
+async fn populate(credentials: &Credentials, count: usize) -> anyhow::Result<()> {
+    let client = aws_sdk_organizations::Client::new(&moto(&moto_endpoint(), credentials.clone()));
+    let prefix = digits(8);
+    let mut pending = tokio::task::JoinSet::new();
+    for i in 0..count {
+        if pending.len() >= 16 {
+            pending.join_next().await.context("a creation task")???;
+        }
+        let client = client.clone();
+        let prefix = prefix.clone();
+        pending.spawn(async move {
+            client
+                .create_account()
+                .email(format!("filler-{prefix}-{i}@bench.example"))
+                .account_name(format!("filler-{prefix}-{i}"))
+                .send()
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        });
+    }
+    while let Some(done) = pending.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// `aws_calls_per_order_<size>_<operation>` and `aws_reads_per_order_<size>`: one worker's AWS
+/// calls per order (every outcome) in an organization that already holds `size` accounts.
+async fn calls_at_size(size: usize, orders: usize) -> anyhow::Result<()> {
+    let mut run = Run::prepare(64, "").await?;
+    populate(&run.credentials, size).await?;
+    run.publish(orders).await?;
+    let port = free_port()?;
+    let mut child = run.spawn(&moto_endpoint(), port, &format!("org-{size}"))?;
+    ready(port, &mut child).await?;
+    run.provisioned(orders, Duration::from_secs(600)).await?;
+    let mut calls: BTreeMap<String, f64> = BTreeMap::new();
+    for (labels, value) in metric_lines(port, "aws_account_worker_aws_calls_total").await {
+        *calls
+            .entry(label(&labels, "operation").to_owned())
+            .or_default() += value;
+    }
+    let mut reads = 0.0;
+    for (operation, value) in &calls {
+        figure(
+            &format!("aws_calls_per_order_{size}_{operation}"),
+            value / orders as f64,
+        );
+        if ["List", "Describe", "Get"]
+            .iter()
+            .any(|read| operation.starts_with(read))
+        {
+            reads += value;
+        }
+    }
+    figure(
+        &format!("aws_reads_per_order_{size}"),
+        reads / orders as f64,
+    );
+    stop(child);
+    run.cleanup().await;
+    Ok(())
+}
+
+/// `overhead_ms_p50` / `overhead_ms_p99`: one worker taking `orders` orders at once (all in
+/// flight, waiting for a slot rather than going back to the broker), against moto without the
+/// fault proxy: per delivery, the time it spent in the worker beyond its AWS calls and its
+/// slot wait (`order_overhead_seconds`), percentiles read from the histogram's buckets.
+async fn overhead(orders: usize) -> anyhow::Result<()> {
+    let prefetch = u32::try_from(orders + 1)?;
+    let mut run =
+        Run::prepare(prefetch, &format!("[aws]\nmax_waiting_for_slot = {orders}")).await?;
+    run.publish(orders).await?;
+    let port = free_port()?;
+    let mut child = run.spawn(&moto_endpoint(), port, "overhead")?;
+    ready(port, &mut child).await?;
+    run.provisioned(orders, Duration::from_secs(600)).await?;
+    // The last delivery's histogram entry lands as its task ends, just after the event.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let buckets = loop {
+        let lines = metric_lines(port, "aws_account_worker_order_overhead_seconds_bucket").await;
+        let count = lines.last().map_or(0.0, |(_, n)| *n);
+        if count >= orders as f64 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let buckets: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|(labels, n)| (label(labels, "le").parse().unwrap_or(f64::INFINITY), *n))
+        .collect();
+    figure("overhead_ms_p50", percentile(&buckets, 0.50) * 1000.0);
+    figure("overhead_ms_p99", percentile(&buckets, 0.99) * 1000.0);
+    stop(child);
+    run.cleanup().await;
+    Ok(())
+}
+
+/// The `q` quantile of a cumulative histogram (`(upper bound, count)`, ascending),
+/// interpolated linearly inside its bucket.
+fn percentile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |(_, n)| *n);
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if !bound.is_finite() {
+                return lower.0;
+            }
+            let share = if count > lower.1 {
+                (rank - lower.1) / (count - lower.1)
+            } else {
+                1.0
+            };
+            return lower.0 + share * (bound - lower.0);
+        }
+        lower = (bound, count);
+    }
+    lower.0
 }
 
 /// `raw-lapin COUNT SIZE`: the bare loop, in this process; prints its CPU per message.
@@ -637,9 +772,10 @@ async fn rss_1000() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `slot_utilization`: 3 workers, `orders` orders, each creation 20 s: the share of the 5
-/// slots busy between the first creation and the last one's start (the backlog).
-async fn utilization(orders: usize) -> anyhow::Result<()> {
+/// `slot_utilization_<replicas>`: `replicas` workers, `orders` orders, each creation 20 s: the
+/// share of the 5 slots busy between the first creation and the last one's start (the
+/// backlog); `slot_max_in_progress_<replicas>` is the most creations in progress at once.
+async fn utilization(replicas: usize, orders: usize) -> anyhow::Result<()> {
     let faults = Faults {
         creation: Creation::Takes {
             duration: Duration::from_secs(20),
@@ -651,14 +787,20 @@ async fn utilization(orders: usize) -> anyhow::Result<()> {
     let mut run = Run::prepare(64, "[aws]\ncreate_status_poll_ms = 750").await?;
     run.publish(orders).await?;
     let mut children = Vec::new();
-    for i in 0..3 {
+    for i in 0..replicas {
         let port = free_port()?;
-        children.push(run.spawn(&proxy.endpoint, port, &format!("slots-{i}"))?);
+        children.push(run.spawn(&proxy.endpoint, port, &format!("slots{replicas}-{i}"))?);
     }
     run.provisioned(orders, Duration::from_secs(900)).await?;
     let spans = proxy.spans();
-    figure("slot_utilization", busy_share(&spans, 5));
-    figure("slot_max_in_progress", proxy.stats().max_in_progress as f64);
+    figure(
+        &format!("slot_utilization_{replicas}"),
+        busy_share(&spans, 5),
+    );
+    figure(
+        &format!("slot_max_in_progress_{replicas}"),
+        proxy.stats().max_in_progress as f64,
+    );
     for child in children {
         stop(child);
     }
@@ -685,6 +827,14 @@ fn busy_share(spans: &[Span], slots: usize) -> f64 {
     busy / (slots as f64 * period)
 }
 
+/// The count in environment variable `name`, else `default`.
+fn count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -693,16 +843,13 @@ async fn main() -> anyhow::Result<()> {
         let size = args.get(2).context("SIZE")?.parse()?;
         return raw_lapin(count, size).await;
     }
-    let orders: usize = std::env::var("BENCH_ORDERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(150);
+    let orders = count("BENCH_ORDERS", 150);
     if std::env::var_os("BENCH_PERF").is_some() {
         // Only the one-worker run, for its profile (the figures include perf's own cost).
         throughput(1, orders).await?;
         return Ok(());
     }
-    // BENCH_ONLY=ready,cpu,moto3,rss,slots runs only those phases.
+    // BENCH_ONLY=ready,cpu,moto3,rss,slots,orgs,overhead runs only those phases.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let runs = |phase: &str| only.is_empty() || only.split(',').any(|p| p == phase);
     if runs("ready") {
@@ -723,12 +870,24 @@ async fn main() -> anyhow::Result<()> {
     if runs("rss") {
         rss_1000().await?;
     }
+    if runs("overhead") {
+        overhead(100).await?;
+    }
+    if runs("orgs") {
+        // Fewer orders than the CPU phase: each size first fills the organization.
+        let org_orders = count("BENCH_ORG_ORDERS", 30);
+        figure("org_orders", org_orders as f64);
+        for size in [0, 1000, 5000] {
+            calls_at_size(size, org_orders).await?;
+        }
+    }
     if runs("slots") {
-        let slot_orders = std::env::var("BENCH_SLOT_ORDERS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(60);
-        utilization(slot_orders).await?;
+        // 40 orders per run (8 rounds of 5 creations of 20 s), with 3 and with 10 replicas,
+        // so that the whole bench ends in about 10 minutes on 2 cores.
+        let slot_orders = count("BENCH_SLOT_ORDERS", 40);
+        figure("slot_orders", slot_orders as f64);
+        utilization(3, slot_orders).await?;
+        utilization(10, slot_orders).await?;
     }
     Ok(())
 }

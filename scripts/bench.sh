@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The benchmark (docs/benchmark.md): brings up RabbitMQ and moto (scripts/services.sh),
 # builds the worker and examples/bench.rs in release, and prints one `name value` line per
-# figure on standard output. It measures; it asserts no timing. About 8 minutes.
-# BENCH_ONLY=ready,cpu,moto3,rss,slots picks phases; BENCH_ORDERS (150) and BENCH_SLOT_ORDERS
-# (60) change the order counts; BENCH_PERF=1 profiles the one-worker phase with perf.
+# figure on standard output. It measures; it asserts no timing. About 10 minutes.
+# BENCH_ONLY=ready,cpu,moto3,rss,overhead,orgs,slots picks phases; BENCH_ORDERS (150),
+# BENCH_ORG_ORDERS (30) and BENCH_SLOT_ORDERS (40) change the order counts; BENCH_PERF=1
+# profiles the one-worker phase with perf, BENCH_HEAPTRACK=1 runs the workers under heaptrack.
+# MOTO_PORT and MOTO_FAST_PORT (5000, 5001) say where scripts/services.sh starts or finds moto.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

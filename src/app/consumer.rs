@@ -132,7 +132,7 @@ impl Session {
                     let locks = self.locks.clone();
                     let slots = self.slots.clone();
                     let lost = lost.clone();
-                    in_flight.spawn(async move {
+                    in_flight.spawn(crate::observability::timed(async move {
                         let handler = Handler {
                             pipeline: &pipeline,
                             settler: &settler,
@@ -144,7 +144,7 @@ impl Session {
                             () = handler.handle(delivery) => {}
                         }
                         drop(in_flight_now);
-                    });
+                    }));
                 }
                 Some(Err(e)) => return Ended::Lost(e.to_string()),
                 None => return Ended::Lost("the broker ended the consumer".to_owned()),

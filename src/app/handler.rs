@@ -48,9 +48,15 @@ impl<O: Organizations, L: OrderLocks, S: CreationSlots> Handler<'_, O, L, S> {
                 maybe_in_flight: delivery.redelivered,
                 ..history.progress.clone()
             };
-            let trip = self
-                .pipeline
-                .process_one(&delivery.data, progress, self.locks, self.slots);
+            // The trip and the settling are boxed: each is kilobytes, and inline the task of
+            // every delivery held room for both (and more) all its life, a thousand orders
+            // waiting for a slot included (heaptrack, docs/perf/rss.md).
+            let trip = Box::pin(self.pipeline.process_one(
+                &delivery.data,
+                progress,
+                self.locks,
+                self.slots,
+            ));
             let Processed {
                 outcome,
                 lock,
@@ -64,7 +70,7 @@ impl<O: Organizations, L: OrderLocks, S: CreationSlots> Handler<'_, O, L, S> {
                     span: Span::none(),
                 });
             async {
-                let settling = self.settler.settle(&delivery, &history, outcome);
+                let settling = Box::pin(self.settler.settle(&delivery, &history, outcome));
                 let settled = AssertUnwindSafe(settling)
                     .catch_unwind()
                     .await

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
+// Every call's `send()` future is boxed: an SDK call future is several kilobytes, and inline it
+// sized every order's task for it, a thousand orders waiting for a slot included (heaptrack,
+// docs/perf/rss.md). Boxed, it exists only while the call does.
 use aws_sdk_iam::operation::create_login_profile::CreateLoginProfileError;
 use aws_sdk_iam::operation::create_user::CreateUserError;
 use aws_sdk_organizations::config::http::HttpResponse;
@@ -34,6 +37,7 @@ use aws_smithy_runtime_api::client::retries::classifiers::{
 };
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use futures_lite::FutureExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -285,9 +289,27 @@ fn create_account_error(err: SdkError<CreateAccountError, HttpResponse>) -> AwsE
 #[derive(Debug)]
 struct CountCalls(Metrics);
 
+/// When the call `CountCalls` counts began, for the delivery's time outside the worker.
+#[derive(Debug, Clone, Copy)]
+struct CallStarted(std::time::Instant);
+
+impl aws_smithy_types::config_bag::Storable for CallStarted {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
 impl Intercept for CountCalls {
     fn name(&self) -> &'static str {
         "CountCalls"
+    }
+
+    fn read_before_execution(
+        &self,
+        _: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(CallStarted(std::time::Instant::now()));
+        Ok(())
     }
 
     fn read_after_execution(
@@ -304,6 +326,9 @@ impl Intercept for CountCalls {
             (_, None) => "no_response",
         };
         self.0.aws_call(operation, outcome);
+        if let Some(CallStarted(started)) = cfg.load::<CallStarted>() {
+            crate::observability::spent_outside(started.elapsed());
+        }
         Ok(())
     }
 }
@@ -360,8 +385,12 @@ impl SdkOrganizations {
 
     /// Waits for a turn to call AWS; the turn ends when the permit is dropped.
     async fn turn(&self) -> Option<SemaphorePermit<'_>> {
-        // The semaphore is never closed, so this always yields a permit.
-        self.calls.acquire().await.ok()
+        // The semaphore is never closed, so this always yields a permit. The wait is the
+        // delivery's time outside the worker: it waits for other orders' AWS round trips.
+        let started = std::time::Instant::now();
+        let permit = self.calls.acquire().await.ok();
+        crate::observability::spent_outside(started.elapsed());
+        permit
     }
 }
 
@@ -558,6 +587,7 @@ impl Organizations for SdkOrganizations {
             .describe_account()
             .account_id(&account.0)
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("DescribeAccount", Target::Payer, e))?;
         let asset_id = self.asset_tag(&account.0).await?;
@@ -617,6 +647,7 @@ impl Organizations for SdkOrganizations {
                     .retry_config(RetryConfig::disabled()),
             )
             .send()
+            .boxed()
             .await
             .map_err(create_account_error)?;
         status_of(output.create_account_status(), "CreateAccount")
@@ -629,6 +660,7 @@ impl Organizations for SdkOrganizations {
             .describe_create_account_status()
             .create_account_request_id(request_id)
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("DescribeCreateAccountStatus", Target::Payer, e))?;
         status_of(
@@ -645,6 +677,7 @@ impl Organizations for SdkOrganizations {
             .policy_id(policy.as_str())
             .target_id(&account.0)
             .send()
+            .boxed()
             .await;
         done_unless(result, "AttachPolicy", |e| {
             matches!(e, AttachPolicyError::DuplicatePolicyAttachmentException(_))
@@ -680,6 +713,7 @@ impl Organizations for SdkOrganizations {
             .list_parents()
             .child_id(&account.0)
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("ListParents", Target::Payer, e))?;
         let Some(current) = parents.parents().first().and_then(|p| p.id()) else {
@@ -700,6 +734,7 @@ impl Organizations for SdkOrganizations {
             .source_parent_id(current)
             .destination_parent_id(parent)
             .send()
+            .boxed()
             .await;
         match moved {
             Ok(_) => Ok(true),
@@ -913,6 +948,7 @@ impl Organizations for SdkOrganizations {
             .role_arn(role_arn)
             .role_session_name("aws-account-worker")
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("AssumeRole", Target::Member, e))?;
         let credentials = output.credentials().ok_or_else(|| AwsError {
@@ -948,7 +984,14 @@ pub struct SdkMemberIam {
 
 impl MemberIam for SdkMemberIam {
     async fn create_user(&self, name: &IamUserName) -> AwsResult<()> {
-        match self.iam.create_user().user_name(name.as_str()).send().await {
+        match self
+            .iam
+            .create_user()
+            .user_name(name.as_str())
+            .send()
+            .boxed()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(
@@ -974,6 +1017,7 @@ impl MemberIam for SdkMemberIam {
             .password(password.expose_secret())
             .password_reset_required(true)
             .send()
+            .boxed()
             .await;
         match created {
             Ok(_) => Ok(()),
@@ -989,6 +1033,7 @@ impl MemberIam for SdkMemberIam {
                     .password(password.expose_secret())
                     .password_reset_required(true)
                     .send()
+                    .boxed()
                     .await
                     .map(|_| ())
                     .map_err(|e| classify("UpdateLoginProfile", Target::Member, e))
@@ -1007,6 +1052,7 @@ impl MemberIam for SdkMemberIam {
             .user_name(name.as_str())
             .policy_arn(policy_arn.as_str())
             .send()
+            .boxed()
             .await
             .map(|_| ())
             .map_err(|e| classify("AttachUserPolicy", Target::Member, e))
@@ -1020,6 +1066,7 @@ impl MemberIam for SdkMemberIam {
             .user_name(name.as_str())
             .max_items(100)
             .send()
+            .boxed()
             .await
             .map_err(|e| classify("ListUserTags", Target::Member, e))?;
         Ok(listed
@@ -1047,6 +1094,7 @@ impl MemberIam for SdkMemberIam {
             .tags(tag(CREDENTIALS_TAG, CREDENTIALS_ISSUED)?)
             .tags(tag(CREDENTIALS_EVENT_TAG, event_id)?)
             .send()
+            .boxed()
             .await
             .map(|_| ())
             .map_err(|e| classify("TagUser", Target::Member, e))

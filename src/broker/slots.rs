@@ -210,7 +210,10 @@ impl CreationSlots for BrokerSlots {
         task.requests
             .send(Request::Acquire(give))
             .map_err(|_| NoSlot::Unavailable("the slot task ended".to_owned()))?;
-        match tokio::time::timeout(limits.max_wait, take).await {
+        let started = tokio::time::Instant::now();
+        let waited = tokio::time::timeout(limits.max_wait, take).await;
+        crate::observability::spent_outside(started.elapsed());
+        match waited {
             Ok(Ok(held)) => Ok(Slot::new(held)),
             Ok(Err(_)) => Err(NoSlot::Unavailable(
                 "the broker connection is gone".to_owned(),
