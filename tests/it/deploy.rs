@@ -889,10 +889,11 @@ fn allowed(path: &str) -> BTreeMap<String, Vec<String>> {
 }
 
 /// The operations `src/aws/sdk.rs` classifies errors for, with where they are sent:
-/// `classify("CreateAccount", Target::Payer, e)`.
+/// `classify("CreateAccount", Target::Payer, e)`, and the payer calls whose effect may already
+/// be there: `done_unless(result, "AttachPolicy", …)`.
 fn sdk_operations() -> Vec<(String, String)> {
     let source = read("src/aws/sdk.rs");
-    source
+    let mut operations: Vec<(String, String)> = source
         .split("classify(\"")
         .skip(1)
         .filter_map(|rest| {
@@ -904,7 +905,17 @@ fn sdk_operations() -> Vec<(String, String)> {
                 .collect();
             Some((operation.to_owned(), target))
         })
-        .collect()
+        .collect();
+    operations.extend(
+        source
+            .split("done_unless(result, \"")
+            .skip(1)
+            .filter_map(|rest| {
+                let (operation, _) = rest.split_once('"')?;
+                Some((operation.to_owned(), "Payer".to_owned()))
+            }),
+    );
+    operations
 }
 
 /// The operations `check` makes, from `src/aws/probe.rs`: `probe_error("ListRoots", &e)`.
