@@ -2,7 +2,7 @@
 //! account brought in, change, suspend, resume and cancel. They need fewer settings than a new
 //! account (no email, name or IAM user): the payer, and what the kind acts with.
 
-use super::layers::{Applicable, Tier};
+use super::layers::Applicable;
 use super::resolve::{Routing, Rules, invalid_configuration, model_for, scps_for, typed};
 use super::settings::{CancelAction, ModelSettings};
 use crate::domain::account_model::AccountModel;
@@ -92,13 +92,7 @@ impl Rules {
     /// a suspend or resume with no `suspend_policy_id` configured.
     pub fn resolve_later(&self, order: &PurchaseRequest) -> Result<LaterPlan, Rejection> {
         let routing = self.route(order)?;
-        let tiers = [
-            (Tier::Tier1, order.tier1_id.as_ref().map(|id| id.as_str())),
-            (Tier::Tier2, order.tier2_id.as_ref().map(|id| id.as_str())),
-        ];
-        let layers = self
-            .layers()
-            .applicable(order.marketplace_id.as_str(), tiers);
+        let layers = self.applicable_to(order);
         let model = model_for(order, &layers).ok().map(|(model, _)| model);
         let layers_payer = layers
             .pick(|s| s.payer.clone())

@@ -187,13 +187,7 @@ impl Rules {
             ));
         }
         let routing = self.route(order)?;
-        let tiers = [
-            (Tier::Tier1, order.tier1_id.as_ref().map(|id| id.as_str())),
-            (Tier::Tier2, order.tier2_id.as_ref().map(|id| id.as_str())),
-        ];
-        let layers = self
-            .layers()
-            .applicable(order.marketplace_id.as_str(), tiers);
+        let layers = self.applicable_to(order);
         let (model, origin) = model_for(order, &layers)?;
 
         let mut plan =
@@ -215,6 +209,17 @@ impl Rules {
             plan.origins.insert("connection", Origin::Connection(key));
         }
         Ok(plan)
+    }
+
+    /// The layers that apply to `order`: its marketplace's, and an OPCO override keyed by its
+    /// tier1 or tier2 account.
+    pub(super) fn applicable_to(&self, order: &PurchaseRequest) -> Applicable<'_> {
+        let tiers = [
+            (Tier::Tier1, order.tier1_id.as_ref().map(|id| id.as_str())),
+            (Tier::Tier2, order.tier2_id.as_ref().map(|id| id.as_str())),
+        ];
+        self.layers()
+            .applicable(order.marketplace_id.as_str(), tiers)
     }
 
     /// Where `order` goes by its connection type.
