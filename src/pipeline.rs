@@ -23,7 +23,7 @@ use crate::provision::{
 };
 use crate::report::{self, AfterConfirm, Event};
 use crate::retry::{Reason, Waits};
-use crate::slots::CreationSlots;
+use crate::slots::{CreationSlots, Kept, NoSlot, Room};
 
 /// What to do with a delivery once the pipeline is done with it.
 #[derive(Debug)]
@@ -136,8 +136,21 @@ impl<O: Organizations> Pipeline<O> {
             }
         };
         let span = order.span.clone();
+        // A new order with no room to wait for a creation slot goes back before its lock: it
+        // would go back from the gate anyway, having called nothing.
+        let room = match &order.trip {
+            Trip::New(plan) if progress.is_fresh() => match slots.room_to_wait(&plan.payer) {
+                Ok(room) => room,
+                Err(why) => {
+                    let outcome = span.in_scope(|| self.no_slot(&order, plan, &why));
+                    return Processed::unlocked(outcome, span);
+                }
+            },
+            _ => Room::default(),
+        };
+        let slots = Kept::new(slots, room);
         let (outcome, lock) = self
-            .lock_and_provision(&order, progress, locks, slots)
+            .lock_and_provision(&order, progress, locks, &slots)
             .instrument(span.clone())
             .await;
         Processed {
@@ -275,19 +288,23 @@ impl<O: Organizations> Pipeline<O> {
                 Outcome::Report(provisioned_event(aws, ids, plan, done))
             }
             Err(ProvisionError::Waiting(waiting)) => self.waiting(order, plan, waiting),
-            Err(ProvisionError::NoSlot(why)) => {
-                let wait = self.waits.slot_busy;
-                info!(reason = %why, ?wait, "no creation slot for this delivery: trying again later");
-                let message = format!("no CreateAccount slot of payer {}: {why}", plan.payer);
-                let failure = order.failure(Reason::CreationSlotBusy, message, Progress::default());
-                Outcome::Later(failure, wait)
-            }
+            Err(ProvisionError::NoSlot(why)) => self.no_slot(order, plan, &why),
             Err(ProvisionError::Rejected(rejection)) => {
                 info!(code = rejection.code.as_str(), message = %rejection.message, "order failed");
                 Outcome::Report(report::failed(ids, Some(&plan.payer), &rejection))
             }
             Err(ProvisionError::Aws { error, progress }) => aws_failure(order, &error, progress),
         }
+    }
+
+    /// The outcome of a new order that got no creation slot (`why`): nothing was requested, it
+    /// tries again later.
+    fn no_slot(&self, order: &Resolved, plan: &Plan, why: &NoSlot) -> Outcome {
+        let wait = self.waits.slot_busy;
+        info!(reason = %why, ?wait, "no creation slot for this delivery: trying again later");
+        let message = format!("no CreateAccount slot of payer {}: {why}", plan.payer);
+        let failure = order.failure(Reason::CreationSlotBusy, message, Progress::default());
+        Outcome::Later(failure, wait)
     }
 
     /// The management account of `payer`; a payer that is not configured dead-letters the
@@ -664,6 +681,76 @@ mod tests {
         assert_eq!(reason(&processed.outcome), Some(&Reason::NotJson));
         assert!(matches!(processed.outcome, Outcome::DeadLetter(_)));
         assert!(aws.calls().is_empty());
+    }
+
+    /// Slots whose waiting room has `room` places, counting what is asked of them.
+    #[derive(Default)]
+    struct Room {
+        room: usize,
+        kept: std::sync::Mutex<usize>,
+        waited_in_kept: std::sync::Mutex<usize>,
+    }
+
+    impl CreationSlots for Room {
+        async fn acquire(&self, _: &str) -> Result<crate::slots::Slot, NoSlot> {
+            panic!("a new order waits in the place kept for it")
+        }
+
+        fn room_to_wait(&self, _: &str) -> Result<crate::slots::Room, NoSlot> {
+            let mut kept = self.kept.lock().expect("kept");
+            if *kept >= self.room {
+                return Err(NoSlot::TooManyWaiting(*kept));
+            }
+            *kept += 1;
+            Ok(crate::slots::Room::new(()))
+        }
+
+        async fn acquire_in(
+            &self,
+            _: &str,
+            room: crate::slots::Room,
+        ) -> Result<crate::slots::Slot, NoSlot> {
+            assert!(room.is_kept());
+            *self.waited_in_kept.lock().expect("waited") += 1;
+            Ok(crate::slots::Slot::new(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_order_with_no_room_to_wait_goes_back_before_its_lock() {
+        struct Refusing;
+        impl OrderLocks for Refusing {
+            async fn try_take(&self, _: &str) -> Result<Option<Lock>, LocksUnavailable> {
+                panic!("an order with no room to wait takes no lock")
+            }
+        }
+        let aws = ScriptedOrganizations::default();
+        let full = Room::default();
+        let processed = pipeline(&aws)
+            .process_one(&body(), Progress::default(), &Refusing, &full)
+            .await;
+        assert_eq!(reason(&processed.outcome), Some(&Reason::CreationSlotBusy));
+        assert!(matches!(processed.outcome, Outcome::Later(..)));
+        assert!(processed.lock.is_none());
+        assert!(aws.calls().is_empty(), "{:?}", aws.calls());
+
+        // With room, the place kept before the lock is the one the order waits in: the
+        // waiting room is asked once.
+        let aws = ScriptedOrganizations::default();
+        let one = Room {
+            room: 1,
+            ..Room::default()
+        };
+        let processed = pipeline(&aws)
+            .process_one(&body(), Progress::default(), &Local::default(), &one)
+            .await;
+        assert!(
+            matches!(&processed.outcome, Outcome::Report(e) if e.name() == report::PROVISIONED),
+            "{:?}",
+            processed.outcome
+        );
+        assert_eq!(*one.kept.lock().expect("kept"), 1);
+        assert_eq!(*one.waited_in_kept.lock().expect("waited"), 1);
     }
 
     #[tokio::test]

@@ -45,6 +45,36 @@ pub enum NoSlot {
     Unavailable(String),
 }
 
+/// A place in a payer's waiting room for a slot, held from [`CreationSlots::room_to_wait`]
+/// until [`CreationSlots::acquire_in`] (or until dropped): the room it says there is stays
+/// there while the order takes its lock and reads AWS, so that no order reads AWS and then
+/// finds the room full.
+#[derive(Default)]
+pub struct Room {
+    held: Option<Box<dyn Send + Sync>>,
+}
+
+impl Room {
+    /// A place that `held` keeps counted until it is dropped.
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Self {
+            held: Some(Box::new(held)),
+        }
+    }
+
+    /// Whether this place is counted in a waiting room (`false`: [`Room::default`], nothing
+    /// kept).
+    pub fn is_kept(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Room(kept: {})", self.is_kept())
+    }
+}
+
 /// Hands out creation slots per payer organization.
 pub trait CreationSlots: Send + Sync {
     /// Waits for a slot of `payer`'s organization, first come first served.
@@ -53,13 +83,71 @@ pub trait CreationSlots: Send + Sync {
     /// [`NoSlot`] when the order should rather go back to the broker than wait here.
     fn acquire(&self, payer: &str) -> impl Future<Output = Result<Slot, NoSlot>> + Send;
 
-    /// Whether an order of `payer` may wait for a slot now; asked before the idempotency gate,
-    /// so that an order with no room to wait goes back without calling AWS.
+    /// Keeps a place for an order of `payer` in the waiting room, if there is one: asked
+    /// before the order's lock and the gate's AWS reads, so that an order with no room to wait
+    /// goes back at once, and one that found room still has it at [`CreationSlots::acquire_in`].
     ///
     /// # Errors
     /// [`NoSlot::TooManyWaiting`] when the waiting room is full.
-    fn room_to_wait(&self, _payer: &str) -> Result<(), NoSlot> {
-        Ok(())
+    fn room_to_wait(&self, _payer: &str) -> Result<Room, NoSlot> {
+        Ok(Room::default())
+    }
+
+    /// As [`CreationSlots::acquire`], waiting in the place `room` kept (one not kept is asked
+    /// for as [`CreationSlots::acquire`] does).
+    ///
+    /// # Errors
+    /// As [`CreationSlots::acquire`].
+    fn acquire_in(
+        &self,
+        payer: &str,
+        room: Room,
+    ) -> impl Future<Output = Result<Slot, NoSlot>> + Send {
+        drop(room);
+        self.acquire(payer)
+    }
+}
+
+/// One order's view of `slots` once a place in the waiting room was kept for it (before its
+/// lock): its first [`CreationSlots::room_to_wait`] hands over that place.
+pub struct Kept<'a, S> {
+    slots: &'a S,
+    room: Mutex<Option<Room>>,
+}
+
+impl<'a, S> Kept<'a, S> {
+    /// `slots`, with `room` kept for the order.
+    pub fn new(slots: &'a S, room: Room) -> Self {
+        Self {
+            slots,
+            room: Mutex::new(Some(room)),
+        }
+    }
+}
+
+impl<S: CreationSlots> CreationSlots for Kept<'_, S> {
+    fn acquire(&self, payer: &str) -> impl Future<Output = Result<Slot, NoSlot>> + Send {
+        self.slots.acquire(payer)
+    }
+
+    fn room_to_wait(&self, payer: &str) -> Result<Room, NoSlot> {
+        let kept = self
+            .room
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match kept {
+            Some(room) if room.is_kept() => Ok(room),
+            _ => self.slots.room_to_wait(payer),
+        }
+    }
+
+    fn acquire_in(
+        &self,
+        payer: &str,
+        room: Room,
+    ) -> impl Future<Output = Result<Slot, NoSlot>> + Send {
+        self.slots.acquire_in(payer, room)
     }
 }
 

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use crate::broker::lease::{Lease, Leases};
 use crate::config::Settings;
 use crate::observability::{Counted, Metrics};
-use crate::slots::{CreationSlots, NoSlot, Slot};
+use crate::slots::{CreationSlots, NoSlot, Room, Slot};
 
 /// How the slots are shared.
 #[derive(Debug, Clone)]
@@ -188,23 +188,20 @@ impl Drop for Waiting {
     }
 }
 
-impl CreationSlots for BrokerSlots {
-    fn room_to_wait(&self, payer: &str) -> Result<(), NoSlot> {
-        let waiting = self.payer(payer).waiting.load(Ordering::SeqCst);
-        if waiting >= self.inner.limits.max_waiting {
-            return Err(NoSlot::TooManyWaiting(waiting));
-        }
-        Ok(())
-    }
-
-    async fn acquire(&self, payer: &str) -> Result<Slot, NoSlot> {
-        let limits = &self.inner.limits;
-        let task = self.payer(payer);
+impl BrokerSlots {
+    /// Counts one more waiter of `payer` if the waiting room has room.
+    fn enter(&self, task: &Payer) -> Result<Waiting, NoSlot> {
         let before = task.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(Arc::clone(&task.waiting));
-        if before >= limits.max_waiting {
+        let waiting = Waiting(Arc::clone(&task.waiting));
+        if before >= self.inner.limits.max_waiting {
             return Err(NoSlot::TooManyWaiting(before));
         }
+        Ok(waiting)
+    }
+
+    /// Waits for a slot of `task`'s payer, counted as a waiter by `_waiting` meanwhile.
+    async fn wait(&self, task: Payer, _waiting: Room) -> Result<Slot, NoSlot> {
+        let limits = &self.inner.limits;
         let _counted = self.inner.metrics.slot_waiter(&task.name);
         let (give, take) = oneshot::channel();
         task.requests
@@ -221,6 +218,26 @@ impl CreationSlots for BrokerSlots {
             // Dropping the receiver tells the task; a slot already sent comes back with it.
             Err(_) => Err(NoSlot::TimedOut(limits.max_wait)),
         }
+    }
+}
+
+impl CreationSlots for BrokerSlots {
+    fn room_to_wait(&self, payer: &str) -> Result<Room, NoSlot> {
+        let task = self.payer(payer);
+        self.enter(&task).map(Room::new)
+    }
+
+    async fn acquire(&self, payer: &str) -> Result<Slot, NoSlot> {
+        let task = self.payer(payer);
+        let waiting = self.enter(&task)?;
+        self.wait(task, Room::new(waiting)).await
+    }
+
+    async fn acquire_in(&self, payer: &str, room: Room) -> Result<Slot, NoSlot> {
+        if !room.is_kept() {
+            return self.acquire(payer).await;
+        }
+        self.wait(self.payer(payer), room).await
     }
 }
 

@@ -43,6 +43,19 @@ pub struct Progress {
     pub removed: bool,
 }
 
+impl Progress {
+    /// Whether an order with this progress is new to the gate: no account, creation or earlier
+    /// `CreateAccount` to look for. Such an order asks for a creation slot once the creations
+    /// in progress show none under its name.
+    pub fn is_fresh(&self) -> bool {
+        self.account_id.is_none()
+            && self.create_request_id.is_none()
+            && !self.maybe_in_flight
+            && !self.create_sent
+            && self.email_looks == 0
+    }
+}
+
 /// A provisioned order.
 #[derive(Debug, Clone)]
 pub struct Provisioned {

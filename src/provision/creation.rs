@@ -17,7 +17,7 @@ use crate::domain::order::PurchaseRequest;
 use crate::domain::outcome::{FailureCode, Rejection};
 use crate::domain::progress::Progress;
 use crate::observability::Metrics;
-use crate::slots::{CreationSlots, Slot};
+use crate::slots::{CreationSlots, Room, Slot};
 
 /// Tags that tie the account to its Connect order; the idempotency gate reads the asset id.
 /// An existing account's invitation carries the same.
@@ -85,14 +85,16 @@ impl<O: Organizations, S: CreationSlots> Step<'_, O, S> {
         if progress.maybe_in_flight || progress.create_sent || progress.email_looks > 0 {
             return self.rare_path(progress).await;
         }
-        // A new order that could not wait for a slot anyway goes back before calling AWS.
-        self.slots
+        // A new order that could not wait for a slot anyway goes back before calling AWS; one
+        // that can keeps its place while it looks at the creations in progress.
+        let room = self
+            .slots
             .room_to_wait(&self.plan.payer)
             .map_err(ProvisionError::NoSlot)?;
         if let Some(id) = self.adopt_in_progress(progress).await? {
             return Ok(id);
         }
-        self.create(progress).await
+        self.create(progress, room).await
     }
 
     /// The rare path: the creations in progress, then the walk of the organization; nothing
@@ -122,7 +124,7 @@ impl<O: Organizations, S: CreationSlots> Step<'_, O, S> {
             Walked::Nothing => {
                 info!("no account found: asking for it");
                 progress.create_sent = false;
-                self.create(progress).await
+                self.create(progress, Room::default()).await
             }
         }
     }
@@ -202,15 +204,16 @@ impl<O: Organizations, S: CreationSlots> Step<'_, O, S> {
         }
     }
 
-    /// `CreateAccount` in a slot of the payer, then the wait for it. A request sent that got
-    /// no answer is recorded (`create_sent`) and waited for before anything else is asked.
-    async fn create(&self, progress: &mut Progress) -> Result<String, ProvisionError> {
+    /// `CreateAccount` in a slot of the payer (waited for in `room`), then the wait for it. A
+    /// request sent that got no answer is recorded (`create_sent`) and waited for before
+    /// anything else is asked.
+    async fn create(&self, progress: &mut Progress, room: Room) -> Result<String, ProvisionError> {
         let aws = self.aws.as_ref();
         // The slot is held from right before `CreateAccount` until the creation ends; dropping
         // it gives it back.
         let slot = self
             .slots
-            .acquire(&self.plan.payer)
+            .acquire_in(&self.plan.payer, room)
             .await
             .map_err(ProvisionError::NoSlot)?;
         let account = NewAccount {
@@ -528,11 +531,11 @@ mod tests {
             Err(NoSlot::TooManyWaiting(32))
         }
 
-        fn room_to_wait(&self, _: &str) -> Result<(), NoSlot> {
+        fn room_to_wait(&self, _: &str) -> Result<Room, NoSlot> {
             if self.full {
                 Err(NoSlot::TooManyWaiting(32))
             } else {
-                Ok(())
+                Ok(Room::default())
             }
         }
     }
