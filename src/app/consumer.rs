@@ -21,7 +21,7 @@ use crate::broker::locks::BrokerLocks;
 use crate::broker::publisher::Publisher;
 use crate::broker::settle::Settler;
 use crate::broker::slots::{BrokerSlots, Limits};
-use crate::broker::{connect, lease, topology};
+use crate::broker::{self, connect, lease, topology};
 use crate::config::Settings;
 use crate::observability::Metrics;
 use crate::pipeline::Pipeline;
@@ -89,7 +89,7 @@ impl Session {
         // exclusive declare closes its channel), and lapin keeps a refused channel id poisoned
         // for the connection's life, so a channel opened later on that id would fail with the
         // old refusal (broker/lease.rs moves to a new connection before the ids run out).
-        let slots_connection = Arc::new(connect(&amqp.url).await?);
+        let slots_connection = Arc::new(broker::connect_for(&amqp.url, broker::Use::Leases).await?);
         let slots = BrokerSlots::observed(
             &slots_connection,
             &amqp.url,

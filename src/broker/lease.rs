@@ -276,7 +276,7 @@ impl Leases {
         if self.inner.replacing.swap(true, Ordering::SeqCst) {
             return;
         }
-        match broker::connect_once(url, REPLACE_TIMEOUT).await {
+        match broker::connect_once_for(url, REPLACE_TIMEOUT, broker::Use::Leases).await {
             Ok(new) => {
                 let new = Arc::new(Link::new(Arc::new(new), true));
                 let mut current = self.current();

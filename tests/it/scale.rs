@@ -183,6 +183,33 @@ fn url() -> secrecy::SecretString {
     crate::support::amqp_url().into()
 }
 
+/// A connection that only holds leases asks for 8 KiB frames, so lapin's two frame buffers
+/// take 256 KiB each instead of 4 MiB; the orders connection keeps the broker's frame size.
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_connections_ask_for_small_frames() {
+    use aws_account_worker::broker::{self, LEASE_FRAME_MAX, Use};
+    let leases = broker::connect_for(&url(), Use::Leases)
+        .await
+        .expect("broker");
+    assert_eq!(leases.configuration().frame_max(), LEASE_FRAME_MAX);
+    let messages = broker::connect(&url()).await.expect("broker");
+    assert!(
+        messages.configuration().frame_max() > LEASE_FRAME_MAX,
+        "{}",
+        messages.configuration().frame_max()
+    );
+    // A lease on the small-frame connection is taken and given back as on any other.
+    let connection = std::sync::Arc::new(leases);
+    let lease = Leases::on(&connection)
+        .try_take(&format!("test-frames.{}", crate::support::digits(10)))
+        .await
+        .expect("declare")
+        .expect("free");
+    lease.give_back().await;
+    let _ = connection.close(200, "done".into()).await;
+    let _ = messages.close(200, "done".into()).await;
+}
+
 /// lapin never frees the channel id of a refused declare: a waiter whose connection allows only
 /// 16 channels is refused far more often than that while another connection holds the slot, and
 /// still gets the slot once it comes back (its task moved to a new connection on the way).
