@@ -168,11 +168,14 @@ impl<O: Organizations> Pipeline<O> {
         locks: &impl OrderLocks,
         slots: &impl CreationSlots,
     ) -> (Outcome, Option<Lock>) {
-        match locks.try_take(&order.lock_key()).await {
+        // Each step's future is boxed: inline, the trip held room for the largest of them
+        // (taking the lock, provisioning, a later request) all its life, a thousand orders
+        // waiting for a slot included (docs/perf/rss.md).
+        match Box::pin(locks.try_take(&order.lock_key())).await {
             Ok(Some(lock)) => {
                 let outcome = match &order.trip {
-                    Trip::New(plan) => self.provision(order, plan, progress, slots).await,
-                    Trip::Later(plan) => self.later(order, plan, progress).await,
+                    Trip::New(plan) => Box::pin(self.provision(order, plan, progress, slots)).await,
+                    Trip::Later(plan) => Box::pin(self.later(order, plan, progress)).await,
                 };
                 (outcome, Some(lock))
             }

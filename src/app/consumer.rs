@@ -139,9 +139,12 @@ impl Session {
                             locks: &locks,
                             slots: &slots,
                         };
+                        // Boxed: the task holds what it captured and a pointer, not room for
+                        // every state of the handling as well (docs/perf/rss.md).
+                        let handling = Box::pin(handler.handle(delivery));
                         tokio::select! {
                             () = lost.cancelled() => {}
-                            () = handler.handle(delivery) => {}
+                            () = handling => {}
                         }
                         drop(in_flight_now);
                     }));

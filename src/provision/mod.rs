@@ -119,13 +119,15 @@ pub async fn provision<O: Organizations>(
         polling,
         metrics,
     };
-    let account_id = step.account(&mut progress).await?;
+    // Each step's future is boxed, so that an order waiting in one (for a creation slot) holds
+    // room for that one alone, not for the largest (docs/perf/rss.md).
+    let account_id = Box::pin(step.account(&mut progress)).await?;
     progress.account_id = Some(account_id.clone());
     let account = AccountId(account_id.clone());
 
     // The customer's access first, then the account's place and SCPs: an SCP that denies IAM
     // actions (attached here or inherited from the OU) must not block the worker's own setup.
-    let access = access::grant(aws.as_ref(), &account, &plan.access, polling)
+    let access = Box::pin(access::grant(aws.as_ref(), &account, &plan.access, polling))
         .await
         .map_err(|e| failed(e, &progress))?;
 
@@ -133,7 +135,13 @@ pub async fn provision<O: Organizations>(
     // first, and each SCP attached is remembered on the way, so a retry attaches only the
     // others (those AWS confirms: `placed` and the SCPs a header names are claims, not proof).
     let mut attached = std::mem::take(&mut progress.policies_attached);
-    let placed = placement::place(aws.as_ref(), &account, plan, &mut attached).await;
+    let placed = Box::pin(placement::place(
+        aws.as_ref(),
+        &account,
+        plan,
+        &mut attached,
+    ))
+    .await;
     progress.policies_attached = attached;
     placed.map_err(|e| failed(e, &progress))?;
     progress.placed = true;
