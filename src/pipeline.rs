@@ -23,7 +23,7 @@ use crate::provision::{
 };
 use crate::report::{self, AfterConfirm, Event};
 use crate::retry::{Reason, Waits};
-use crate::slots::{CreationSlots, Kept, NoSlot, Room};
+use crate::slots::{CreationSlots, Kept, NoSlot, Slot};
 
 /// What to do with a delivery once the pipeline is done with it.
 #[derive(Debug)]
@@ -136,19 +136,19 @@ impl<O: Organizations> Pipeline<O> {
             }
         };
         let span = order.span.clone();
-        // A new order with no room to wait for a creation slot goes back before its lock: it
-        // would go back from the gate anyway, having called nothing.
-        let room = match &order.trip {
-            Trip::New(plan) if progress.is_fresh() => match slots.room_to_wait(&plan.payer) {
-                Ok(room) => room,
-                Err(why) => {
-                    let outcome = span.in_scope(|| self.no_slot(&order, plan, &why));
-                    return Processed::unlocked(outcome, span);
+        let slot = match &order.trip {
+            Trip::New(plan) if progress.is_fresh() && self.payers.contains_key(&plan.payer) => {
+                match self.slot_first(plan, slots).instrument(span.clone()).await {
+                    Ok(slot) => Some(slot),
+                    Err(why) => {
+                        let outcome = span.in_scope(|| self.no_slot(&order, plan, &why));
+                        return Processed::unlocked(outcome, span);
+                    }
                 }
-            },
-            _ => Room::default(),
+            }
+            _ => None,
         };
-        let slots = Kept::new(slots, room);
+        let slots = Kept::new(slots, slot);
         let (outcome, lock) = self
             .lock_and_provision(&order, progress, locks, &slots)
             .instrument(span.clone())
@@ -158,6 +158,17 @@ impl<O: Organizations> Pipeline<O> {
             lock,
             span,
         }
+    }
+
+    /// The creation slot of a new order (no account, creation or earlier `CreateAccount` to
+    /// look for), waited for before its lock: the wait holds no lock (a thousand orders waiting
+    /// would hold a thousand broker queues, and shut out their assets' other deliveries), and
+    /// the locks are then taken a few at a time, as slots come free. Nothing is asked of AWS
+    /// before the lock: the gate runs under it, slot in hand. With no room to wait, or no slot
+    /// in time, the order goes back having called nothing.
+    async fn slot_first(&self, plan: &Plan, slots: &impl CreationSlots) -> Result<Slot, NoSlot> {
+        let room = slots.room_to_wait(&plan.payer)?;
+        slots.acquire_in(&plan.payer, room).await
     }
 
     /// Takes the order's lock, then provisions; a lock held by another delivery means later.
@@ -720,7 +731,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_order_with_no_room_to_wait_goes_back_before_its_lock() {
+    async fn a_new_order_waits_for_its_slot_before_its_lock_and_without_room_goes_back() {
         struct Refusing;
         impl OrderLocks for Refusing {
             async fn try_take(&self, _: &str) -> Result<Option<Lock>, LocksUnavailable> {
@@ -737,15 +748,23 @@ mod tests {
         assert!(processed.lock.is_none());
         assert!(aws.calls().is_empty(), "{:?}", aws.calls());
 
-        // With room, the place kept before the lock is the one the order waits in: the
-        // waiting room is asked once.
+        // With room, the order waits in the place kept for it, and takes its lock slot in
+        // hand; its CreateAccount uses that slot.
+        struct SlotFirst<'a>(&'a Room, Local);
+        impl OrderLocks for SlotFirst<'_> {
+            async fn try_take(&self, key: &str) -> Result<Option<Lock>, LocksUnavailable> {
+                assert_eq!(*self.0.waited_in_kept.lock().expect("waited"), 1);
+                self.1.try_take(key).await
+            }
+        }
         let aws = ScriptedOrganizations::default();
         let one = Room {
             room: 1,
             ..Room::default()
         };
+        let locks = SlotFirst(&one, Local::default());
         let processed = pipeline(&aws)
-            .process_one(&body(), Progress::default(), &Local::default(), &one)
+            .process_one(&body(), Progress::default(), &locks, &one)
             .await;
         assert!(
             matches!(&processed.outcome, Outcome::Report(e) if e.name() == report::PROVISIONED),

@@ -108,46 +108,58 @@ pub trait CreationSlots: Send + Sync {
     }
 }
 
-/// One order's view of `slots` once a place in the waiting room was kept for it (before its
-/// lock): its first [`CreationSlots::room_to_wait`] hands over that place.
+/// One order's view of `slots`, with the slot it already holds, if any: a new order waits for
+/// its slot before it takes its lock (so that a thousand orders waiting hold no lock), and its
+/// `CreateAccount` then uses that slot.
 pub struct Kept<'a, S> {
     slots: &'a S,
-    room: Mutex<Option<Room>>,
+    slot: Mutex<Option<Slot>>,
 }
 
 impl<'a, S> Kept<'a, S> {
-    /// `slots`, with `room` kept for the order.
-    pub fn new(slots: &'a S, room: Room) -> Self {
+    /// `slots`, with `slot` already held for the order (`None`: none yet).
+    pub fn new(slots: &'a S, slot: Option<Slot>) -> Self {
         Self {
             slots,
-            room: Mutex::new(Some(room)),
+            slot: Mutex::new(slot),
         }
+    }
+
+    fn held(&self) -> Option<Slot> {
+        self.slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn holds(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 }
 
 impl<S: CreationSlots> CreationSlots for Kept<'_, S> {
-    fn acquire(&self, payer: &str) -> impl Future<Output = Result<Slot, NoSlot>> + Send {
-        self.slots.acquire(payer)
-    }
-
-    fn room_to_wait(&self, payer: &str) -> Result<Room, NoSlot> {
-        let kept = self
-            .room
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match kept {
-            Some(room) if room.is_kept() => Ok(room),
-            _ => self.slots.room_to_wait(payer),
+    async fn acquire(&self, payer: &str) -> Result<Slot, NoSlot> {
+        match self.held() {
+            Some(slot) => Ok(slot),
+            None => self.slots.acquire(payer).await,
         }
     }
 
-    fn acquire_in(
-        &self,
-        payer: &str,
-        room: Room,
-    ) -> impl Future<Output = Result<Slot, NoSlot>> + Send {
-        self.slots.acquire_in(payer, room)
+    fn room_to_wait(&self, payer: &str) -> Result<Room, NoSlot> {
+        if self.holds() {
+            return Ok(Room::default());
+        }
+        self.slots.room_to_wait(payer)
+    }
+
+    async fn acquire_in(&self, payer: &str, room: Room) -> Result<Slot, NoSlot> {
+        match self.held() {
+            Some(slot) => Ok(slot),
+            None => self.slots.acquire_in(payer, room).await,
+        }
     }
 }
 
