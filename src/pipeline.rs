@@ -137,7 +137,11 @@ impl<O: Organizations> Pipeline<O> {
         };
         let span = order.span.clone();
         let slot = match &order.trip {
-            Trip::New(plan) if progress.is_fresh() && self.payers.contains_key(&plan.payer) => {
+            Trip::New(plan)
+                if progress.is_fresh()
+                    && !progress.lock_was_busy
+                    && self.payers.contains_key(&plan.payer) =>
+            {
                 match self.slot_first(plan, slots).instrument(span.clone()).await {
                     Ok(slot) => Some(slot),
                     Err(why) => {
@@ -773,6 +777,31 @@ mod tests {
         );
         assert_eq!(*one.kept.lock().expect("kept"), 1);
         assert_eq!(*one.waited_in_kept.lock().expect("waited"), 1);
+
+        // One whose last delivery found the lock held takes its lock first: a duplicate takes
+        // no slot only to find the lock held again.
+        struct LockFirst<'a>(&'a Room, Local);
+        impl OrderLocks for LockFirst<'_> {
+            async fn try_take(&self, key: &str) -> Result<Option<Lock>, LocksUnavailable> {
+                assert_eq!(*self.0.kept.lock().expect("kept"), 0, "no place kept yet");
+                self.1.try_take(key).await
+            }
+        }
+        let one = Room {
+            room: 1,
+            ..Room::default()
+        };
+        let held = Local::default();
+        let _other = held.try_take("AS-1").await.expect("locks");
+        let busy = Progress {
+            lock_was_busy: true,
+            ..Progress::default()
+        };
+        let processed = pipeline(&ScriptedOrganizations::default())
+            .process_one(&body(), busy, &LockFirst(&one, held.clone()), &one)
+            .await;
+        assert_eq!(reason(&processed.outcome), Some(&Reason::OrderBusy));
+        assert_eq!(*one.waited_in_kept.lock().expect("waited"), 0);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::domain::bounded::capped;
 use crate::domain::ids::PolicyId;
 use crate::domain::progress::Progress;
-use crate::retry::History;
+use crate::retry::{History, Reason};
 use crate::settle::SettleCounts;
 
 /// Failed attempts so far.
@@ -158,6 +158,8 @@ pub fn history_at(headers: Option<&FieldTable>, now: DateTime<Utc>) -> History {
                 .unwrap_or(0),
             handshake_id: text(headers, HANDSHAKE_ID),
             removed: text(headers, STEP).as_deref() == Some(REMOVED),
+            lock_was_busy: text(headers, FAILURE_REASON).as_deref()
+                == Some(Reason::OrderBusy.as_str()),
         },
     }
 }
@@ -404,6 +406,27 @@ mod tests {
             Some("car-abc")
         );
         assert_eq!(history.progress.account_id, None);
+    }
+
+    #[test]
+    fn a_retry_for_a_busy_lock_says_so_and_no_other_does() {
+        let cases = [
+            (Some("ORDER_BUSY"), true),
+            (Some("CREATION_SLOT_BUSY"), false),
+            (Some("order_busy"), false),
+            (None, false),
+        ];
+        for (reason, busy) in cases {
+            let mut table = FieldTable::default();
+            if let Some(reason) = reason {
+                set_text(&mut table, FAILURE_REASON, reason);
+            }
+            assert_eq!(
+                history(Some(&table)).progress.lock_was_busy,
+                busy,
+                "{reason:?}"
+            );
+        }
     }
 
     #[test]

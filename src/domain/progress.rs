@@ -41,6 +41,11 @@ pub struct Progress {
     /// A cancel removed the account from the organization (`x-step: removed`): a delivery
     /// that finds it gone reports it removed.
     pub removed: bool,
+    /// The last delivery of this order found its asset's lock held (it went to a retry queue
+    /// with `ORDER_BUSY`): this one takes its lock before it waits for a creation slot, so that
+    /// a duplicate does not take a slot only to find the lock held again. Read from
+    /// `x-failure-reason`; forged, it only changes the order of the lock and the slot.
+    pub lock_was_busy: bool,
 }
 
 impl Progress {
