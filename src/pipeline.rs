@@ -684,17 +684,21 @@ mod tests {
         assert!(aws.calls().is_empty(), "no AWS call: {:?}", aws.calls());
     }
 
+    /// Locks that must not be asked for: taking one panics with the reason.
+    struct NoLock(&'static str);
+
+    impl OrderLocks for NoLock {
+        async fn try_take(&self, _: &str) -> Result<Option<Lock>, LocksUnavailable> {
+            panic!("{}", self.0)
+        }
+    }
+
     #[tokio::test]
     async fn a_malformed_body_is_dead_lettered_before_any_lock() {
-        struct Refusing;
-        impl OrderLocks for Refusing {
-            async fn try_take(&self, _: &str) -> Result<Option<Lock>, LocksUnavailable> {
-                panic!("a malformed order takes no lock")
-            }
-        }
         let aws = ScriptedOrganizations::default();
+        let refusing = NoLock("a malformed order takes no lock");
         let processed = pipeline(&aws)
-            .process_one(b"not json", Progress::default(), &Refusing, &Unlimited)
+            .process_one(b"not json", Progress::default(), &refusing, &Unlimited)
             .await;
         assert_eq!(reason(&processed.outcome), Some(&Reason::NotJson));
         assert!(matches!(processed.outcome, Outcome::DeadLetter(_)));
@@ -736,16 +740,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_order_waits_for_its_slot_before_its_lock_and_without_room_goes_back() {
-        struct Refusing;
-        impl OrderLocks for Refusing {
-            async fn try_take(&self, _: &str) -> Result<Option<Lock>, LocksUnavailable> {
-                panic!("an order with no room to wait takes no lock")
-            }
-        }
         let aws = ScriptedOrganizations::default();
         let full = Room::default();
+        let refusing = NoLock("an order with no room to wait takes no lock");
         let processed = pipeline(&aws)
-            .process_one(&body(), Progress::default(), &Refusing, &full)
+            .process_one(&body(), Progress::default(), &refusing, &full)
             .await;
         assert_eq!(reason(&processed.outcome), Some(&Reason::CreationSlotBusy));
         assert!(matches!(processed.outcome, Outcome::Later(..)));
