@@ -394,6 +394,21 @@ impl SdkOrganizations {
     }
 }
 
+/// The Organizations tag `key` = `value` for `operation`'s request; a tag the SDK refuses to
+/// build fails the call before it is sent.
+fn tag(operation: &'static str, key: &str, value: &str) -> AwsResult<Tag> {
+    Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+        .map_err(|e| AwsError {
+            retry: Retry::Permanent,
+            operation,
+            code: None,
+            message: e.to_string(),
+        })
+}
+
 /// An SDK timestamp as a `SystemTime`, when it is one.
 fn system_time(time: &aws_smithy_types::DateTime) -> Option<std::time::SystemTime> {
     std::time::SystemTime::try_from(*time).ok()
@@ -625,17 +640,7 @@ impl Organizations for SdkOrganizations {
             .role_name(self.member.role_name.as_str())
             .iam_user_access_to_billing(billing);
         for (key, value) in &account.tags {
-            let tag = Tag::builder()
-                .key(key)
-                .value(value)
-                .build()
-                .map_err(|e| AwsError {
-                    retry: Retry::Permanent,
-                    operation: "CreateAccount",
-                    code: None,
-                    message: e.to_string(),
-                })?;
-            request = request.tags(tag);
+            request = request.tags(tag("CreateAccount", key, value)?);
         }
         // CreateAccount is not idempotent: a retry after a lost answer would request a second
         // account. The SDK does not retry it; the order goes back to the broker instead, and
@@ -920,17 +925,7 @@ impl Organizations for SdkOrganizations {
         let _turn = self.turn().await;
         let mut request = self.organizations.tag_resource().resource_id(&account.0);
         for (key, value) in tags {
-            let tag = Tag::builder()
-                .key(key)
-                .value(value)
-                .build()
-                .map_err(|e| AwsError {
-                    retry: Retry::Permanent,
-                    operation: "TagResource",
-                    code: None,
-                    message: e.to_string(),
-                })?;
-            request = request.tags(tag);
+            request = request.tags(tag("TagResource", key, value)?);
         }
         request
             .send()

@@ -933,29 +933,9 @@ impl State {
                 Some(token) => json!({"NextToken": token}),
                 None => json!({}),
             };
-            let mut builder = Request::builder()
-                .method(hyper::Method::POST)
-                .uri(format!("{}/", self.upstream));
-            for (name, value) in &parts.headers {
-                if name != HOST
-                    && name != CONNECTION
-                    && name != CONTENT_LENGTH
-                    && name != "x-amz-target"
-                {
-                    builder = builder.header(name, value);
-                }
-            }
-            let builder = builder.header("x-amz-target", "AWSOrganizationsV20161128.ListAccounts");
-            let Ok(request) = builder.body(Full::new(Bytes::from(body.to_string()))) else {
+            let Some(page) = self.call_moto(parts, "ListAccounts", &body).await else {
                 return false;
             };
-            let Ok(answer) = self.client.request(request).await else {
-                return false;
-            };
-            let Ok(collected) = answer.into_body().collect().await else {
-                return false;
-            };
-            let page: Value = serde_json::from_slice(&collected.to_bytes()).unwrap_or_default();
             let accounts = page["Accounts"].as_array().cloned().unwrap_or_default();
             if accounts.iter().any(|a| {
                 a["Email"]
