@@ -3,9 +3,11 @@
 //! becomes of the message (ack, retry or dead-letter) and the broker side carries that out.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::aws::{AccountId, Organizations, Retry};
@@ -16,7 +18,7 @@ use crate::domain::order::{self, MalformedOrder, PartialIds, PurchaseRequest};
 use crate::domain::outcome::Rejection;
 use crate::domain::progress::{Granted, Progress, Provisioned};
 use crate::lifecycle;
-use crate::locks::{Lock, OrderLocks};
+use crate::locks::{Lock, LocksUnavailable, OrderLocks};
 use crate::observability::Metrics;
 use crate::provision::{
     EMAIL_LOOKS, Polling, ProvisionError, Waiting, mark_credentials_issued, provision,
@@ -84,6 +86,35 @@ impl Processed {
     }
 }
 
+/// What taking an order's lock gave: the lock, `None` when another delivery holds it, or an
+/// error when the locks could not be asked.
+type Taken = Result<Option<Lock>, LocksUnavailable>;
+
+/// Where a new order's wait for its slot ([`Pipeline::slot_first`]) left it.
+enum SlotFirst {
+    /// Its slot, and its lock if it was taken while the order waited.
+    Ready(Slot, Option<Taken>),
+    /// No slot (no room to wait, or none in time): the order goes back, giving back the lock
+    /// it took while it waited, if it did.
+    NoSlot(NoSlot, Option<Lock>),
+    /// Its lock, taken while it waited, was held by another delivery or could not be asked
+    /// for: the order gave up its place.
+    NotLocked(Taken),
+}
+
+impl SlotFirst {
+    /// The wait's end from the slot (or why none) and the lock if one was asked for: a lock
+    /// refused decides whatever the slot.
+    fn of(slot: Result<Slot, NoSlot>, taken: Option<Taken>) -> Self {
+        match (slot, taken) {
+            (_, Some(refused @ (Ok(None) | Err(_)))) => Self::NotLocked(refused),
+            (Ok(slot), taken) => Self::Ready(slot, taken),
+            (Err(why), Some(Ok(Some(lock)))) => Self::NoSlot(why, Some(lock)),
+            (Err(why), None) => Self::NoSlot(why, None),
+        }
+    }
+}
+
 /// The pipeline: AWS plus the settings that resolution and provisioning need.
 pub struct Pipeline<O> {
     /// Each payer's management account, by `[payers.NAME]` name; an order goes to its
@@ -136,23 +167,43 @@ impl<O: Organizations> Pipeline<O> {
             }
         };
         let span = order.span.clone();
-        let slot = match &order.trip {
-            Trip::New(plan)
-                if progress.is_fresh()
-                    && !progress.lock_was_busy
-                    && self.payers.contains_key(&plan.payer) =>
-            {
-                match self.slot_first(plan, slots).instrument(span.clone()).await {
-                    Ok(slot) => Some(slot),
-                    Err(why) => {
-                        let outcome = span.in_scope(|| self.no_slot(&order, plan, &why));
-                        return Processed::unlocked(outcome, span);
-                    }
+        if let Trip::New(plan) = &order.trip
+            && progress.is_fresh()
+            && !progress.lock_was_busy
+            && self.payers.contains_key(&plan.payer)
+        {
+            let waited = Box::pin(self.slot_first(&order, plan, locks, slots))
+                .instrument(span.clone())
+                .await;
+            let (outcome, lock) = match waited {
+                SlotFirst::Ready(slot, taken) => {
+                    let slots = Kept::new(slots, Some(slot));
+                    let trip = async {
+                        match taken {
+                            Some(taken) => self.with_lock(&order, progress, taken, &slots).await,
+                            None => {
+                                self.lock_and_provision(&order, progress, locks, &slots)
+                                    .await
+                            }
+                        }
+                    };
+                    trip.instrument(span.clone()).await
                 }
-            }
-            _ => None,
-        };
-        let slots = Kept::new(slots, slot);
+                SlotFirst::NoSlot(why, lock) => {
+                    (span.in_scope(|| self.no_slot(&order, plan, &why)), lock)
+                }
+                SlotFirst::NotLocked(taken) => {
+                    let refused = self.with_lock(&order, progress, taken, slots);
+                    refused.instrument(span.clone()).await
+                }
+            };
+            return Processed {
+                outcome,
+                lock,
+                span,
+            };
+        }
+        let slots = Kept::new(slots, None);
         let (outcome, lock) = self
             .lock_and_provision(&order, progress, locks, &slots)
             .instrument(span.clone())
@@ -166,13 +217,40 @@ impl<O: Organizations> Pipeline<O> {
 
     /// The creation slot of a new order (no account, creation or earlier `CreateAccount` to
     /// look for), waited for before its lock: the wait holds no lock (a thousand orders waiting
-    /// would hold a thousand broker queues, and shut out their assets' other deliveries), and
-    /// the locks are then taken a few at a time, as slots come free. Nothing is asked of AWS
-    /// before the lock: the gate runs under it, slot in hand. With no room to wait, or no slot
-    /// in time, the order goes back having called nothing.
-    async fn slot_first(&self, plan: &Plan, slots: &impl CreationSlots) -> Result<Slot, NoSlot> {
-        let room = slots.room_to_wait(&plan.payer)?;
-        slots.acquire_in(&plan.payer, room).await
+    /// would hold a thousand broker queues, and shut out their assets' other deliveries). Once
+    /// the slots say it is one of the next to be served, it takes its lock while it still
+    /// waits, so that a slot handed to it does not stand idle while the lock is declared; a
+    /// lock held by another delivery gives up its place. Nothing is asked of AWS before the
+    /// lock: the gate runs under it, slot in hand. With no room to wait, or no slot in time,
+    /// the order goes back having called nothing.
+    async fn slot_first(
+        &self,
+        order: &Resolved,
+        plan: &Plan,
+        locks: &impl OrderLocks,
+        slots: &impl CreationSlots,
+    ) -> SlotFirst {
+        let room = match slots.room_to_wait(&plan.payer) {
+            Ok(room) => room,
+            Err(why) => return SlotFirst::NoSlot(why, None),
+        };
+        let (tell, next) = oneshot::channel();
+        let mut waiting = pin!(slots.acquire_in(&plan.payer, room.telling_next(tell)));
+        tokio::select! {
+            biased;
+            slot = &mut waiting => return SlotFirst::of(slot, None),
+            // Told, or dropped untold: either way the lock comes next.
+            _ = next => {}
+        }
+        let key = order.lock_key();
+        let mut taking = pin!(locks.try_take(&key));
+        tokio::select! {
+            slot = &mut waiting => SlotFirst::of(slot, Some(taking.await)),
+            taken = &mut taking => match taken {
+                Ok(Some(lock)) => SlotFirst::of(waiting.await, Some(Ok(Some(lock)))),
+                refused => SlotFirst::NotLocked(refused),
+            },
+        }
     }
 
     /// Takes the order's lock, then provisions; a lock held by another delivery means later.
@@ -183,10 +261,23 @@ impl<O: Organizations> Pipeline<O> {
         locks: &impl OrderLocks,
         slots: &impl CreationSlots,
     ) -> (Outcome, Option<Lock>) {
+        let taken = Box::pin(locks.try_take(&order.lock_key())).await;
+        self.with_lock(order, progress, taken, slots).await
+    }
+
+    /// Provisions (or serves a later request) under `taken`, the order's lock if it was given;
+    /// a lock held by another delivery means later.
+    async fn with_lock(
+        &self,
+        order: &Resolved,
+        progress: Progress,
+        taken: Taken,
+        slots: &impl CreationSlots,
+    ) -> (Outcome, Option<Lock>) {
         // Each step's future is boxed: inline, the trip held room for the largest of them
         // (taking the lock, provisioning, a later request) all its life, a thousand orders
         // waiting for a slot included (docs/perf/rss.md).
-        match Box::pin(locks.try_take(&order.lock_key())).await {
+        match taken {
             Ok(Some(lock)) => {
                 let outcome = match &order.trip {
                     Trip::New(plan) => Box::pin(self.provision(order, plan, progress, slots)).await,
@@ -801,6 +892,106 @@ mod tests {
             .await;
         assert_eq!(reason(&processed.outcome), Some(&Reason::OrderBusy));
         assert_eq!(*one.waited_in_kept.lock().expect("waited"), 0);
+    }
+
+    /// Slots with one place in line: it tells the order it is next at once, and hands the
+    /// slot out only once `give` is sent; `places` counts the places still kept.
+    struct Line {
+        give: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+        places: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Line {
+        fn new() -> (Self, oneshot::Sender<()>) {
+            let (give, given) = oneshot::channel();
+            let line = Self {
+                give: std::sync::Mutex::new(Some(given)),
+                places: Arc::default(),
+            };
+            (line, give)
+        }
+    }
+
+    /// Counts one place in [`Line`] while it lives.
+    struct Place(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Place {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl CreationSlots for Line {
+        async fn acquire(&self, _: &str) -> Result<crate::slots::Slot, NoSlot> {
+            panic!("a new order waits in the place kept for it")
+        }
+
+        fn room_to_wait(&self, _: &str) -> Result<crate::slots::Room, NoSlot> {
+            self.places
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(crate::slots::Room::new(Place(Arc::clone(&self.places))))
+        }
+
+        async fn acquire_in(
+            &self,
+            _: &str,
+            mut room: crate::slots::Room,
+        ) -> Result<crate::slots::Slot, NoSlot> {
+            let next = room.take_next().expect("the order asks to be told");
+            next.send(()).expect("the order listens");
+            let given = self.give.lock().expect("give").take().expect("one wait");
+            given
+                .await
+                .map_err(|_| NoSlot::Unavailable("no slot".into()))?;
+            Ok(crate::slots::Slot::new(room))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_order_told_it_is_next_takes_its_lock_while_it_waits() {
+        // Its lock is taken before its slot comes: taking it gives the slot.
+        struct GivesTheSlot(std::sync::Mutex<Option<oneshot::Sender<()>>>, Local);
+        impl OrderLocks for GivesTheSlot {
+            async fn try_take(&self, key: &str) -> Result<Option<Lock>, LocksUnavailable> {
+                let give = self.0.lock().expect("give").take();
+                give.expect("the lock is taken once, before the slot comes")
+                    .send(())
+                    .expect("the order still waits");
+                self.1.try_take(key).await
+            }
+        }
+        let aws = ScriptedOrganizations::default();
+        let (line, give) = Line::new();
+        let locks = GivesTheSlot(std::sync::Mutex::new(Some(give)), Local::default());
+        let processed = tokio::time::timeout(
+            Duration::from_secs(5),
+            pipeline(&aws).process_one(&body(), Progress::default(), &locks, &line),
+        )
+        .await
+        .expect("the slot comes once the lock is taken");
+        assert!(
+            matches!(&processed.outcome, Outcome::Report(e) if e.name() == report::PROVISIONED),
+            "{:?}",
+            processed.outcome
+        );
+        assert!(processed.lock.is_some(), "held until settled");
+
+        // A lock held by another delivery: the order gives up its place at once, without its
+        // slot (which never comes here) and without calling AWS.
+        let aws = ScriptedOrganizations::default();
+        let (line, _never) = Line::new();
+        let held = Local::default();
+        let _other = held.try_take("AS-1").await.expect("locks");
+        let processed = tokio::time::timeout(
+            Duration::from_secs(5),
+            pipeline(&aws).process_one(&body(), Progress::default(), &held, &line),
+        )
+        .await
+        .expect("the order does not wait for its slot once its lock is refused");
+        assert_eq!(reason(&processed.outcome), Some(&Reason::OrderBusy));
+        assert!(processed.lock.is_none());
+        assert_eq!(line.places.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(aws.calls().is_empty(), "{:?}", aws.calls());
     }
 
     #[tokio::test]

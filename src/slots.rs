@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// A creation slot held; dropping it gives it back.
 pub struct Slot {
@@ -52,6 +52,8 @@ pub enum NoSlot {
 #[derive(Default)]
 pub struct Room {
     held: Option<Box<dyn Send + Sync>>,
+    /// Told once the order is one of the next to be served: see [`Room::telling_next`].
+    next: Option<oneshot::Sender<()>>,
 }
 
 impl Room {
@@ -59,7 +61,23 @@ impl Room {
     pub fn new(held: impl Send + Sync + 'static) -> Self {
         Self {
             held: Some(Box::new(held)),
+            next: None,
         }
+    }
+
+    /// This place, telling `next` once the order waiting in it is one of the next few to be
+    /// served (as many as the payer has slots), so that it can take its lock while it still
+    /// waits. Slots that keep no queue of waiters, or hand the slot out first, drop `next`
+    /// untold instead: either way the order goes on to its lock.
+    #[must_use]
+    pub fn telling_next(mut self, next: oneshot::Sender<()>) -> Self {
+        self.next = Some(next);
+        self
+    }
+
+    /// Who to tell once the order is one of the next to be served (for the slots' side).
+    pub fn take_next(&mut self) -> Option<oneshot::Sender<()>> {
+        self.next.take()
     }
 
     /// Whether this place is counted in a waiting room (`false`: [`Room::default`], nothing

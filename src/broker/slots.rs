@@ -77,9 +77,17 @@ struct Payer {
 
 enum Request {
     /// A local order wants a slot.
-    Acquire(oneshot::Sender<Held>),
+    Acquire(Waiter),
     /// Slot `i` is given back.
     Release(usize),
+}
+
+/// A local order waiting for a slot.
+struct Waiter {
+    /// Where its slot goes.
+    slot: oneshot::Sender<Held>,
+    /// Told once it is one of the next to be served; `None` once told.
+    next: Option<oneshot::Sender<()>>,
 }
 
 /// Slot `index`, owned by this process; dropped, it goes back to the payer's task.
@@ -200,12 +208,16 @@ impl BrokerSlots {
     }
 
     /// Waits for a slot of `task`'s payer, counted as a waiter by `_waiting` meanwhile.
-    async fn wait(&self, task: Payer, _waiting: Room) -> Result<Slot, NoSlot> {
+    async fn wait(&self, task: Payer, mut waiting: Room) -> Result<Slot, NoSlot> {
         let limits = &self.inner.limits;
         let _counted = self.inner.metrics.slot_waiter(&task.name);
         let (give, take) = oneshot::channel();
+        let waiter = Waiter {
+            slot: give,
+            next: waiting.take_next(),
+        };
         task.requests
-            .send(Request::Acquire(give))
+            .send(Request::Acquire(waiter))
             .map_err(|_| NoSlot::Unavailable("the slot task ended".to_owned()))?;
         let started = tokio::time::Instant::now();
         let waited = tokio::time::timeout(limits.max_wait, take).await;
@@ -253,7 +265,7 @@ struct PayerTask {
     /// The lease of slot `i`'s queue, while this process owns it.
     owned: Vec<Option<Lease>>,
     /// Local orders waiting, oldest first.
-    waiters: VecDeque<oneshot::Sender<Held>>,
+    waiters: VecDeque<Waiter>,
     /// For the slots handed out, to come back; weak, so that the task ends once the slots'
     /// owner and every slot handed out are gone.
     requests: mpsc::WeakUnboundedSender<Request>,
@@ -267,7 +279,8 @@ impl PayerTask {
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            self.waiters.retain(|w| !w.is_closed());
+            self.waiters.retain(|w| !w.slot.is_closed());
+            self.tell_next();
             let waiting = !self.waiters.is_empty();
             tokio::select! {
                 request = receiver.recv() => match request {
@@ -290,9 +303,21 @@ impl PayerTask {
         }
     }
 
+    /// Tells the oldest local waiters, as many as there are slots, that they are next: each
+    /// then takes its order's lock while it waits, so that a slot handed to it is not kept idle
+    /// while the lock is declared. Only the next few hold a lock as they wait, not the whole
+    /// waiting room.
+    fn tell_next(&mut self) {
+        for waiter in self.waiters.iter_mut().take(self.names.len()) {
+            if let Some(next) = waiter.next.take() {
+                let _ = next.send(());
+            }
+        }
+    }
+
     /// Hands slot `index` to the oldest local waiter; `false` if none is left.
     fn hand_over(&mut self, index: usize) -> bool {
-        while let Some(waiter) = self.waiters.pop_front() {
+        while let Some(Waiter { slot: waiter, .. }) = self.waiters.pop_front() {
             // A waiter exists, so its `acquire` holds a strong sender: upgrading succeeds.
             let Some(requests) = self.requests.upgrade() else {
                 return false;
@@ -324,7 +349,7 @@ impl PayerTask {
     /// Takes every slot no replica holds, while local orders wait for one.
     async fn take_free(&mut self) {
         for index in 0..self.names.len() {
-            self.waiters.retain(|w| !w.is_closed());
+            self.waiters.retain(|w| !w.slot.is_closed());
             if self.waiters.is_empty() {
                 return;
             }

@@ -12,7 +12,7 @@ use aws_account_worker::broker::locks::BrokerLocks;
 use aws_account_worker::broker::slots::{BrokerSlots, Limits};
 use aws_account_worker::locks::OrderLocks;
 use aws_account_worker::observability::Metrics;
-use aws_account_worker::slots::{CreationSlots, NoSlot};
+use aws_account_worker::slots::{CreationSlots, NoSlot, Slot};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -300,6 +300,64 @@ async fn until_one_waits(slots: &BrokerSlots) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits for a slot of payer `p` in a place told through the returned receiver once the order
+/// is one of the next to be served.
+fn wait_told(
+    slots: &BrokerSlots,
+) -> (
+    tokio::task::JoinHandle<Result<Slot, NoSlot>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (tell, told) = tokio::sync::oneshot::channel();
+    let room = slots.room_to_wait("p").expect("room").telling_next(tell);
+    let slots = slots.clone();
+    (
+        tokio::spawn(async move { slots.acquire_in("p", room).await }),
+        told,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_as_many_waiters_as_there_are_slots_are_told_they_are_next() {
+    let prefix = format!("test-slots.{}", crate::support::digits(10));
+    let connection = connect().await;
+    let slots = BrokerSlots::new(&connection, &url(), &prefix, limits(2, 8, DEADLINE));
+    let first = slots.acquire("p").await.expect("first slot");
+    let _second = slots.acquire("p").await.expect("second slot");
+
+    // Two slots: the two oldest waiters are told, in turn; the third is not.
+    let (one, told_one) = wait_told(&slots);
+    tokio::time::timeout(DEADLINE, told_one)
+        .await
+        .expect("the oldest waiter is told")
+        .expect("told, not dropped");
+    let (_two, told_two) = wait_told(&slots);
+    tokio::time::timeout(DEADLINE, told_two)
+        .await
+        .expect("the second waiter is told")
+        .expect("told, not dropped");
+    let (_three, mut told_three) = wait_told(&slots);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        told_three.try_recv(),
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty),
+        "a third waiter of two slots is not next"
+    );
+
+    // A slot comes back: the oldest waiter gets it, and the third is now next.
+    drop(first);
+    tokio::time::timeout(DEADLINE, one)
+        .await
+        .expect("the oldest waiter gets the slot")
+        .expect("task")
+        .expect("slot");
+    tokio::time::timeout(DEADLINE, told_three)
+        .await
+        .expect("the third waiter is told once it is next")
+        .expect("told, not dropped");
+    let _ = connection.close(200, "done".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
