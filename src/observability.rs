@@ -199,7 +199,7 @@ impl Metrics {
         );
         registry.register(
             "order_processing_seconds",
-            "Time from taking a delivery to settling it",
+            "Time from taking a delivery to settling it (its lock is given back just after)",
             metrics.processing.clone(),
         );
         registry.register(

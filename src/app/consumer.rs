@@ -141,12 +141,11 @@ impl Session {
                         };
                         // Boxed: the task holds what it captured and a pointer, not room for
                         // every state of the handling as well (docs/perf/rss.md).
-                        let handling = Box::pin(handler.handle(delivery));
+                        let handling = Box::pin(handler.handle(delivery, in_flight_now));
                         tokio::select! {
                             () = lost.cancelled() => {}
                             () = handling => {}
                         }
-                        drop(in_flight_now);
                     }));
                 }
                 Some(Err(e)) => return Ended::Lost(e.to_string()),

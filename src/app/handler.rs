@@ -15,6 +15,7 @@ use crate::broker::headers;
 use crate::broker::settle::{Settled, Settler};
 use crate::domain::progress::Progress;
 use crate::locks::OrderLocks;
+use crate::observability::InFlight;
 use crate::pipeline::{Outcome, Pipeline, Processed};
 use crate::slots::CreationSlots;
 
@@ -34,8 +35,10 @@ pub struct Handler<'a, O, L, S> {
 impl<O: Organizations, L: OrderLocks, S: CreationSlots> Handler<'_, O, L, S> {
     /// Takes `delivery` through the trip and settles it; the order's lock is given back once
     /// the outcome is settled, so that the next delivery of the same order finds the account
-    /// and the event already out.
-    pub async fn handle(&self, delivery: Delivery) {
+    /// and the event already out. `clock` times the delivery: it ends once the delivery is
+    /// settled (acknowledged, or in a retry queue or the dead-letter queue), or once handed
+    /// back to the broker.
+    pub async fn handle(&self, delivery: Delivery, clock: InFlight) {
         let history = headers::history(delivery.properties.headers().as_ref());
         let span = info_span!(
             "delivery",
@@ -79,12 +82,23 @@ impl<O: Organizations, L: OrderLocks, S: CreationSlots> Handler<'_, O, L, S> {
                         let counts = headers::settle_counts(delivery.properties.headers().as_ref());
                         Settled::HandBackAfter(crate::settle::hold(counts))
                     });
+                let hold = match settled {
+                    Settled::HandBackAfter(hold) => Some(hold),
+                    settled => {
+                        info!(?settled, "delivery settled");
+                        None
+                    }
+                };
+                if hold.is_none() {
+                    // Settled, the order has left the worker: its time ends here. Giving its
+                    // lock back comes after (a delete at the broker), off the order's path.
+                    drop(clock);
+                }
                 if let Some(lock) = lock {
                     lock.release().await;
                 }
-                match settled {
-                    Settled::HandBackAfter(hold) => hand_back_after(&delivery, hold).await,
-                    settled => info!(?settled, "delivery settled"),
+                if let Some(hold) = hold {
+                    hand_back_after(&delivery, hold).await;
                 }
             }
             .instrument(span)

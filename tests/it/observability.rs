@@ -37,12 +37,15 @@ async fn metrics_count_orders_outcomes_and_aws_calls() {
         env.next_event().await;
     }
 
-    // Counts are taken once a delivery is acknowledged, just after its event: wait for all 4.
+    // Counts are taken once a delivery is acknowledged, just after its event, and its lock is
+    // given back just after that: wait for all 4, and for their locks.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let text = loop {
         let (status, text) = worker.get("/metrics").await;
         assert_eq!(status, 200);
-        if sample(&text, "aws_account_worker_order_processing_seconds_count") == Some(4.0) {
+        if sample(&text, "aws_account_worker_order_processing_seconds_count") == Some(4.0)
+            && sample(&text, "aws_account_worker_order_locks_held") == Some(0.0)
+        {
             break text;
         }
         assert!(
