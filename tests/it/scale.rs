@@ -231,11 +231,12 @@ async fn refused_tries_do_not_use_up_the_connection() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!waiting.is_finished(), "the slot is held");
     drop(held);
-    tokio::time::timeout(DEADLINE, waiting)
-        .await
-        .expect("the slot reaches the waiter after many refusals")
-        .expect("task")
-        .expect("slot");
+    slot_within(
+        DEADLINE,
+        waiting,
+        "the slot reaches the waiter after many refusals",
+    )
+    .await;
 }
 
 fn limits(slots: usize, max_waiting: usize, max_wait: Duration) -> Limits {
@@ -267,11 +268,12 @@ async fn slots_are_shared_between_connections_and_come_back_when_one_closes() {
     assert!(!waiting.is_finished(), "both slots of p are held");
 
     drop(a);
-    let c = tokio::time::timeout(DEADLINE, waiting)
-        .await
-        .expect("a slot given back reaches the other connection")
-        .expect("task")
-        .expect("slot");
+    let c = slot_within(
+        DEADLINE,
+        waiting,
+        "a slot given back reaches the other connection",
+    )
+    .await;
 
     // The first connection closes (as when its process dies): its slot comes back.
     let again = tokio::spawn({
@@ -281,13 +283,22 @@ async fn slots_are_shared_between_connections_and_come_back_when_one_closes() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!again.is_finished(), "one slot each");
     one.close(200, "gone".into()).await.expect("close");
-    tokio::time::timeout(DEADLINE, again)
-        .await
-        .expect("the closed connection's slot comes back")
-        .expect("task")
-        .expect("slot");
+    slot_within(DEADLINE, again, "the closed connection's slot comes back").await;
     drop(c);
     let _ = two.close(200, "done".into()).await;
+}
+
+/// The slot `waiting` gets within `limit`; fails the test with `what` if none comes.
+async fn slot_within(
+    limit: Duration,
+    waiting: tokio::task::JoinHandle<Result<Slot, NoSlot>>,
+    what: &str,
+) -> Slot {
+    tokio::time::timeout(limit, waiting)
+        .await
+        .expect(what)
+        .expect("task")
+        .expect("slot")
 }
 
 /// Returns once an order of payer `p` waits for a slot (the waiting room of one is full).
@@ -348,11 +359,7 @@ async fn only_as_many_waiters_as_there_are_slots_are_told_they_are_next() {
 
     // A slot comes back: the oldest waiter gets it, and the third is now next.
     drop(first);
-    tokio::time::timeout(DEADLINE, one)
-        .await
-        .expect("the oldest waiter gets the slot")
-        .expect("task")
-        .expect("slot");
+    slot_within(DEADLINE, one, "the oldest waiter gets the slot").await;
     tokio::time::timeout(DEADLINE, told_three)
         .await
         .expect("the third waiter is told once it is next")
@@ -395,11 +402,7 @@ async fn waiting_for_a_slot_is_bounded_in_number_and_time() {
     });
     until_one_waits(&slots).await;
     drop(held);
-    tokio::time::timeout(Duration::from_secs(5), next)
-        .await
-        .expect("taken by the next waiter")
-        .expect("task")
-        .expect("slot");
+    slot_within(Duration::from_secs(5), next, "taken by the next waiter").await;
     let _ = connection.close(200, "done".into()).await;
 }
 
