@@ -92,8 +92,8 @@ type Taken = Result<Option<Lock>, LocksUnavailable>;
 
 /// Where a new order's wait for its slot ([`Pipeline::slot_first`]) left it.
 enum SlotFirst {
-    /// Its slot, and its lock if it was taken while the order waited.
-    Ready(Slot, Option<Taken>),
+    /// Its slot and its lock.
+    Ready(Slot, Lock),
     /// No slot (no room to wait, or none in time): the order goes back, giving back the lock
     /// it took while it waited, if it did.
     NoSlot(NoSlot, Option<Lock>),
@@ -103,14 +103,13 @@ enum SlotFirst {
 }
 
 impl SlotFirst {
-    /// The wait's end from the slot (or why none) and the lock if one was asked for: a lock
-    /// refused decides whatever the slot.
-    fn of(slot: Result<Slot, NoSlot>, taken: Option<Taken>) -> Self {
+    /// The wait's end from the slot (or why none) and the lock: a lock refused decides
+    /// whatever the slot.
+    fn of(slot: Result<Slot, NoSlot>, taken: Taken) -> Self {
         match (slot, taken) {
-            (_, Some(refused @ (Ok(None) | Err(_)))) => Self::NotLocked(refused),
-            (Ok(slot), taken) => Self::Ready(slot, taken),
-            (Err(why), Some(Ok(Some(lock)))) => Self::NoSlot(why, Some(lock)),
-            (Err(why), None) => Self::NoSlot(why, None),
+            (_, refused @ (Ok(None) | Err(_))) => Self::NotLocked(refused),
+            (Ok(slot), Ok(Some(lock))) => Self::Ready(slot, lock),
+            (Err(why), Ok(Some(lock))) => Self::NoSlot(why, Some(lock)),
         }
     }
 }
@@ -176,17 +175,9 @@ impl<O: Organizations> Pipeline<O> {
                 .instrument(span.clone())
                 .await;
             let (outcome, lock) = match waited {
-                SlotFirst::Ready(slot, taken) => {
+                SlotFirst::Ready(slot, lock) => {
                     let slots = Kept::new(slots, Some(slot));
-                    let trip = async {
-                        match taken {
-                            Some(taken) => self.with_lock(&order, progress, taken, &slots).await,
-                            None => {
-                                self.lock_and_provision(&order, progress, locks, &slots)
-                                    .await
-                            }
-                        }
-                    };
+                    let trip = self.with_lock(&order, progress, Ok(Some(lock)), &slots);
                     trip.instrument(span.clone()).await
                 }
                 SlotFirst::NoSlot(why, lock) => {
@@ -236,18 +227,23 @@ impl<O: Organizations> Pipeline<O> {
         };
         let (tell, next) = oneshot::channel();
         let mut waiting = pin!(slots.acquire_in(&plan.payer, room.telling_next(tell)));
+        let key = order.lock_key();
         tokio::select! {
             biased;
-            slot = &mut waiting => return SlotFirst::of(slot, None),
+            slot = &mut waiting => {
+                return match slot {
+                    Ok(slot) => SlotFirst::of(Ok(slot), Box::pin(locks.try_take(&key)).await),
+                    Err(why) => SlotFirst::NoSlot(why, None),
+                };
+            }
             // Told, or dropped untold: either way the lock comes next.
             _ = next => {}
         }
-        let key = order.lock_key();
         let mut taking = pin!(locks.try_take(&key));
         tokio::select! {
-            slot = &mut waiting => SlotFirst::of(slot, Some(taking.await)),
+            slot = &mut waiting => SlotFirst::of(slot, taking.await),
             taken = &mut taking => match taken {
-                Ok(Some(lock)) => SlotFirst::of(waiting.await, Some(Ok(Some(lock)))),
+                Ok(Some(lock)) => SlotFirst::of(waiting.await, Ok(Some(lock))),
                 refused => SlotFirst::NotLocked(refused),
             },
         }

@@ -86,14 +86,12 @@ impl<O: Organizations, L: OrderLocks, S: CreationSlots> Handler<'_, O, L, S> {
                     Settled::HandBackAfter(hold) => Some(hold),
                     settled => {
                         info!(?settled, "delivery settled");
+                        // Settled, the order has left the worker: its time ends here. Giving
+                        // its lock back comes after (a delete at the broker), off its path.
+                        drop(clock);
                         None
                     }
                 };
-                if hold.is_none() {
-                    // Settled, the order has left the worker: its time ends here. Giving its
-                    // lock back comes after (a delete at the broker), off the order's path.
-                    drop(clock);
-                }
                 if let Some(lock) = lock {
                     lock.release().await;
                 }
