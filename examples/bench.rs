@@ -731,6 +731,59 @@ fn raw_lapin_process(count: usize, size: usize) -> anyhow::Result<f64> {
     Ok(String::from_utf8(output.stdout)?.trim().parse()?)
 }
 
+/// The AWS calls of one new order alone, with the worker's SDK settings and none of its
+/// code: `ListCreateAccountStatus` then `CreateAccount`, `count` times one after the other,
+/// against a fresh payer in the same moto. Prints this process's CPU per pair in milliseconds.
+async fn raw_sdk(count: usize) -> anyhow::Result<()> {
+    let credentials = payer().await?;
+    let limits = aws_account_worker::aws::CallLimits::default();
+    let config = aws_sdk_organizations::config::Builder::from(&moto(&moto_endpoint(), credentials))
+        .timeout_config(aws_account_worker::aws::sdk::timeouts(&limits))
+        .retry_config(aws_account_worker::aws::sdk::retries(&limits))
+        .build();
+    let organizations = aws_sdk_organizations::Client::from_conf(config);
+    let pid = std::process::id();
+    let before = cpu_ms(pid)?;
+    for _ in 0..count {
+        let id = digits(12);
+        organizations
+            .list_create_account_status()
+            .states(aws_sdk_organizations::types::CreateAccountState::InProgress)
+            .send()
+            .await?;
+        organizations
+            .create_account()
+            .email(format!("raw-{id}@provider.example"))
+            .account_name(format!("raw {id}"))
+            .role_name("OrganizationAccountAccessRole")
+            // As the worker sends it: the SDK never retries a CreateAccount.
+            .customize()
+            .config_override(
+                aws_sdk_organizations::config::Builder::default()
+                    .retry_config(aws_sdk_organizations::config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await?;
+    }
+    let after = cpu_ms(pid)?;
+    println!("{}", (after - before) / count as f64);
+    Ok(())
+}
+
+/// The CPU per order of [`raw_sdk`], run in its own process.
+fn raw_sdk_process(count: usize) -> anyhow::Result<f64> {
+    let output = Command::new(std::env::current_exe()?)
+        .args(["raw-sdk", &count.to_string()])
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "raw-sdk failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}
+
 /// `rss_mib_1000_in_flight`: one worker holding 1,000 orders, 5 creating (for 10 minutes) and
 /// 995 waiting for a creation slot.
 async fn rss_1000() -> anyhow::Result<()> {
@@ -843,6 +896,10 @@ async fn main() -> anyhow::Result<()> {
         let size = args.get(2).context("SIZE")?.parse()?;
         return raw_lapin(count, size).await;
     }
+    if args.first().map(String::as_str) == Some("raw-sdk") {
+        let count = args.get(1).context("COUNT")?.parse()?;
+        return raw_sdk(count).await;
+    }
     let orders = count("BENCH_ORDERS", 150);
     if std::env::var_os("BENCH_PERF").is_some() {
         // Only the one-worker run, for its profile (the figures include perf's own cost).
@@ -863,6 +920,12 @@ async fn main() -> anyhow::Result<()> {
         figure("worker_cpu_ms_per_order", worker_cpu);
         figure("raw_lapin_cpu_ms_per_message", raw);
         figure("cpu_ratio", worker_cpu / raw);
+        // The two AWS calls of an order through the SDK alone, and with the raw lapin loop the
+        // part of an order's CPU that the worker's own code does not spend.
+        let sdk = raw_sdk_process(orders.max(300))?;
+        figure("raw_sdk_cpu_ms_per_order", sdk);
+        figure("raw_floor_cpu_ms_per_order", raw + sdk);
+        figure("worker_cpu_over_floor_ms_per_order", worker_cpu - raw - sdk);
     }
     if runs("moto3") {
         throughput(3, orders).await?;
