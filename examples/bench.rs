@@ -717,14 +717,14 @@ async fn raw_lapin(count: usize, size: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `raw-lapin` as a process of its own: its CPU per message.
-fn raw_lapin_process(count: usize, size: usize) -> anyhow::Result<f64> {
-    let output = Command::new(std::env::current_exe()?)
-        .args(["raw-lapin", &count.to_string(), &size.to_string()])
-        .output()?;
+/// Runs this binary as a process of its own with `args` (`raw-lapin …`, `raw-sdk …`): the one
+/// figure it prints.
+fn own_process(args: &[String]) -> anyhow::Result<f64> {
+    let output = Command::new(std::env::current_exe()?).args(args).output()?;
     if !output.status.success() {
         bail!(
-            "raw-lapin failed: {}",
+            "{} failed: {}",
+            args[0],
             String::from_utf8_lossy(&output.stderr)
         );
     }
@@ -768,20 +768,6 @@ async fn raw_sdk(count: usize) -> anyhow::Result<()> {
     let after = cpu_ms(pid)?;
     println!("{}", (after - before) / count as f64);
     Ok(())
-}
-
-/// The CPU per order of [`raw_sdk`], run in its own process.
-fn raw_sdk_process(count: usize) -> anyhow::Result<f64> {
-    let output = Command::new(std::env::current_exe()?)
-        .args(["raw-sdk", &count.to_string()])
-        .output()?;
-    if !output.status.success() {
-        bail!(
-            "raw-sdk failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
 }
 
 /// `rss_mib_1000_in_flight`: one worker holding 1,000 orders, 5 creating (for 10 minutes) and
@@ -916,13 +902,17 @@ async fn main() -> anyhow::Result<()> {
         let Some((worker_cpu, size)) = throughput(1, orders).await? else {
             bail!("no CPU figure");
         };
-        let raw = raw_lapin_process(orders.max(1000), size)?;
+        let raw = own_process(&[
+            "raw-lapin".into(),
+            orders.max(1000).to_string(),
+            size.to_string(),
+        ])?;
         figure("worker_cpu_ms_per_order", worker_cpu);
         figure("raw_lapin_cpu_ms_per_message", raw);
         figure("cpu_ratio", worker_cpu / raw);
         // The two AWS calls of an order through the SDK alone, and with the raw lapin loop the
         // part of an order's CPU that the worker's own code does not spend.
-        let sdk = raw_sdk_process(orders.max(300))?;
+        let sdk = own_process(&["raw-sdk".into(), orders.max(300).to_string()])?;
         figure("raw_sdk_cpu_ms_per_order", sdk);
         figure("raw_floor_cpu_ms_per_order", raw + sdk);
         figure("worker_cpu_over_floor_ms_per_order", worker_cpu - raw - sdk);
