@@ -3,7 +3,9 @@
 //! one `name value` line per figure on standard output. It measures; it asserts no timing.
 //!
 //! `bench` runs every phase; `bench raw-lapin COUNT SIZE` is the bare lapin loop it compares
-//! the worker with (consume → publish with confirm → ack), run as a process of its own.
+//! the worker with (consume → publish with confirm → ack), run as a process of its own;
+//! `bench raw-sdk COUNT` the two AWS calls of a new order through the SDK alone, and
+//! `bench raw-http COUNT` the same calls signed by hand on a bare hyper client (docs/perf/cpu.md).
 //! With `BENCH_PERF=1` it runs only the one-worker phase under `perf record`.
 
 use std::collections::BTreeMap;
@@ -770,6 +772,80 @@ async fn raw_sdk(count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same two calls as `raw_sdk`, without the SDK: each request built by hand (the JSON
+/// protocol Organizations speaks), signed with `aws-sigv4` (the SDK's own signer) and sent on
+/// one pooled hyper client. What the calls would cost through the thinnest client possible;
+/// prints this process's CPU per pair in milliseconds.
+async fn raw_http(count: usize) -> anyhow::Result<()> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_sigv4::sign::v4::SigningParams;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+
+    let credentials = payer().await?;
+    let identity = credentials.into();
+    let endpoint = moto_endpoint();
+    let client: Client<_, Full<bytes::Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let call = async |target: &str, body: String| -> anyhow::Result<()> {
+        let mut request = hyper::Request::post(format!("{endpoint}/"))
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amz-target", format!("AWSOrganizationsV20161128.{target}"))
+            .body(Full::new(bytes::Bytes::from(body)))?;
+        let params = SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("organizations")
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()?
+            .into();
+        let body = request.body().clone().collect().await?.to_bytes();
+        let signable = SignableRequest::new(
+            "POST",
+            request.uri().to_string(),
+            request
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or(""))),
+            SignableBody::Bytes(&body),
+        )?;
+        let (instructions, _) = sign(signable, &params)?.into_parts();
+        instructions.apply_to_request_http1x(&mut request);
+        let response = client.request(request).await?;
+        let status = response.status();
+        let answer = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("{target}: {status}: {}", String::from_utf8_lossy(&answer));
+        }
+        serde_json::from_slice::<Value>(&answer)?;
+        Ok(())
+    };
+    let pid = std::process::id();
+    let before = cpu_ms(pid)?;
+    for _ in 0..count {
+        let id = digits(12);
+        call(
+            "ListCreateAccountStatus",
+            json!({"States": ["IN_PROGRESS"]}).to_string(),
+        )
+        .await?;
+        call(
+            "CreateAccount",
+            json!({
+                "Email": format!("raw-{id}@provider.example"),
+                "AccountName": format!("raw {id}"),
+                "RoleName": "OrganizationAccountAccessRole",
+            })
+            .to_string(),
+        )
+        .await?;
+    }
+    let after = cpu_ms(pid)?;
+    println!("{}", (after - before) / count as f64);
+    Ok(())
+}
+
 /// `rss_mib_1000_in_flight`: one worker holding 1,000 orders, 5 creating (for 10 minutes) and
 /// 995 waiting for a creation slot.
 async fn rss_1000() -> anyhow::Result<()> {
@@ -885,6 +961,10 @@ async fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("raw-sdk") {
         let count = args.get(1).context("COUNT")?.parse()?;
         return raw_sdk(count).await;
+    }
+    if args.first().map(String::as_str) == Some("raw-http") {
+        let count = args.get(1).context("COUNT")?.parse()?;
+        return raw_http(count).await;
     }
     let orders = count("BENCH_ORDERS", 150);
     if std::env::var_os("BENCH_PERF").is_some() {
