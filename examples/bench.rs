@@ -790,7 +790,10 @@ async fn raw_http(count: usize) -> anyhow::Result<()> {
     let call = async |target: &str, body: String| -> anyhow::Result<()> {
         let mut request = hyper::Request::post(format!("{endpoint}/"))
             .header("content-type", "application/x-amz-json-1.1")
-            .header("x-amz-target", format!("AWSOrganizationsV20161128.{target}"))
+            .header(
+                "x-amz-target",
+                format!("AWSOrganizationsV20161128.{target}"),
+            )
             .body(Full::new(bytes::Bytes::from(body)))?;
         let params = SigningParams::builder()
             .identity(&identity)
