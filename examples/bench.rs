@@ -788,13 +788,14 @@ async fn raw_http(count: usize) -> anyhow::Result<()> {
     let client: Client<_, Full<bytes::Bytes>> =
         Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let call = async |target: &str, body: String| -> anyhow::Result<()> {
+        let body = bytes::Bytes::from(body);
         let mut request = hyper::Request::post(format!("{endpoint}/"))
             .header("content-type", "application/x-amz-json-1.1")
             .header(
                 "x-amz-target",
                 format!("AWSOrganizationsV20161128.{target}"),
             )
-            .body(Full::new(bytes::Bytes::from(body)))?;
+            .body(Full::new(body.clone()))?;
         let params = SigningParams::builder()
             .identity(&identity)
             .region("us-east-1")
@@ -803,7 +804,6 @@ async fn raw_http(count: usize) -> anyhow::Result<()> {
             .settings(SigningSettings::default())
             .build()?
             .into();
-        let body = request.body().clone().collect().await?.to_bytes();
         let signable = SignableRequest::new(
             "POST",
             request.uri().to_string(),
