@@ -693,8 +693,7 @@ async fn raw_lapin(count: usize, size: usize) -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    let pid = std::process::id();
-    let before = cpu_ms(pid)?;
+    let before = cpu_ms(std::process::id())?;
     for _ in 0..count {
         let delivery = consumer.next().await.context("consumer ended")??;
         channel
@@ -709,12 +708,19 @@ async fn raw_lapin(count: usize, size: usize) -> anyhow::Result<()> {
             .await?;
         delivery.ack(BasicAckOptions::default()).await?;
     }
-    let after = cpu_ms(pid)?;
+    print_own_cpu_per(before, count)?;
     for queue in [&input, &output] {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
+    Ok(())
+}
+
+/// Prints this process's CPU since `before` (from `cpu_ms`) per one of `count` repetitions, in
+/// milliseconds: the one figure `own_process` reads back.
+fn print_own_cpu_per(before: f64, count: usize) -> anyhow::Result<()> {
+    let after = cpu_ms(std::process::id())?;
     println!("{}", (after - before) / count as f64);
     Ok(())
 }
@@ -744,8 +750,7 @@ async fn raw_sdk(count: usize) -> anyhow::Result<()> {
         .retry_config(aws_account_worker::aws::sdk::retries(&limits))
         .build();
     let organizations = aws_sdk_organizations::Client::from_conf(config);
-    let pid = std::process::id();
-    let before = cpu_ms(pid)?;
+    let before = cpu_ms(std::process::id())?;
     for _ in 0..count {
         let id = digits(12);
         organizations
@@ -767,9 +772,7 @@ async fn raw_sdk(count: usize) -> anyhow::Result<()> {
             .send()
             .await?;
     }
-    let after = cpu_ms(pid)?;
-    println!("{}", (after - before) / count as f64);
-    Ok(())
+    print_own_cpu_per(before, count)
 }
 
 /// The same two calls as `raw_sdk`, without the SDK: each request built by hand (the JSON
@@ -824,8 +827,7 @@ async fn raw_http(count: usize) -> anyhow::Result<()> {
         serde_json::from_slice::<Value>(&answer)?;
         Ok(())
     };
-    let pid = std::process::id();
-    let before = cpu_ms(pid)?;
+    let before = cpu_ms(std::process::id())?;
     for _ in 0..count {
         let id = digits(12);
         call(
@@ -844,9 +846,7 @@ async fn raw_http(count: usize) -> anyhow::Result<()> {
         )
         .await?;
     }
-    let after = cpu_ms(pid)?;
-    println!("{}", (after - before) / count as f64);
-    Ok(())
+    print_own_cpu_per(before, count)
 }
 
 /// `rss_mib_1000_in_flight`: one worker holding 1,000 orders, 5 creating (for 10 minutes) and
@@ -956,18 +956,15 @@ fn count(name: &str, default: usize) -> usize {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("raw-lapin") {
-        let count = args.get(1).context("COUNT")?.parse()?;
-        let size = args.get(2).context("SIZE")?.parse()?;
-        return raw_lapin(count, size).await;
-    }
-    if args.first().map(String::as_str) == Some("raw-sdk") {
-        let count = args.get(1).context("COUNT")?.parse()?;
-        return raw_sdk(count).await;
-    }
-    if args.first().map(String::as_str) == Some("raw-http") {
-        let count = args.get(1).context("COUNT")?.parse()?;
-        return raw_http(count).await;
+    // The floor loops, each run by the cpu phase as a process of its own (or by hand).
+    let number = |i: usize, name: &str| -> anyhow::Result<usize> {
+        Ok(args.get(i).with_context(|| name.to_owned())?.parse()?)
+    };
+    match args.first().map(String::as_str) {
+        Some("raw-lapin") => return raw_lapin(number(1, "COUNT")?, number(2, "SIZE")?).await,
+        Some("raw-sdk") => return raw_sdk(number(1, "COUNT")?).await,
+        Some("raw-http") => return raw_http(number(1, "COUNT")?).await,
+        _ => {}
     }
     let orders = count("BENCH_ORDERS", 150);
     if std::env::var_os("BENCH_PERF").is_some() {
